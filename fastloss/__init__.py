@@ -1,0 +1,66 @@
+"""fastloss: fused loss kernels (value and gradient in one pass) for NumPy and PyTorch.
+
+>>> import numpy as np, fastloss as fl
+>>> loss = fl.get("huber", delta=1.0)
+>>> value, grad = loss.value_and_grad(np.array([0.5, 3.0]), np.array([0.0, 0.0]))
+"""
+from ._base import Loss
+from ._dispatch import kernels as _kernels
+from ._pointwise import (POINTWISE_LOSSES, BinaryCrossEntropy, Hinge, Huber, LogCosh,
+                         MeanAbsoluteError, MeanSquaredError, MeanSquaredLogarithmicError,
+                         PseudoHuber, SquaredHinge)
+from ._threads import get_num_threads, set_num_threads
+from ._validation import InvalidParameterError
+
+__version__ = "0.1.0"
+
+_REGISTRY = {cls.name: cls for cls in POINTWISE_LOSSES}
+
+
+def available():
+    """The names accepted by :func:`get`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(name, **params):
+    """The loss called ``name``, constructed with ``params``.
+
+    Raises ValueError for an unknown name or parameter (the error is also a TypeError,
+    as Python raises for an unexpected keyword), naming the valid ones.
+    """
+    try:
+        cls = _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise InvalidParameterError(
+            f"unknown loss {name!r}; available: {', '.join(available())}") from None
+    import inspect
+    accepted = [p for p in inspect.signature(cls).parameters]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise InvalidParameterError(
+            f"{name}: unknown parameter {unknown[0]!r}; accepted: {', '.join(accepted)}")
+    return cls(**params)
+
+
+def show_config(file=None):
+    """Print how the kernels were built: ISA level, OpenMP, threads and compile flags."""
+    import sys
+    info = config()
+    out = file or sys.stdout
+    print(f"fastloss {__version__}", file=out)
+    for key, value in info.items():
+        print(f"  {key}: {value}", file=out)
+
+
+def config():
+    """The build and runtime configuration as a dict (what :func:`show_config` prints)."""
+    from ._dispatch import supported_levels
+    info = dict(_kernels.build_info())
+    info["kernel_module"] = _kernels.__name__
+    info["cpu_levels"] = ", ".join(supported_levels())
+    info["num_threads"] = get_num_threads()
+    return info
+
+
+__all__ = ["Loss", "available", "get", "show_config", "config", "set_num_threads",
+           "get_num_threads", "InvalidParameterError"] + [c.__name__ for c in POINTWISE_LOSSES]

@@ -1,0 +1,120 @@
+"""The Loss base class: the public call protocol shared by every loss.
+
+A loss validates its parameters once, in its constructor.  Each call then prepares the
+arrays (cheap for C-contiguous float32/float64 input), runs one kernel pass that computes
+the value, the gradient or both, and reduces.  Subclasses provide ``_run``.
+"""
+import numpy as np
+
+from . import _validation as v
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+class Loss:
+    """Base class of the fastloss losses.
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides the (weighted) sum of the terms by their count, "sum" returns the
+        sum, "none" returns the terms themselves (one per element for pointwise losses,
+        one per row for row losses).
+    """
+
+    #: registry name, as used by :func:`fastloss.get`
+    name = None
+    #: "none" returns one value per row (shape (N,)) rather than one per element
+    per_row = False
+
+    def __init__(self, *, reduction="mean"):
+        if reduction not in REDUCTIONS:
+            raise v.InvalidParameterError(
+                f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}, "
+                f"got {reduction!r}")
+        self.reduction = reduction
+
+    # -- public protocol -------------------------------------------------------------
+    def __call__(self, y_pred, y_true, sample_weight=None):
+        """The loss value: a float, or an ndarray for ``reduction="none"``."""
+        return self._evaluate(y_pred, y_true, sample_weight, True, False, None)[0]
+
+    def grad(self, y_pred, y_true, sample_weight=None, out=None):
+        """d(loss)/d(y_pred), shaped like ``y_pred`` (written into ``out`` if given).
+
+        For ``reduction="none"`` it is the derivative of the sum of the terms.
+        """
+        return self._evaluate(y_pred, y_true, sample_weight, False, True, out)[1]
+
+    def value_and_grad(self, y_pred, y_true, sample_weight=None, out=None):
+        """``(value, grad)`` from one fused pass over the data."""
+        return self._evaluate(y_pred, y_true, sample_weight, True, True, out)
+
+    def __repr__(self):
+        params = ", ".join(f"{k}={val!r}" for k, val in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+    def get_params(self):
+        """The constructor parameters, as a dict."""
+        return {"reduction": self.reduction}
+
+    def __eq__(self, other):
+        return type(self) is type(other) and _params_equal(self.get_params(),
+                                                           other.get_params())
+
+    __hash__ = None
+
+    # -- the shared call path --------------------------------------------------------
+    def _evaluate(self, y_pred, y_true, sample_weight, want_value, want_grad, out):
+        pred, grad_dtype = v.prepare_pred(y_pred)
+        target = self._prepare_target(y_true, pred)
+        weight, weight_block = v.prepare_sample_weight(sample_weight, pred)
+        grad = result = None
+        if want_grad:
+            grad, result = v.prepare_out(out, pred, grad_dtype)
+        values = None
+        if want_value and self.reduction == "none":
+            values = np.empty(self._values_shape(pred), dtype=pred.dtype)
+        value = self._run(pred, target, weight, weight_block, grad, values)
+        if values is not None:
+            value = values
+        if want_grad:
+            result = v.finish_grad(grad, result, grad_dtype)
+        return value, result
+
+    def _prepare_target(self, y_true, pred):
+        return v.prepare_target(y_true, pred)
+
+    def _values_shape(self, pred):
+        return pred.shape[:1] if self.per_row else pred.shape
+
+    def _run(self, pred, target, weight, weight_block, grad, values):
+        """Run the kernel; return the reduced value (ignored for "none").
+
+        ``grad`` and ``values`` are None when not wanted.
+        """
+        raise NotImplementedError
+
+    def _mean_scale(self, count):
+        """The factor turning a sum of ``count`` terms into this reduction."""
+        if self.reduction == "mean":
+            return 1.0 / count if count else float("nan")
+        return 1.0
+
+    def _reduce(self, total, count):
+        if self.reduction == "mean":
+            return total / count if count else float("nan")
+        return total
+
+
+def _params_equal(a, b):
+    if a.keys() != b.keys():
+        return False
+    for key in a:
+        x, y = a[key], b[key]
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            if x is None or y is None or not np.array_equal(x, y):
+                return False
+        elif x != y:
+            return False
+    return True

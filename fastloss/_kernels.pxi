@@ -1,0 +1,57 @@
+# The body of every fastloss kernel module.
+#
+# setup.py compiles this file once per ISA level (fastloss/_kernels_<level>.pyx includes
+# it); fastloss._dispatch imports the best module the CPU runs.  Every loss lives in its
+# own included file; the shared numerics are in _numerics.pxd / _numerics.h.
+
+cimport numpy as cnp
+from cython.parallel cimport prange, parallel
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+from cython cimport floating
+
+from fastloss._numerics cimport *
+
+cnp.import_array()
+
+cdef extern from "_numerics.h":
+    const char* FASTLOSS_ISA_LEVEL
+    const char* FASTLOSS_COMPILE_FLAGS
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int fastloss_openmp_enabled(void) { return 1; }
+    static int fastloss_omp_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int fastloss_openmp_enabled(void) { return 0; }
+    static int fastloss_omp_max_threads(void) { return 1; }
+    #endif
+    """
+    int fastloss_openmp_enabled()
+    int fastloss_omp_max_threads()
+
+
+cdef inline void* data_or_null(object array):
+    return NULL if array is None else cnp.PyArray_DATA(array)
+
+
+def build_info():
+    """What this module was compiled with: a dict for fastloss.show_config()."""
+    return {
+        "isa_level": FASTLOSS_ISA_LEVEL.decode(),
+        "compile_flags": FASTLOSS_COMPILE_FLAGS.decode(),
+        "openmp": bool(fastloss_openmp_enabled()),
+        "openmp_max_threads": fastloss_omp_max_threads(),
+        "vector_exp_log": bool(FASTLOSS_VECTOR_EXP_LOG),
+        "vector_log1p_tanh": bool(FASTLOSS_VECTOR_LOG1P_TANH),
+    }
+
+
+def parallel_used():
+    """True once a kernel of this module has entered an OpenMP parallel region."""
+    return bool(fastloss_parallel_used)
+
+
+include "_pointwise.pxi"

@@ -1,0 +1,104 @@
+# Shared scalar numerics of every kernel: one definition of each stable formula.
+#
+# All functions are generic over the element type (``floating``: float or double) and
+# call the single- or double-precision libm function, so that a float32 kernel stays in
+# float32 registers and gcc can vectorise it with libmvec (see _numerics.h).
+
+from cython cimport floating
+
+cdef extern from "_numerics.h" nogil:
+    int FASTLOSS_VECTOR_EXP_LOG
+    int FASTLOSS_VECTOR_LOG1P_TANH
+    int fastloss_parallel_used
+    double exp(double)
+    float expf(float)
+    double log(double)
+    float logf(float)
+    double log1p(double)
+    float log1pf(float)
+    double tanh(double)
+    float tanhf(float)
+    double sqrt(double)
+    float sqrtf(float)
+    double fabs(double)
+    float fabsf(float)
+
+
+cdef inline floating exp_(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline floating log_(floating x) noexcept nogil:
+    if floating is float:
+        return logf(x)
+    else:
+        return log(x)
+
+
+cdef inline floating log1p_(floating x) noexcept nogil:
+    if floating is float:
+        return log1pf(x)
+    else:
+        return log1p(x)
+
+
+cdef inline floating tanh_(floating x) noexcept nogil:
+    if floating is float:
+        return tanhf(x)
+    else:
+        return tanh(x)
+
+
+cdef inline floating sqrt_(floating x) noexcept nogil:
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
+cdef inline floating abs_(floating x) noexcept nogil:
+    if floating is float:
+        return fabsf(x)
+    else:
+        return fabs(x)
+
+
+# Ternaries, not fmax/fmin: gcc vectorises these, not the libm calls.  NaN in ``a``
+# propagates (a comparison with NaN is false, so ``a`` is returned).
+cdef inline floating max_(floating a, floating b) noexcept nogil:
+    return b if a < b else a
+
+
+cdef inline floating min_(floating a, floating b) noexcept nogil:
+    return b if a > b else a
+
+
+cdef inline floating clamped_log(floating x, floating floor) noexcept nogil:
+    """max(log(x), floor): PyTorch's binary_cross_entropy clamps its logs at -100."""
+    return max_(log_(x), floor)
+
+
+cdef inline floating log1p_exp_neg_abs(floating x) noexcept nogil:
+    """log(1 + exp(-|x|)), in (0, log 2]: the bounded part of every softplus."""
+    return log1p_(exp_(-abs_(x)))
+
+
+cdef inline floating softplus(floating x) noexcept nogil:
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), finite for every finite x."""
+    return max_(x, <floating>0) + log1p_exp_neg_abs(x)
+
+
+cdef inline floating sigmoid(floating x) noexcept nogil:
+    """1 / (1 + exp(-x)) without overflow: exp is only taken of -|x|."""
+    cdef floating e = exp_(-abs_(x))
+    cdef floating r = 1 / (1 + e)
+    return r if x >= 0 else e * r
+
+
+cdef inline floating log_cosh(floating x) noexcept nogil:
+    """log(cosh(x)) = |x| + log1p(exp(-2|x|)) - log 2, finite for every finite x."""
+    cdef floating a = abs_(x)
+    return a + log1p_(exp_(-2 * a)) - <floating>0.6931471805599453

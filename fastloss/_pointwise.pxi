@@ -1,0 +1,376 @@
+# Pointwise losses: one term per element of y_pred, l(p, t), and its derivative dl/dp.
+#
+# Each loss is a tag type (a struct holding its parameters) and one branch of
+# ``pointwise_term``; the loops below are written once and specialised by Cython for every
+# (loss, dtype) pair, so the term is inlined into each loop and gcc can vectorise it.
+#
+# Conventions of every loop: the loss value is accumulated in float64; ``grad_scale`` folds
+# the reduction's 1/N into the gradient; a term may raise bits in ``flags`` (an invalid
+# label or probability), reduced with OR over the loop and turned into a ValueError by the
+# Python layer, so no separate validation pass is needed.
+
+cdef enum:
+    # bits of ``flags``
+    FLAG_LABEL_NOT_BINARY = 1        # hinge: a label outside {-1, 0, 1}
+    FLAG_LABEL_ZERO = 2              # hinge: a label 0 seen (labels in {0, 1})
+    FLAG_LABEL_MINUS_ONE = 4         # hinge: a label -1 seen (labels in {-1, 1})
+    FLAG_PRED_NOT_PROBABILITY = 8    # y_pred outside [0, 1]
+    FLAG_TARGET_NOT_PROBABILITY = 16 # y_true outside [0, 1]
+
+
+cdef struct SquaredError:
+    char unused
+cdef struct AbsoluteError:
+    char unused
+cdef struct SquaredLogError:
+    char unused
+cdef struct Huber:
+    double delta
+cdef struct PseudoHuber:
+    double delta
+cdef struct LogCosh:
+    char unused
+cdef struct Hinge:
+    char unused
+cdef struct SquaredHinge:
+    char unused
+cdef struct BinaryCrossEntropy:
+    double label_smoothing
+cdef struct BinaryCrossEntropyLogits:
+    double label_smoothing
+
+ctypedef fused Pointwise:
+    SquaredError
+    AbsoluteError
+    SquaredLogError
+    Huber
+    PseudoHuber
+    LogCosh
+    Hinge
+    SquaredHinge
+    BinaryCrossEntropy
+    BinaryCrossEntropyLogits
+
+# Loss ids of the Python layer (fastloss/_losses.py), in the order of the fused type.
+cdef enum PointwiseId:
+    ID_SQUARED_ERROR = 0
+    ID_ABSOLUTE_ERROR = 1
+    ID_SQUARED_LOG_ERROR = 2
+    ID_HUBER = 3
+    ID_PSEUDO_HUBER = 4
+    ID_LOG_COSH = 5
+    ID_HINGE = 6
+    ID_SQUARED_HINGE = 7
+    ID_BINARY_CROSS_ENTROPY = 8
+    ID_BINARY_CROSS_ENTROPY_LOGITS = 9
+
+cdef double MSLE_EPSILON = 1e-7      # Keras backend epsilon
+cdef double BCE_GRAD_EPSILON = 1e-12 # PyTorch binary_cross_entropy_backward
+
+
+cdef inline floating pointwise_term(const Pointwise* loss, floating p, floating t,
+                                    floating pos_weight, floating* grad,
+                                    int* flags) noexcept nogil:
+    """Return l(p, t) and store dl/dp in ``grad[0]``.
+
+    ``pos_weight`` only matters for BinaryCrossEntropyLogits (1 elsewhere).
+    """
+    cdef floating d, a, s, e, r, m, lw, neg_sigmoid
+    if Pointwise is SquaredError:
+        d = p - t
+        grad[0] = 2 * d
+        return d * d
+    elif Pointwise is AbsoluteError:
+        d = p - t
+        grad[0] = (d > 0) - (d < 0)          # subgradient 0 at 0, as torch.sign
+        return abs_(d)
+    elif Pointwise is SquaredLogError:
+        # Keras: (log(max(p, eps) + 1) - log(max(t, eps) + 1))^2; no gradient where clipped
+        a = max_(p, <floating>MSLE_EPSILON)
+        d = log_(a + 1) - log_(max_(t, <floating>MSLE_EPSILON) + 1)
+        grad[0] = 2 * d / (a + 1) if p > <floating>MSLE_EPSILON else 0
+        return d * d
+    elif Pointwise is Huber:
+        d = p - t
+        a = abs_(d)
+        s = <floating>loss.delta
+        if a <= s:
+            grad[0] = d
+            return <floating>0.5 * d * d
+        grad[0] = s if d > 0 else -s
+        return s * (a - <floating>0.5 * s)
+    elif Pointwise is PseudoHuber:
+        d = p - t
+        s = <floating>loss.delta
+        r = sqrt_(1 + (d / s) * (d / s))
+        grad[0] = d / r
+        return s * s * (r - 1)
+    elif Pointwise is LogCosh:
+        d = p - t
+        grad[0] = tanh_(d)
+        return log_cosh(d)
+    elif Pointwise is Hinge or Pointwise is SquaredHinge:
+        # labels in {-1, 1} or in {0, 1} (0 means -1); anything else is flagged
+        flags[0] |= ((t != 1) & (t != 0) & (t != -1)) * FLAG_LABEL_NOT_BINARY \
+            | (t == 0) * FLAG_LABEL_ZERO | (t == -1) * FLAG_LABEL_MINUS_ONE
+        s = 1 if t == 1 else -1
+        m = max_(1 - s * p, <floating>0)
+        if Pointwise is Hinge:
+            grad[0] = -s if m > 0 else 0
+            return m
+        else:
+            grad[0] = -2 * s * m
+            return m * m
+    elif Pointwise is BinaryCrossEntropy:
+        flags[0] |= ((p < 0) | (p > 1)) * FLAG_PRED_NOT_PROBABILITY \
+            | ((t < 0) | (t > 1)) * FLAG_TARGET_NOT_PROBABILITY
+        t = t * <floating>(1 - loss.label_smoothing) + <floating>(0.5 * loss.label_smoothing)
+        grad[0] = (p - t) / max_((1 - p) * p, <floating>BCE_GRAD_EPSILON)
+        return -(t * clamped_log(p, <floating>-100)
+                 + (1 - t) * max_(log1p_(-p), <floating>-100))
+    elif Pointwise is BinaryCrossEntropyLogits:
+        # PyTorch binary_cross_entropy_with_logits:
+        # (1 - t) x + (1 + (pw - 1) t) softplus(-x)
+        flags[0] |= ((t < 0) | (t > 1)) * FLAG_TARGET_NOT_PROBABILITY
+        t = t * <floating>(1 - loss.label_smoothing) + <floating>(0.5 * loss.label_smoothing)
+        lw = 1 + (pos_weight - 1) * t
+        e = exp_(-abs_(p))
+        r = 1 / (1 + e)
+        neg_sigmoid = e * r if p >= 0 else r          # sigmoid(-p)
+        grad[0] = (1 - t) - lw * neg_sigmoid
+        return (1 - t) * p + lw * (log1p_(e) + max_(-p, <floating>0))
+
+
+cdef inline double pointwise_sum(const Pointwise* loss, const floating* y_pred,
+                                 const floating* y_true, Py_ssize_t n,
+                                 int* flags) noexcept nogil:
+    """Sum of the terms (forward of "mean"/"sum" without weights)."""
+    cdef double acc = 0
+    cdef floating g
+    cdef int f = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        acc += pointwise_term(loss, y_pred[i], y_true[i], 1, &g, &f)
+    flags[0] |= f
+    return acc
+
+
+cdef inline double pointwise_sum_grad(const Pointwise* loss, const floating* y_pred,
+                                      const floating* y_true, Py_ssize_t n,
+                                      floating* grad, floating grad_scale,
+                                      int* flags) noexcept nogil:
+    """Sum of the terms and grad[i] = grad_scale * dl/dp (the fused pass)."""
+    cdef double acc = 0
+    cdef floating g
+    cdef int f = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        acc += pointwise_term(loss, y_pred[i], y_true[i], 1, &g, &f)
+        grad[i] = grad_scale * g
+    flags[0] |= f
+    return acc
+
+
+cdef inline void pointwise_grad(const Pointwise* loss, const floating* y_pred,
+                                const floating* y_true, Py_ssize_t n,
+                                floating* grad, floating grad_scale,
+                                int* flags) noexcept nogil:
+    """grad[i] = grad_scale * dl/dp only: gcc drops the value's arithmetic."""
+    cdef floating g
+    cdef int f = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        pointwise_term(loss, y_pred[i], y_true[i], 1, &g, &f)
+        grad[i] = grad_scale * g
+    flags[0] |= f
+
+
+cdef inline double pointwise_general(const Pointwise* loss, const floating* y_pred,
+                                     const floating* y_true, Py_ssize_t start,
+                                     Py_ssize_t stop, floating* grad, floating* values,
+                                     const floating* sample_weight, Py_ssize_t weight_block,
+                                     const floating* pos_weight, Py_ssize_t pos_len,
+                                     floating grad_scale, int* flags) noexcept nogil:
+    """Every option at once, elements start..stop-1.
+
+    ``values`` (may be NULL) receives the weighted term of each element (reduction
+    "none"); ``grad`` (may be NULL) the scaled derivative; ``sample_weight`` (may be NULL)
+    has one weight per ``weight_block`` consecutive elements; ``pos_weight`` (may be NULL)
+    repeats with period ``pos_len`` (the last axis).
+    """
+    cdef double acc = 0
+    cdef floating g, v, w = 1, pw = 1
+    cdef int f = 0
+    cdef Py_ssize_t i
+    cdef Py_ssize_t pos_index = start % pos_len
+    cdef Py_ssize_t row = start // weight_block
+    cdef Py_ssize_t in_row = start % weight_block
+    for i in range(start, stop):
+        if pos_weight != NULL:
+            pw = pos_weight[pos_index]
+            pos_index += 1
+            if pos_index == pos_len:
+                pos_index = 0
+        if sample_weight != NULL:
+            w = sample_weight[row]
+            in_row += 1
+            if in_row == weight_block:
+                in_row = 0
+                row += 1
+        v = w * pointwise_term(loss, y_pred[i], y_true[i], pw, &g, &f)
+        acc += v
+        if values != NULL:
+            values[i] = v
+        if grad != NULL:
+            grad[i] = grad_scale * w * g
+    flags[0] |= f
+    return acc
+
+
+cdef double pointwise_chunk(const Pointwise* loss, const floating* y_pred,
+                            const floating* y_true, Py_ssize_t start, Py_ssize_t stop,
+                            floating* grad, floating* values,
+                            const floating* sample_weight, Py_ssize_t weight_block,
+                            const floating* pos_weight, Py_ssize_t pos_len,
+                            floating grad_scale, int* flags) noexcept nogil:
+    """Elements start..stop-1, taking a tight vectorisable loop whenever one applies."""
+    cdef double acc = 0
+    cdef Py_ssize_t seg_start, seg_stop
+    cdef floating w
+    if values != NULL or pos_weight != NULL or (sample_weight != NULL and weight_block < 64):
+        return pointwise_general(loss, y_pred, y_true, start, stop, grad, values,
+                                 sample_weight, weight_block, pos_weight, pos_len,
+                                 grad_scale, flags)
+    if sample_weight == NULL:
+        if grad == NULL:
+            return pointwise_sum(loss, y_pred + start, y_true + start, stop - start, flags)
+        return pointwise_sum_grad(loss, y_pred + start, y_true + start, stop - start,
+                                  grad + start, grad_scale, flags)
+    # one weight per row of weight_block elements: a tight loop per row segment
+    seg_start = start
+    while seg_start < stop:
+        w = sample_weight[seg_start // weight_block]
+        seg_stop = min((seg_start // weight_block + 1) * weight_block, stop)
+        if grad == NULL:
+            acc += w * pointwise_sum(loss, y_pred + seg_start, y_true + seg_start,
+                                     seg_stop - seg_start, flags)
+        else:
+            acc += w * pointwise_sum_grad(loss, y_pred + seg_start, y_true + seg_start,
+                                          seg_stop - seg_start, grad + seg_start,
+                                          grad_scale * w, flags)
+        seg_start = seg_stop
+    return acc
+
+
+cdef double pointwise_run(const Pointwise* loss, const floating* y_pred,
+                          const floating* y_true, Py_ssize_t n, floating* grad,
+                          floating* values, const floating* sample_weight,
+                          Py_ssize_t weight_block, const floating* pos_weight,
+                          Py_ssize_t pos_len, floating grad_scale, int n_threads,
+                          int* flags) noexcept nogil:
+    """All n elements: a plain serial call, or ``n_threads`` contiguous chunks."""
+    cdef double acc = 0
+    cdef int f = 0, chunk_flags
+    cdef Py_ssize_t c, n_chunks, chunk
+    if n_threads <= 1 or n < 2:
+        return pointwise_chunk(loss, y_pred, y_true, 0, n, grad, values, sample_weight,
+                               weight_block, pos_weight, pos_len, grad_scale, flags)
+    global fastloss_parallel_used
+    fastloss_parallel_used = 1
+    n_chunks = n_threads
+    # chunk boundaries on a multiple of 16 elements keep every chunk's loop aligned
+    chunk = ((n + n_chunks - 1) // n_chunks + 15) // 16 * 16
+    for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
+        chunk_flags = 0
+        acc += pointwise_chunk(loss, y_pred, y_true, min(c * chunk, n),
+                               min((c + 1) * chunk, n), grad, values, sample_weight,
+                               weight_block, pos_weight, pos_len, grad_scale, &chunk_flags)
+        f |= chunk_flags
+    flags[0] |= f
+    return acc
+
+
+cdef (double, int) pointwise_dispatch(floating* y_pred, floating* y_true, Py_ssize_t n,
+                                      floating* grad, floating* values,
+                                      floating* sample_weight, Py_ssize_t weight_block,
+                                      floating* pos_weight, Py_ssize_t pos_len,
+                                      double grad_scale, int n_threads, int loss_id,
+                                      double param) noexcept nogil:
+    """Run the loss ``loss_id`` (a PointwiseId) with its one parameter ``param``."""
+    cdef int flags = 0
+    cdef double acc = 0
+    cdef SquaredError squared_error
+    cdef AbsoluteError absolute_error
+    cdef SquaredLogError squared_log_error
+    cdef Huber huber = Huber(delta=param)
+    cdef PseudoHuber pseudo_huber = PseudoHuber(delta=param)
+    cdef LogCosh log_cosh_loss
+    cdef Hinge hinge
+    cdef SquaredHinge squared_hinge
+    cdef BinaryCrossEntropy bce = BinaryCrossEntropy(label_smoothing=param)
+    cdef BinaryCrossEntropyLogits bce_logits = BinaryCrossEntropyLogits(label_smoothing=param)
+    cdef floating scale = <floating>grad_scale
+    if loss_id == ID_SQUARED_ERROR:
+        acc = pointwise_run(&squared_error, y_pred, y_true, n, grad, values, sample_weight,
+                            weight_block, pos_weight, pos_len, scale, n_threads, &flags)
+    elif loss_id == ID_ABSOLUTE_ERROR:
+        acc = pointwise_run(&absolute_error, y_pred, y_true, n, grad, values, sample_weight,
+                            weight_block, pos_weight, pos_len, scale, n_threads, &flags)
+    elif loss_id == ID_SQUARED_LOG_ERROR:
+        acc = pointwise_run(&squared_log_error, y_pred, y_true, n, grad, values,
+                            sample_weight, weight_block, pos_weight, pos_len, scale,
+                            n_threads, &flags)
+    elif loss_id == ID_HUBER:
+        acc = pointwise_run(&huber, y_pred, y_true, n, grad, values, sample_weight,
+                            weight_block, pos_weight, pos_len, scale, n_threads, &flags)
+    elif loss_id == ID_PSEUDO_HUBER:
+        acc = pointwise_run(&pseudo_huber, y_pred, y_true, n, grad, values, sample_weight,
+                            weight_block, pos_weight, pos_len, scale, n_threads, &flags)
+    elif loss_id == ID_LOG_COSH:
+        acc = pointwise_run(&log_cosh_loss, y_pred, y_true, n, grad, values, sample_weight,
+                            weight_block, pos_weight, pos_len, scale, n_threads, &flags)
+    elif loss_id == ID_HINGE:
+        acc = pointwise_run(&hinge, y_pred, y_true, n, grad, values, sample_weight,
+                            weight_block, pos_weight, pos_len, scale, n_threads, &flags)
+    elif loss_id == ID_SQUARED_HINGE:
+        acc = pointwise_run(&squared_hinge, y_pred, y_true, n, grad, values, sample_weight,
+                            weight_block, pos_weight, pos_len, scale, n_threads, &flags)
+    elif loss_id == ID_BINARY_CROSS_ENTROPY:
+        acc = pointwise_run(&bce, y_pred, y_true, n, grad, values, sample_weight,
+                            weight_block, pos_weight, pos_len, scale, n_threads, &flags)
+    elif loss_id == ID_BINARY_CROSS_ENTROPY_LOGITS:
+        acc = pointwise_run(&bce_logits, y_pred, y_true, n, grad, values, sample_weight,
+                            weight_block, pos_weight, pos_len, scale, n_threads, &flags)
+    return acc, flags
+
+
+def pointwise(int loss_id, double param, cnp.ndarray y_pred, cnp.ndarray y_true,
+              object grad, object values, object sample_weight, Py_ssize_t weight_block,
+              object pos_weight, double grad_scale, int n_threads):
+    """Run a pointwise loss over C-contiguous arrays of one float dtype.
+
+    The Python layer has checked shapes, dtypes and contiguity.  Returns
+    ``(sum of the weighted terms, flags)``; ``grad`` and ``values`` (or None) are written.
+    """
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(y_pred)
+    cdef Py_ssize_t pos_len = 1 if pos_weight is None else cnp.PyArray_SIZE(pos_weight)
+    cdef void* p = cnp.PyArray_DATA(y_pred)
+    cdef void* t = cnp.PyArray_DATA(y_true)
+    cdef void* g = data_or_null(grad)
+    cdef void* v = data_or_null(values)
+    cdef void* sw = data_or_null(sample_weight)
+    cdef void* pw = data_or_null(pos_weight)
+    cdef (double, int) result
+    weight_block = max(weight_block, 1)
+    pos_len = max(pos_len, 1)
+    if cnp.PyArray_TYPE(y_pred) == cnp.NPY_FLOAT:
+        with nogil:
+            result = pointwise_dispatch(<float*>p, <float*>t, n, <float*>g, <float*>v,
+                                        <float*>sw, weight_block, <float*>pw, pos_len,
+                                        grad_scale, n_threads, loss_id, param)
+    else:
+        with nogil:
+            result = pointwise_dispatch(<double*>p, <double*>t, n, <double*>g, <double*>v,
+                                        <double*>sw, weight_block, <double*>pw, pos_len,
+                                        grad_scale, n_threads, loss_id, param)
+    return result

@@ -1,0 +1,230 @@
+"""The pointwise losses: one term per element, kernels in ``_pointwise.pxi``."""
+import numpy as np
+
+from . import _threads
+from . import _validation as v
+from ._base import Loss
+from ._dispatch import kernels
+
+# Kernel ids: the PointwiseId enum of _pointwise.pxi.
+(SQUARED_ERROR, ABSOLUTE_ERROR, SQUARED_LOG_ERROR, HUBER, PSEUDO_HUBER, LOG_COSH, HINGE,
+ SQUARED_HINGE, BINARY_CROSS_ENTROPY, BINARY_CROSS_ENTROPY_LOGITS) = range(10)
+
+# flag bits of _pointwise.pxi
+FLAG_LABEL_NOT_BINARY = 1
+FLAG_LABEL_ZERO = 2
+FLAG_LABEL_MINUS_ONE = 4
+FLAG_PRED_NOT_PROBABILITY = 8
+FLAG_TARGET_NOT_PROBABILITY = 16
+
+
+class PointwiseLoss(Loss):
+    """A loss with one term l(p, t) per element of ``y_pred``.
+
+    ``y_pred`` and ``y_true`` have the same shape (any rank); ``sample_weight`` of shape
+    (N,) weights the rows along the first axis.  ``"mean"`` divides by the element count.
+    """
+
+    _kernel_id = None
+    #: relative cost of one term (1 = a few flops; transcendental functions cost more),
+    #: which sets the size at which threads start to pay off
+    _cost = 1
+
+    def _kernel_param(self):
+        return 0.0
+
+    def _pos_weight(self, pred):
+        return None
+
+    def _run(self, pred, target, weight, weight_block, grad, values):
+        n = pred.size
+        pos_weight = self._pos_weight(pred)
+        total, flags = kernels.pointwise(
+            self._kernel_id, self._kernel_param(), pred, target, grad, values, weight,
+            weight_block, pos_weight, self._mean_scale(n), _threads.threads_for(n * self._cost))
+        if flags:
+            self._raise_for_flags(flags, pred, target)
+        return self._reduce(total, n)
+
+    def _raise_for_flags(self, flags, pred, target):
+        raise AssertionError(f"unexpected kernel flags {flags}")  # pragma: no cover
+
+
+def _first_index(bad):
+    """The index (a tuple) of the first True of a boolean array."""
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
+
+
+def _first_bad(array, bad):
+    index = _first_index(bad)
+    return f"{array[index].item()!r} at index {index}"
+
+
+class MeanSquaredError(PointwiseLoss):
+    """Mean squared error, ``(p - t)**2``.
+
+    Matches ``torch.nn.functional.mse_loss``; gradient ``2 (p - t)``.
+    """
+
+    name = "mse"
+    _kernel_id = SQUARED_ERROR
+
+
+class MeanAbsoluteError(PointwiseLoss):
+    """Mean absolute error, ``|p - t|``.
+
+    Matches ``torch.nn.functional.l1_loss``; gradient ``sign(p - t)`` (0 at 0).
+    """
+
+    name = "mae"
+    _kernel_id = ABSOLUTE_ERROR
+
+
+class MeanSquaredLogarithmicError(PointwiseLoss):
+    """Mean squared logarithmic error, ``(log(max(p, 1e-7) + 1) - log(max(t, 1e-7) + 1))**2``.
+
+    Matches Keras ``mean_squared_logarithmic_error`` (inputs clipped at its epsilon 1e-7,
+    no gradient where ``p`` is clipped), averaged over all elements.
+    """
+
+    name = "msle"
+    _kernel_id = SQUARED_LOG_ERROR
+    _cost = 8
+
+
+class _DeltaLoss(PointwiseLoss):
+    def __init__(self, delta=1.0, *, reduction="mean"):
+        super().__init__(reduction=reduction)
+        self.delta = v.check_positive("delta", delta)
+
+    def _kernel_param(self):
+        return self.delta
+
+    def get_params(self):
+        return {"delta": self.delta, **super().get_params()}
+
+
+class Huber(_DeltaLoss):
+    """Huber loss: ``0.5 d**2`` if ``|d| <= delta`` else ``delta (|d| - 0.5 delta)``, d = p - t.
+
+    Matches ``torch.nn.functional.huber_loss(delta=delta)``.  ``delta`` > 0.
+    """
+
+    name = "huber"
+    _kernel_id = HUBER
+
+
+class PseudoHuber(_DeltaLoss):
+    """Pseudo-Huber loss: ``delta**2 (sqrt(1 + (d / delta)**2) - 1)``, d = p - t.
+
+    Smooth everywhere; gradient ``d / sqrt(1 + (d / delta)**2)``.  ``delta`` > 0.
+    """
+
+    name = "pseudo_huber"
+    _kernel_id = PSEUDO_HUBER
+    _cost = 2
+
+
+class LogCosh(PointwiseLoss):
+    """Log-cosh loss: ``log(cosh(p - t))``, computed as ``|d| + log1p(exp(-2|d|)) - log 2``.
+
+    Finite for every finite input (the value of optax / Keras ``log_cosh``); gradient
+    ``tanh(p - t)``.
+    """
+
+    name = "log_cosh"
+    _kernel_id = LOG_COSH
+    _cost = 8
+
+
+class Hinge(PointwiseLoss):
+    """Hinge loss: ``max(1 - t p, 0)``, Keras ``hinge``, averaged over all elements.
+
+    Labels are all in {-1, 1}, or all in {0, 1} (0 then means -1); other labels, or a mix
+    of 0 and -1, raise ValueError.
+    """
+
+    name = "hinge"
+    _kernel_id = HINGE
+
+    def _raise_for_flags(self, flags, pred, target):
+        if flags & FLAG_LABEL_NOT_BINARY:
+            bad = (target != 1) & (target != 0) & (target != -1)
+            raise ValueError(f"y_true: {self.name} labels must be in {{-1, 1}} or {{0, 1}}, "
+                             f"got {_first_bad(target, bad)}")
+        raise ValueError(f"y_true: {self.name} labels must be all in {{-1, 1}} or all in "
+                         f"{{0, 1}}, got a mix of 0 (at index {_first_index(target == 0)}) "
+                         f"and -1 (at index {_first_index(target == -1)})")
+
+
+class SquaredHinge(Hinge):
+    """Squared hinge loss: ``max(1 - t p, 0)**2``, Keras ``squared_hinge``.
+
+    Labels as for :class:`Hinge`.
+    """
+
+    name = "squared_hinge"
+    _kernel_id = SQUARED_HINGE
+
+
+class BinaryCrossEntropy(PointwiseLoss):
+    """Binary cross-entropy, from probabilities or from logits.
+
+    Probabilities (``from_logits=False``): ``-(t log p + (1 - t) log(1 - p))`` with each log
+    clamped at -100, as ``torch.nn.functional.binary_cross_entropy`` (gradient
+    ``(p - t) / max(p (1 - p), 1e-12)``); ``y_pred`` must lie in [0, 1].
+
+    Logits (``from_logits=True``): ``(1 - t) x + (1 + (w - 1) t) softplus(-x)`` with
+    ``w = pos_weight`` per class (the last axis), as
+    ``torch.nn.functional.binary_cross_entropy_with_logits``; finite for every finite x.
+
+    Targets lie in [0, 1]; ``label_smoothing`` ε replaces t by ``t (1 - ε) + ε / 2``.
+    """
+
+    name = "binary_cross_entropy"
+
+    def __init__(self, from_logits=False, pos_weight=None, label_smoothing=0.0, *,
+                 reduction="mean"):
+        super().__init__(reduction=reduction)
+        self.from_logits = v.check_bool("from_logits", from_logits)
+        self.label_smoothing = v.check_fraction("label_smoothing", label_smoothing)
+        self._pos_weights = v.check_class_vector("pos_weight", pos_weight)
+        if self._pos_weights is not None and not self.from_logits:
+            raise v.InvalidParameterError(
+                "pos_weight is only defined for logits: use from_logits=True "
+                "(as torch's binary_cross_entropy_with_logits)")
+        self._kernel_id = (BINARY_CROSS_ENTROPY_LOGITS if self.from_logits
+                           else BINARY_CROSS_ENTROPY)
+        self._cost = 8
+
+    @property
+    def pos_weight(self):
+        return None if self._pos_weights is None else self._pos_weights[v.FLOAT64]
+
+    def get_params(self):
+        return {"from_logits": self.from_logits, "pos_weight": self.pos_weight,
+                "label_smoothing": self.label_smoothing, **super().get_params()}
+
+    def _kernel_param(self):
+        return self.label_smoothing
+
+    def _pos_weight(self, pred):
+        if self._pos_weights is None:
+            return None
+        pos_weight = self._pos_weights[pred.dtype]
+        n_classes = pred.shape[-1] if pred.ndim else 1
+        if pos_weight.size not in (1, n_classes):
+            raise ValueError(f"pos_weight: {pos_weight.size} weights do not broadcast over "
+                             f"the last axis of y_pred with shape {pred.shape}")
+        return pos_weight
+
+    def _raise_for_flags(self, flags, pred, target):
+        if flags & FLAG_PRED_NOT_PROBABILITY:
+            raise ValueError(f"y_pred: probabilities must be in [0, 1], got "
+                             f"{_first_bad(pred, (pred < 0) | (pred > 1))}")
+        raise ValueError(f"y_true: targets must be in [0, 1], got "
+                         f"{_first_bad(target, (target < 0) | (target > 1))}")
+
+
+POINTWISE_LOSSES = (MeanSquaredError, MeanAbsoluteError, MeanSquaredLogarithmicError, Huber,
+                    PseudoHuber, LogCosh, Hinge, SquaredHinge, BinaryCrossEntropy)
