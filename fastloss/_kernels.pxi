@@ -37,6 +37,37 @@ cdef inline void* data_or_null(object array):
     return NULL if array is None else cnp.PyArray_DATA(array)
 
 
+def is_kernel_float_array(object a):
+    """True for an exact ndarray, float32 or float64, C-contiguous and aligned.
+
+    The per-call fast path of the Python layer: one C call instead of several attribute
+    reads (each ``.flags`` access builds an object).
+    """
+    if type(a) is not cnp.ndarray:
+        return False
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>a)
+    return ((typenum == cnp.NPY_FLOAT or typenum == cnp.NPY_DOUBLE)
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            and cnp.PyArray_ISALIGNED(<cnp.ndarray>a))
+
+
+def matches(object a, cnp.ndarray like, bint writeable):
+    """True when ``a`` is an exact ndarray with ``like``'s dtype and shape, C-contiguous,
+    aligned (and writeable if asked): usable by a kernel next to ``like`` as it is."""
+    if type(a) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray b = <cnp.ndarray>a
+    cdef int d
+    if (cnp.PyArray_TYPE(b) != cnp.PyArray_TYPE(like) or b.ndim != like.ndim
+            or not cnp.PyArray_IS_C_CONTIGUOUS(b) or not cnp.PyArray_ISALIGNED(b)
+            or (writeable and not cnp.PyArray_ISWRITEABLE(b))):
+        return False
+    for d in range(b.ndim):
+        if b.shape[d] != like.shape[d]:
+            return False
+    return True
+
+
 def build_info():
     """What this module was compiled with: a dict for fastloss.show_config()."""
     return {

@@ -81,9 +81,33 @@ cdef inline floating clamped_log(floating x, floating floor) noexcept nogil:
     return max_(log_(x), floor)
 
 
+cdef inline floating log1p_unit(floating e) noexcept nogil:
+    """log(1 + e) for e in [0, 1], to float rounding, as a polynomial gcc vectorises.
+
+    libmvec's log1p gains little over the scalar one (notes: 7.2 -> 3.7 ns), and every
+    softplus needs log1p(exp(-|x|)) with exp(-|x|) in (0, 1].  With s = e / (2 + e) in
+    [0, 1/3], log1p(e) = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...); the terms shrink by
+    1/9 at least, so 7 (float) or 16 (double) of them reach the type's precision, and
+    the result keeps full relative accuracy as e -> 0.
+    """
+    cdef floating one = 1, two = 2     # typed: a bare literal would be a C double
+    cdef floating s = e / (two + e)
+    cdef floating z = s * s
+    cdef floating p
+    if floating is float:
+        p = (one + z * (<float>(1. / 3) + z * (<float>(1. / 5) + z * (<float>(1. / 7)
+             + z * (<float>(1. / 9) + z * (<float>(1. / 11) + z * <float>(1. / 13)))))))
+    else:
+        p = (1 + z * (1. / 3 + z * (1. / 5 + z * (1. / 7 + z * (1. / 9 + z * (1. / 11
+             + z * (1. / 13 + z * (1. / 15 + z * (1. / 17 + z * (1. / 19 + z * (1. / 21
+             + z * (1. / 23 + z * (1. / 25 + z * (1. / 27 + z * (1. / 29
+             + z * (1. / 31))))))))))))))))
+    return two * s * p
+
+
 cdef inline floating log1p_exp_neg_abs(floating x) noexcept nogil:
     """log(1 + exp(-|x|)), in (0, log 2]: the bounded part of every softplus."""
-    return log1p_(exp_(-abs_(x)))
+    return log1p_unit(exp_(-abs_(x)))
 
 
 cdef inline floating softplus(floating x) noexcept nogil:
@@ -93,12 +117,13 @@ cdef inline floating softplus(floating x) noexcept nogil:
 
 cdef inline floating sigmoid(floating x) noexcept nogil:
     """1 / (1 + exp(-x)) without overflow: exp is only taken of -|x|."""
+    cdef floating one = 1
     cdef floating e = exp_(-abs_(x))
-    cdef floating r = 1 / (1 + e)
+    cdef floating r = one / (one + e)
     return r if x >= 0 else e * r
 
 
 cdef inline floating log_cosh(floating x) noexcept nogil:
     """log(cosh(x)) = |x| + log1p(exp(-2|x|)) - log 2, finite for every finite x."""
     cdef floating a = abs_(x)
-    return a + log1p_(exp_(-2 * a)) - <floating>0.6931471805599453
+    return a + log1p_unit(exp_(-(a + a))) - <floating>0.6931471805599453

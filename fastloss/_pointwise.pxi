@@ -76,9 +76,12 @@ cdef inline floating pointwise_term(const Pointwise* loss, floating p, floating 
     ``pos_weight`` only matters for BinaryCrossEntropyLogits (1 elsewhere).
     """
     cdef floating d, a, s, e, r, m, lw, neg_sigmoid
+    # Typed constants: Cython writes a bare literal as a C double, which would turn the
+    # float32 kernels' arithmetic into float64 arithmetic (half the vector width).
+    cdef floating one = 1, two = 2, half = 0.5
     if Pointwise is SquaredError:
         d = p - t
-        grad[0] = 2 * d
+        grad[0] = two * d
         return d * d
     elif Pointwise is AbsoluteError:
         d = p - t
@@ -87,8 +90,8 @@ cdef inline floating pointwise_term(const Pointwise* loss, floating p, floating 
     elif Pointwise is SquaredLogError:
         # Keras: (log(max(p, eps) + 1) - log(max(t, eps) + 1))^2; no gradient where clipped
         a = max_(p, <floating>MSLE_EPSILON)
-        d = log_(a + 1) - log_(max_(t, <floating>MSLE_EPSILON) + 1)
-        grad[0] = 2 * d / (a + 1) if p > <floating>MSLE_EPSILON else 0
+        d = log_(a + one) - log_(max_(t, <floating>MSLE_EPSILON) + one)
+        grad[0] = two * d / (a + one) if p > <floating>MSLE_EPSILON else 0
         return d * d
     elif Pointwise is Huber:
         d = p - t
@@ -96,15 +99,15 @@ cdef inline floating pointwise_term(const Pointwise* loss, floating p, floating 
         s = <floating>loss.delta
         if a <= s:
             grad[0] = d
-            return <floating>0.5 * d * d
+            return half * d * d
         grad[0] = s if d > 0 else -s
-        return s * (a - <floating>0.5 * s)
+        return s * (a - half * s)
     elif Pointwise is PseudoHuber:
         d = p - t
         s = <floating>loss.delta
-        r = sqrt_(1 + (d / s) * (d / s))
+        r = sqrt_(one + (d / s) * (d / s))
         grad[0] = d / r
-        return s * s * (r - 1)
+        return s * s * (r - one)
     elif Pointwise is LogCosh:
         d = p - t
         grad[0] = tanh_(d)
@@ -114,31 +117,31 @@ cdef inline floating pointwise_term(const Pointwise* loss, floating p, floating 
         flags[0] |= ((t != 1) & (t != 0) & (t != -1)) * FLAG_LABEL_NOT_BINARY \
             | (t == 0) * FLAG_LABEL_ZERO | (t == -1) * FLAG_LABEL_MINUS_ONE
         s = 1 if t == 1 else -1
-        m = max_(1 - s * p, <floating>0)
+        m = max_(one - s * p, <floating>0)
         if Pointwise is Hinge:
             grad[0] = -s if m > 0 else 0
             return m
         else:
-            grad[0] = -2 * s * m
+            grad[0] = -two * s * m
             return m * m
     elif Pointwise is BinaryCrossEntropy:
         flags[0] |= ((p < 0) | (p > 1)) * FLAG_PRED_NOT_PROBABILITY \
             | ((t < 0) | (t > 1)) * FLAG_TARGET_NOT_PROBABILITY
         t = t * <floating>(1 - loss.label_smoothing) + <floating>(0.5 * loss.label_smoothing)
-        grad[0] = (p - t) / max_((1 - p) * p, <floating>BCE_GRAD_EPSILON)
+        grad[0] = (p - t) / max_((one - p) * p, <floating>BCE_GRAD_EPSILON)
         return -(t * clamped_log(p, <floating>-100)
-                 + (1 - t) * max_(log1p_(-p), <floating>-100))
+                 + (one - t) * max_(log1p_(-p), <floating>-100))
     elif Pointwise is BinaryCrossEntropyLogits:
         # PyTorch binary_cross_entropy_with_logits:
         # (1 - t) x + (1 + (pw - 1) t) softplus(-x)
         flags[0] |= ((t < 0) | (t > 1)) * FLAG_TARGET_NOT_PROBABILITY
         t = t * <floating>(1 - loss.label_smoothing) + <floating>(0.5 * loss.label_smoothing)
-        lw = 1 + (pos_weight - 1) * t
+        lw = one + (pos_weight - one) * t
         e = exp_(-abs_(p))
-        r = 1 / (1 + e)
+        r = one / (one + e)
         neg_sigmoid = e * r if p >= 0 else r          # sigmoid(-p)
-        grad[0] = (1 - t) - lw * neg_sigmoid
-        return (1 - t) * p + lw * (log1p_(e) + max_(-p, <floating>0))
+        grad[0] = (one - t) - lw * neg_sigmoid
+        return (one - t) * p + lw * (log1p_unit(e) + max_(-p, <floating>0))
 
 
 cdef inline double pointwise_sum(const Pointwise* loss, const floating* y_pred,

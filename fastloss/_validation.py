@@ -7,6 +7,8 @@ import numbers
 
 import numpy as np
 
+from ._dispatch import kernels
+
 FLOAT32 = np.dtype(np.float32)
 FLOAT64 = np.dtype(np.float64)
 KERNEL_FLOATS = (FLOAT32, FLOAT64)
@@ -30,10 +32,8 @@ def compute_dtype(dtype):
 
 def prepare_pred(y_pred):
     """Return (y_pred as a C-contiguous float32/float64 array, dtype of its gradient)."""
-    if type(y_pred) is np.ndarray and y_pred.dtype in KERNEL_FLOATS:
-        if y_pred.flags.c_contiguous:
-            return y_pred, y_pred.dtype
-        return np.ascontiguousarray(y_pred), y_pred.dtype
+    if kernels.is_kernel_float_array(y_pred):
+        return y_pred, y_pred.dtype
     if y_pred is None:
         raise TypeError("y_pred: expected an array, got None")
     array = np.asarray(y_pred)
@@ -44,14 +44,14 @@ def prepare_pred(y_pred):
 
 def prepare_target(y_true, pred):
     """y_true as a C-contiguous array of pred's dtype and shape."""
-    if not (type(y_true) is np.ndarray and y_true.dtype == pred.dtype
-            and y_true.flags.c_contiguous):
-        if y_true is None:
-            raise TypeError("y_true: expected an array, got None")
-        array = np.asarray(y_true)
-        if array.dtype.kind not in "biuf":
-            raise TypeError(f"y_true: expected a real-valued array, got dtype {array.dtype}")
-        y_true = np.ascontiguousarray(array, dtype=pred.dtype)
+    if kernels.matches(y_true, pred, False):
+        return y_true
+    if y_true is None:
+        raise TypeError("y_true: expected an array, got None")
+    array = np.asarray(y_true)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"y_true: expected a real-valued array, got dtype {array.dtype}")
+    y_true = np.ascontiguousarray(array, dtype=pred.dtype)
     if y_true.shape != pred.shape:
         raise ValueError(f"y_true: shape {y_true.shape} does not match "
                          f"y_pred shape {pred.shape}")
@@ -115,6 +115,8 @@ def prepare_out(out, pred, grad_dtype):
     if out is None:
         buffer = np.empty(pred.shape, dtype=pred.dtype)
         return buffer, (buffer if grad_dtype == pred.dtype else None)
+    if grad_dtype is pred.dtype and kernels.matches(out, pred, True):
+        return out, out
     if type(out) is not np.ndarray and not isinstance(out, np.ndarray):
         raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
     if out.shape != pred.shape:
