@@ -38,7 +38,7 @@ cdef inline void* data_or_null(object array):
 
 
 def is_kernel_float_array(object a):
-    """True for an exact ndarray, float32 or float64, C-contiguous and aligned.
+    """True for an exact ndarray, float32 or float64, C-contiguous, aligned, native order.
 
     The per-call fast path of the Python layer: one C call instead of several attribute
     reads (each ``.flags`` access builds an object).
@@ -48,18 +48,19 @@ def is_kernel_float_array(object a):
     cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>a)
     return ((typenum == cnp.NPY_FLOAT or typenum == cnp.NPY_DOUBLE)
             and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
-            and cnp.PyArray_ISALIGNED(<cnp.ndarray>a))
+            and cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray>a))
 
 
 def matches(object a, cnp.ndarray like, bint writeable):
     """True when ``a`` is an exact ndarray with ``like``'s dtype and shape, C-contiguous,
-    aligned (and writeable if asked): usable by a kernel next to ``like`` as it is."""
+    aligned, in native byte order (and writeable if asked): usable by a kernel next to
+    ``like`` as it is."""
     if type(a) is not cnp.ndarray:
         return False
     cdef cnp.ndarray b = <cnp.ndarray>a
     cdef int d
     if (cnp.PyArray_TYPE(b) != cnp.PyArray_TYPE(like) or b.ndim != like.ndim
-            or not cnp.PyArray_IS_C_CONTIGUOUS(b) or not cnp.PyArray_ISALIGNED(b)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(b) or not cnp.PyArray_ISBEHAVED_RO(b)
             or (writeable and not cnp.PyArray_ISWRITEABLE(b))):
         return False
     for d in range(b.ndim):

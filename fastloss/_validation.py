@@ -21,6 +21,8 @@ class InvalidParameterError(ValueError, TypeError):
 
 def compute_dtype(dtype):
     """The kernel dtype for an input dtype: float16 -> float32, int/bool -> float64."""
+    if not dtype.isnative:
+        dtype = dtype.newbyteorder("=")
     if dtype in KERNEL_FLOATS:
         return dtype
     if dtype == np.float16:
@@ -38,7 +40,7 @@ def prepare_pred(y_pred):
         raise TypeError("y_pred: expected an array, got None")
     array = np.asarray(y_pred)
     dtype = compute_dtype(array.dtype)
-    grad_dtype = array.dtype if array.dtype == np.float16 else dtype
+    grad_dtype = np.dtype(np.float16) if array.dtype == np.float16 else dtype
     return np.ascontiguousarray(array, dtype=dtype), grad_dtype
 
 
