@@ -1,7 +1,8 @@
 """Per-call input checks and conversions, shared by every loss.
 
 The fast path (a C-contiguous float32/float64 ndarray) costs a few attribute reads; any
-other input is converted once, never modified.
+other input is converted once, never modified.  Conversions use ``np.asarray(...,
+order="C")``, not ``np.ascontiguousarray``, which turns a 0-d input into shape (1,).
 """
 import numbers
 
@@ -33,13 +34,13 @@ def prepare_pred(y_pred):
     if type(y_pred) is np.ndarray and y_pred.dtype in KERNEL_FLOATS:
         if y_pred.flags.c_contiguous:
             return y_pred, y_pred.dtype
-        return np.ascontiguousarray(y_pred), y_pred.dtype
+        return np.asarray(y_pred, order="C"), y_pred.dtype
     if y_pred is None:
         raise TypeError("y_pred: expected an array, got None")
     array = np.asarray(y_pred)
     dtype = compute_dtype(array.dtype)
     grad_dtype = array.dtype if array.dtype == np.float16 else dtype
-    return np.ascontiguousarray(array, dtype=dtype), grad_dtype
+    return np.asarray(array, dtype=dtype, order="C"), grad_dtype
 
 
 def prepare_target(y_true, pred):
@@ -51,7 +52,7 @@ def prepare_target(y_true, pred):
         array = np.asarray(y_true)
         if array.dtype.kind not in "biuf":
             raise TypeError(f"y_true: expected a real-valued array, got dtype {array.dtype}")
-        y_true = np.ascontiguousarray(array, dtype=pred.dtype)
+        y_true = np.asarray(array, dtype=pred.dtype, order="C")
     if y_true.shape != pred.shape:
         raise ValueError(f"y_true: shape {y_true.shape} does not match "
                          f"y_pred shape {pred.shape}")
@@ -78,7 +79,7 @@ def prepare_labels(y_true, n_rows):
                                 f"{array.dtype} with the value {bad!r}")
         elif kind not in "biu":
             raise TypeError(f"y_true: expected integer class labels, got dtype {array.dtype}")
-        y_true = np.ascontiguousarray(array, dtype=np.int64)
+        y_true = np.asarray(array, dtype=np.int64, order="C")
     if y_true.shape != (n_rows,):
         raise ValueError(f"y_true: expected labels of shape ({n_rows},) for y_pred with "
                          f"{n_rows} rows, got shape {y_true.shape}")
@@ -97,7 +98,7 @@ def prepare_sample_weight(sample_weight, pred):
         if array.dtype.kind not in "biuf":
             raise TypeError(f"sample_weight: expected a real-valued array, "
                             f"got dtype {array.dtype}")
-        sample_weight = np.ascontiguousarray(array, dtype=pred.dtype)
+        sample_weight = np.asarray(array, dtype=pred.dtype, order="C")
     n = pred.shape[0]
     if sample_weight.shape != (n,):
         raise ValueError(f"sample_weight: expected shape ({n},), one weight per sample of "
