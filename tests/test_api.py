@@ -576,3 +576,16 @@ def test_out_allocates_no_array(loss_id, dtype, rng):
     finally:
         tracemalloc.stop()
     assert peak < pred.nbytes // 10, peak
+
+
+@pytest.mark.parametrize("loss_id", list(LOSSES))
+def test_pickle_and_deepcopy(loss_id, rng):
+    """Losses travel to worker processes (spawn) and copy like other configured objects."""
+    import copy
+    import pickle
+
+    loss = make_loss(loss_id, "sum")
+    pred, target, weight = make_inputs(loss_id, rng)
+    for clone in (pickle.loads(pickle.dumps(loss)), copy.deepcopy(loss)):
+        assert clone == loss and repr(clone) == repr(loss)
+        assert clone(pred, target, weight) == loss(pred, target, weight)

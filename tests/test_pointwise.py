@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import fastloss as fl
+from fastloss import _threads
 
 KERAS_EPSILON = 1e-7  # keras.backend.epsilon()
 
@@ -267,7 +268,8 @@ def test_matches_reference(case_id, dtype, reduction, shape, weighted, rng, set_
 def test_threads_agree_on_larger_input(case_id, rng, set_threads):
     """Above the real PARALLEL_MIN_WORK threshold (no monkeypatch), many chunks of rows."""
     name = CASES[case_id][0]
-    shape = (300, 130)  # 39,000 elements > PARALLEL_MIN_WORK of every loss
+    # just above the threshold (whatever it is tuned to), in rows of 130 elements
+    shape = (_threads.PARALLEL_MIN_WORK // 130 + 2, 130)
     params, pred, target = make_case(case_id, shape, np.float32, rng)
     weight = rng.uniform(0, 2, shape[0]).astype(np.float32)
     loss = fl.get(name, **params)
@@ -651,3 +653,18 @@ def test_large_random_sweep(case_id, dtype, set_threads):
                 value, grad = loss.value_and_grad(pred, target, weight)
                 assert_close(value, want_value, dtype)
                 assert_close(grad, want_grad, dtype)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_float32_terms_are_accumulated_in_float64(reduction, set_threads):
+    """A float32 accumulator would drop the small terms after the large ones."""
+    set_threads(1)
+    pred = np.ones(100_064, dtype=np.float32)
+    pred[:64] = 1e4  # one large term in every vector lane first: 1e8 each
+    target = np.zeros_like(pred)
+    exact = math.fsum([1e8] * 64 + [1.0] * 100_000)
+    if reduction == "mean":
+        exact /= pred.size
+    loss = fl.MeanSquaredError(reduction=reduction)
+    assert loss(pred, target) == pytest.approx(exact, rel=1e-12)
+    assert loss.value_and_grad(pred, target)[0] == pytest.approx(exact, rel=1e-12)

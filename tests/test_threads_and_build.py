@@ -386,3 +386,20 @@ def test_fastloss_isa_rejects_unknown_level():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "ImportError" in result.stderr and "FASTLOSS_ISA='avx9000'" in result.stderr
+
+
+@pytest.mark.parametrize("n_threads", [3, 7, 64])
+def test_more_threads_than_work(n_threads, rng, set_threads, parallel_always):
+    """Chunks that are empty or shorter than the vector width still give the serial result."""
+    loss = fl.BinaryCrossEntropy(from_logits=True, pos_weight=[1.0, 2.0, 0.5],
+                                 reduction="sum")
+    for n_rows in (1, 2, 5, 11, 40):
+        pred = rng.normal(size=(n_rows, 3))
+        target = rng.uniform(size=(n_rows, 3))
+        weight = rng.uniform(size=n_rows)
+        set_threads(1)
+        want = loss.value_and_grad(pred, target, weight)
+        set_threads(n_threads)
+        got = loss.value_and_grad(pred, target, weight)
+        assert got[0] == pytest.approx(want[0], rel=1e-14)
+        np.testing.assert_array_equal(got[1], want[1])
