@@ -20,6 +20,7 @@ class InvalidParameterError(ValueError, TypeError):
 
 def compute_dtype(dtype):
     """The kernel dtype for an input dtype: float16 -> float32, int/bool -> float64."""
+    dtype = dtype.newbyteorder("=")  # a byte-swapped float32 is still a float32
     if dtype in KERNEL_FLOATS:
         return dtype
     if dtype == np.float16:
@@ -39,7 +40,8 @@ def prepare_pred(y_pred):
         raise TypeError("y_pred: expected an array, got None")
     array = np.asarray(y_pred)
     dtype = compute_dtype(array.dtype)
-    grad_dtype = array.dtype if array.dtype == np.float16 else dtype
+    native = array.dtype.newbyteorder("=")
+    grad_dtype = native if native == np.float16 else dtype
     return np.asarray(array, dtype=dtype, order="C"), grad_dtype
 
 
