@@ -349,6 +349,22 @@ def test_target_and_weight_cast_to_the_prediction_dtype(loss_id, pred_dtype, tar
     np.testing.assert_array_equal(grad, want_grad)
 
 
+@pytest.mark.parametrize("dtype, kernel_dtype, grad_dtype", [
+    (">f4", np.float32, np.float32), (">f8", np.float64, np.float64),
+    (">f2", np.float32, np.float16), (">i4", np.float64, np.float64)])
+def test_byte_swapped_inputs_keep_their_precision(dtype, kernel_dtype, grad_dtype, rng):
+    loss = fl.LogCosh(reduction="none")
+    pred = rng.normal(0, 3, (4, 5)).astype(dtype)
+    target = rng.normal(size=(4, 5)).astype(dtype)
+    weight = rng.uniform(size=4).astype(">f8")
+    value, grad = loss.value_and_grad(pred, target, weight)
+    native = pred.astype(pred.dtype.newbyteorder("="))
+    want_value, want_grad = loss.value_and_grad(native, target.astype(native.dtype), weight)
+    assert value.dtype == kernel_dtype and grad.dtype == grad_dtype
+    np.testing.assert_array_equal(value, want_value)
+    np.testing.assert_array_equal(grad, want_grad)
+
+
 def test_python_lists_and_scalars():
     loss = fl.MeanSquaredError()
     assert loss([1.0, 2.0, 4.0], [1, 1, 1]) == pytest.approx(10 / 3)
