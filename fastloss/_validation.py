@@ -1,7 +1,7 @@
 """Per-call input checks and conversions, shared by every loss.
 
-The fast path (a C-contiguous float32/float64 ndarray) costs a few attribute reads; any
-other input is converted once, never modified.
+The fast path (a C-contiguous float32/float64 ndarray) is one C-level check; any other
+input is converted once (``as_kernel_array``), never modified.
 """
 import numbers
 
@@ -17,6 +17,12 @@ LABEL_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
 class InvalidParameterError(ValueError, TypeError):
     """A bad loss parameter (unknown name, wrong type or out of its domain)."""
+
+
+def as_kernel_array(array, dtype):
+    """``array`` as a C-contiguous, aligned ndarray of ``dtype`` (native byte order),
+    copied only when it is not one already; 0-d stays 0-d."""
+    return np.require(np.asarray(array), dtype=dtype, requirements=("C", "A"))
 
 
 def compute_dtype(dtype):
@@ -41,7 +47,7 @@ def prepare_pred(y_pred):
     array = np.asarray(y_pred)
     dtype = compute_dtype(array.dtype)
     grad_dtype = np.dtype(np.float16) if array.dtype == np.float16 else dtype
-    return np.ascontiguousarray(array, dtype=dtype), grad_dtype
+    return as_kernel_array(array, dtype), grad_dtype
 
 
 def prepare_target(y_true, pred):
@@ -53,7 +59,7 @@ def prepare_target(y_true, pred):
     array = np.asarray(y_true)
     if array.dtype.kind not in "biuf":
         raise TypeError(f"y_true: expected a real-valued array, got dtype {array.dtype}")
-    y_true = np.ascontiguousarray(array, dtype=pred.dtype)
+    y_true = as_kernel_array(array, pred.dtype)
     if y_true.shape != pred.shape:
         raise ValueError(f"y_true: shape {y_true.shape} does not match "
                          f"y_pred shape {pred.shape}")
@@ -80,7 +86,7 @@ def prepare_labels(y_true, n_rows):
                                 f"{array.dtype} with the value {bad!r}")
         elif kind not in "biu":
             raise TypeError(f"y_true: expected integer class labels, got dtype {array.dtype}")
-        y_true = np.ascontiguousarray(array, dtype=np.int64)
+        y_true = as_kernel_array(array, np.int64)
     if y_true.shape != (n_rows,):
         raise ValueError(f"y_true: expected labels of shape ({n_rows},) for y_pred with "
                          f"{n_rows} rows, got shape {y_true.shape}")
@@ -99,7 +105,7 @@ def prepare_sample_weight(sample_weight, pred):
         if array.dtype.kind not in "biuf":
             raise TypeError(f"sample_weight: expected a real-valued array, "
                             f"got dtype {array.dtype}")
-        sample_weight = np.ascontiguousarray(array, dtype=pred.dtype)
+        sample_weight = as_kernel_array(array, pred.dtype)
     n = pred.shape[0]
     if sample_weight.shape != (n,):
         raise ValueError(f"sample_weight: expected shape ({n},), one weight per sample of "

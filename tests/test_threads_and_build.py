@@ -1,0 +1,406 @@
+"""Threads, fork safety, process-wide state and the build (spec sections 4 and 5).
+
+Anything that could change the state of the test process (importing fastloss fresh,
+environment variables, fork) runs in a subprocess with a timeout, so that a hang fails
+the test instead of the suite.
+"""
+import importlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastloss as fl
+from fastloss import _dispatch
+
+PACKAGE_DIR = Path(fl.__file__).resolve().parent
+PROJECT_DIR = PACKAGE_DIR.parent
+
+
+def run_python(code, env=None, timeout=60):
+    """Run ``code`` in a fresh interpreter importing this fastloss; return its stdout."""
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("OMP_NUM_THREADS", "FASTLOSS_ISA")}
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        [str(PROJECT_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    full_env.update(env or {})
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
+                            cwd=PROJECT_DIR, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def built_kernel_modules():
+    """Every kernel module built here and runnable on this CPU, by ISA level."""
+    modules = {}
+    for level in _dispatch.supported_levels():
+        try:
+            modules[level] = importlib.import_module(f"fastloss._kernels_{level}")
+        except ImportError:
+            continue
+    return modules
+
+
+# ---------------------------------------------------------------------------------------
+# thread count
+# ---------------------------------------------------------------------------------------
+def test_set_and_get_num_threads(set_threads):
+    set_threads(1)
+    assert fl.get_num_threads() == 1
+    set_threads(np.int64(3))
+    assert fl.get_num_threads() == 3 and type(fl.get_num_threads()) is int
+
+
+@pytest.mark.parametrize("bad", [0, -1, -100])
+def test_set_num_threads_rejects_non_positive(bad, set_threads):
+    before = fl.get_num_threads()
+    with pytest.raises(ValueError, match=rf"set_num_threads.*>= 1.*got {bad}"):
+        set_threads(bad)
+    assert fl.get_num_threads() == before
+
+
+@pytest.mark.parametrize("bad", [1.5, 2.0, "2", None, True, [2]])
+def test_set_num_threads_rejects_non_integers(bad, set_threads):
+    before = fl.get_num_threads()
+    with pytest.raises(TypeError, match="set_num_threads.*int"):
+        set_threads(bad)
+    assert fl.get_num_threads() == before
+
+
+def test_thread_count_is_fastloss_own(set_threads):
+    """Setting fastloss's threads leaves PyTorch's (and the environment) alone."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    set_threads(1)
+    fl.MeanSquaredError()(np.zeros(100000), np.ones(100000))
+    set_threads(2)
+    fl.MeanSquaredError()(np.zeros(100000), np.ones(100000))
+    assert (torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")) == before
+
+
+def _affinity():
+    return len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("1", 1), ("3", 3), ("4,2", 4), (" 2 ", 2), ("0", None), ("abc", None), ("", None)])
+def test_omp_num_threads_is_honoured(value, expected):
+    expected = _affinity() if expected is None else expected
+    out = run_python("import fastloss; print(fastloss.get_num_threads())",
+                     env={"OMP_NUM_THREADS": value})
+    assert int(out) == expected
+
+
+def test_default_thread_count_is_the_available_cpus():
+    out = run_python("import fastloss; print(fastloss.get_num_threads())")
+    assert int(out) == _affinity()
+
+
+def test_import_changes_no_other_library_threads():
+    torch = pytest.importorskip("torch")  # noqa: F841 (only to skip without torch)
+    out = run_python("""
+        import os, torch
+        before = (torch.get_num_threads(), torch.get_num_interop_threads(),
+                  os.environ.get("OMP_NUM_THREADS"))
+        import numpy as np, fastloss
+        fastloss.set_num_threads(1)
+        fastloss.MeanSquaredError()(np.zeros(200000), np.ones(200000))
+        fastloss.set_num_threads(2)
+        fastloss.MeanSquaredError()(np.zeros(200000), np.ones(200000))
+        after = (torch.get_num_threads(), torch.get_num_interop_threads(),
+                 os.environ.get("OMP_NUM_THREADS"))
+        print(before == after)
+    """, timeout=120)
+    assert out.strip() == "True"
+
+
+# ---------------------------------------------------------------------------------------
+# fork after a threaded call
+# ---------------------------------------------------------------------------------------
+def test_fork_after_threaded_call_works():
+    """A DataLoader-style worker forked after fastloss ran threaded does not hang."""
+    out = run_python("""
+        import multiprocessing as mp
+        import numpy as np
+        import fastloss
+        from fastloss import _dispatch
+
+        fastloss.set_num_threads(2)
+        rng = np.random.default_rng(0)
+        pred = rng.normal(size=(400, 500)).astype(np.float32)
+        target = rng.normal(size=(400, 500)).astype(np.float32)
+        loss = fastloss.LogCosh()
+        parent_value = loss(pred, target)          # 200,000 elements: threaded
+        assert _dispatch.kernels.parallel_used()
+
+        def work(queue):
+            value, grad = loss.value_and_grad(pred, target)
+            queue.put((value, float(np.abs(grad).sum()), fastloss.get_num_threads()))
+
+        ctx = mp.get_context("fork")
+        queue = ctx.Queue()
+        # daemons: should a child hang, the script's exit still ends it
+        children = [ctx.Process(target=work, args=(queue,), daemon=True) for _ in range(2)]
+        for child in children:
+            child.start()
+        results = [queue.get(timeout=30) for _ in children]
+        for child in children:
+            child.join(timeout=30)
+            assert child.exitcode == 0, child.exitcode
+        for value, grad_sum, threads in results:
+            assert abs(value - parent_value) <= 1e-9 * abs(parent_value), (value, parent_value)
+            assert grad_sum > 0 and threads == 1
+        # the parent keeps its threads
+        assert fastloss.get_num_threads() == 2
+        assert abs(loss(pred, target) - parent_value) <= 1e-9 * abs(parent_value)
+        print("ok")
+    """, timeout=90)
+    assert out.strip() == "ok"
+
+
+def test_fork_before_any_threaded_call_keeps_threads():
+    out = run_python("""
+        import multiprocessing as mp
+        import fastloss
+        fastloss.set_num_threads(2)
+        ctx = mp.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=lambda: queue.put(fastloss.get_num_threads()), daemon=True)
+        child.start()
+        print(queue.get(timeout=30))
+        child.join(timeout=30)
+    """)
+    assert int(out) == 2
+
+
+# ---------------------------------------------------------------------------------------
+# process-wide floating-point state
+# ---------------------------------------------------------------------------------------
+def test_import_and_kernels_leave_subnormals_alone():
+    """No flush-to-zero / denormals-are-zero after import or after any kernel ran."""
+    out = run_python("""
+        import importlib
+        import numpy as np
+        import fastloss
+        from fastloss import _dispatch, _threads
+
+        def subnormals_work():
+            return (np.float64(1e-310) * 1 != 0 and np.float32(1e-40) * 1 != 0
+                    and np.float64(2.5e-308) / 4 != 0)
+
+        assert subnormals_work(), "after import"
+        _threads.PARALLEL_MIN_WORK = 0
+        fastloss.set_num_threads(2)
+        for level in _dispatch.supported_levels():
+            try:
+                module = importlib.import_module(f"fastloss._kernels_{level}")
+            except ImportError:
+                continue
+            fastloss._pointwise.kernels = module
+            for name in fastloss.available():
+                loss = fastloss.get(name)
+                pred = np.full(1000, 0.25)
+                loss.value_and_grad(pred, np.ones(1000))
+                loss.value_and_grad(pred.astype(np.float32), np.ones(1000))
+            # a subnormal gradient survives the kernel itself (DAZ/FTZ would zero it)
+            grad = fastloss.MeanSquaredError(reduction="sum").grad(
+                np.full(64, 1e-310), np.zeros(64))
+            assert np.all(grad == 2e-310), (level, grad[:4])
+            assert subnormals_work(), level
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+# ---------------------------------------------------------------------------------------
+# the build: OpenMP, compile flags, vector math, ISA levels
+# ---------------------------------------------------------------------------------------
+def test_show_config_reports_openmp_threads_and_flags(set_threads):
+    set_threads(2)
+    buffer = io.StringIO()
+    fl.show_config(file=buffer)
+    text = buffer.getvalue()
+    assert f"fastloss {fl.__version__}" in text
+    assert re.search(r"openmp: True", text), text
+    assert re.search(r"num_threads: 2\b", text), text
+    flags = re.search(r"compile_flags: (.*)", text).group(1).split()
+    assert "-fopenmp" in flags and "-O3" in flags
+    assert "-ffast-math" not in flags and "-march=native" not in flags
+    assert not any(f.startswith("-Ofast") for f in flags)
+    assert re.search(r"isa_level: (baseline|x86_64_v3|x86_64_v4)", text), text
+    info = fl.config()
+    assert info["openmp"] is True and info["num_threads"] == 2
+    assert info["kernel_module"] == _dispatch.kernels.__name__
+
+
+def test_show_config_prints_to_stdout(capsys):
+    fl.show_config()
+    assert "openmp: True" in capsys.readouterr().out
+
+
+def test_best_isa_level_is_picked():
+    modules = built_kernel_modules()
+    best = os.environ.get("FASTLOSS_ISA", "").strip() or next(
+        level for level in _dispatch.supported_levels() if level in modules)
+    assert _dispatch.kernels.__name__ == f"fastloss._kernels_{best}"
+    assert fl.config()["isa_level"] == best
+
+
+@pytest.mark.parametrize("level", ["baseline", "x86_64_v3", "x86_64_v4"])
+def test_each_module_links_libgomp(level):
+    module = built_kernel_modules().get(level)
+    if module is None:
+        pytest.skip(f"{level} not built or not supported by this CPU")
+    if shutil.which("ldd") is None:
+        pytest.skip("ldd not available")
+    result = subprocess.run(["ldd", module.__file__], capture_output=True, text=True,
+                            timeout=30)
+    assert re.search(r"libgomp\.so", result.stdout), result.stdout
+
+
+def test_libgomp_is_loaded_by_importing_fastloss():
+    """Without any other library that might bring it (no torch in this process)."""
+    out = run_python("""
+        import sys
+        import fastloss
+        assert "torch" not in sys.modules
+        with open("/proc/self/maps") as fh:
+            print(any("libgomp" in line for line in fh))
+    """)
+    assert out.strip() == "True"
+
+
+def _undefined_dynamic_symbols(path):
+    if shutil.which("nm"):
+        result = subprocess.run(["nm", "-D", "--undefined-only", path], capture_output=True,
+                                text=True, timeout=30)
+        if result.returncode == 0:
+            return {line.split()[-1].split("@")[0] for line in result.stdout.splitlines()
+                    if line.strip()}
+    # no nm: the dynamic string table holds the imported names as NUL-terminated strings
+    data = Path(path).read_bytes()
+    return {m.decode() for m in re.findall(rb"_ZGV[A-Za-z0-9_]+", data)}
+
+
+@pytest.mark.parametrize("level", ["baseline", "x86_64_v3", "x86_64_v4"])
+def test_each_module_uses_vector_math(level):
+    module = built_kernel_modules().get(level)
+    if module is None:
+        pytest.skip(f"{level} not built or not supported by this CPU")
+    info = module.build_info()
+    if not info["vector_exp_log"]:
+        pytest.skip("built without glibc's vector math (libmvec)")
+    symbols = _undefined_dynamic_symbols(module.__file__)
+    vector = {s for s in symbols if s.startswith("_ZGV")}
+    assert any(s.endswith("_expf") for s in vector), sorted(vector)
+    assert any(s.endswith("_logf") for s in vector), sorted(vector)
+    assert any(s.endswith("_exp") for s in vector), sorted(vector)
+    if info["vector_log1p_tanh"]:
+        assert any(s.endswith("_tanhf") for s in vector), sorted(vector)
+    if level == "x86_64_v4":
+        assert any(s.startswith(("_ZGVd", "_ZGVe")) for s in vector)  # AVX2/AVX-512 widths
+
+
+ISA_CASES = [
+    ("mse", {}), ("mae", {}), ("msle", {}), ("huber", {"delta": 0.6}),
+    ("pseudo_huber", {"delta": 1.7}), ("log_cosh", {}), ("hinge", {}), ("squared_hinge", {}),
+    ("binary_cross_entropy", {"label_smoothing": 0.1}),
+    ("binary_cross_entropy", {"from_logits": True, "pos_weight": [0.5, 1.0, 2.0, 1.5, 3.0,
+                                                                  0.7, 1.1]}),
+]
+
+
+def _isa_inputs(name, params, dtype, rng):
+    shape = (23, 7)
+    if name in ("hinge", "squared_hinge"):
+        pred, target = rng.normal(size=shape), rng.choice([0.0, 1.0], shape)
+    elif name == "binary_cross_entropy" and not params.get("from_logits"):
+        pred, target = rng.uniform(0.01, 0.99, shape), rng.uniform(0, 1, shape)
+    elif name == "msle":
+        pred, target = rng.uniform(-0.1, 5, shape), rng.uniform(0, 5, shape)
+    else:
+        pred, target = rng.normal(0, 3, shape), rng.uniform(0, 1, shape)
+    return pred.astype(dtype), target.astype(dtype), rng.uniform(0, 2, 23).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name, params", ISA_CASES,
+                         ids=[f"{n}{'_logits' if p.get('from_logits') else ''}"
+                              for n, p in ISA_CASES])
+def test_isa_levels_agree(name, params, dtype, rng, monkeypatch, set_threads,
+                          parallel_always):
+    modules = built_kernel_modules()
+    if len(modules) < 2:
+        pytest.skip("only one kernel module built (FASTLOSS_ONLY_BASELINE?)")
+    pred, target, weight = _isa_inputs(name, params, dtype, rng)
+    results = {}
+    for level, module in modules.items():
+        monkeypatch.setattr(fl._pointwise, "kernels", module)
+        # few threaded runs: a parallel region can cost milliseconds on a loaded machine
+        for n_threads, reduction, w in ((1, "mean", None), (1, "mean", weight),
+                                        (1, "none", weight), (2, "mean", weight)):
+            set_threads(n_threads)
+            loss = fl.get(name, reduction=reduction, **params)
+            value, grad = loss.value_and_grad(pred, target, w)
+            results.setdefault((n_threads, reduction, w is None), {})[level] = (
+                np.asarray(value, dtype=np.float64), grad.astype(np.float64))
+    # libmvec variants of different widths are each within 4 ulp: results agree to that
+    rtol = 2e-6 if dtype == np.float32 else 1e-13
+    for by_level in results.values():
+        base_value, base_grad = by_level["baseline"]
+        for level, (value, grad) in by_level.items():
+            for got, want in ((value, base_value), (grad, base_grad)):
+                scale = np.max(np.abs(want))
+                np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale,
+                                           err_msg=level)
+
+
+@pytest.mark.parametrize("level", ["baseline", "x86_64_v3", "x86_64_v4"])
+def test_fastloss_isa_forces_a_level(level):
+    if level not in built_kernel_modules():
+        pytest.skip(f"{level} not built or not supported by this CPU")
+    out = run_python("""
+        import numpy as np, fastloss
+        info = fastloss.config()
+        print(info["isa_level"], info["kernel_module"])
+        print(fastloss.LogCosh()(np.linspace(-3, 3, 100), np.zeros(100)))
+    """, env={"FASTLOSS_ISA": level})
+    lines = out.split()
+    assert lines[:2] == [level, f"fastloss._kernels_{level}"]
+    want = fl.LogCosh()(np.linspace(-3, 3, 100), np.zeros(100))
+    assert float(lines[2]) == pytest.approx(want, rel=1e-14)
+
+
+def test_fastloss_isa_rejects_unknown_level():
+    code = "import fastloss"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update({"FASTLOSS_ISA": "avx9000", "PYTHONPATH": str(PROJECT_DIR)})
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=PROJECT_DIR,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "ImportError" in result.stderr and "FASTLOSS_ISA='avx9000'" in result.stderr
+
+
+@pytest.mark.parametrize("n_threads", [3, 7, 64])
+def test_more_threads_than_work(n_threads, rng, set_threads, parallel_always):
+    """Chunks that are empty or shorter than the vector width still give the serial result."""
+    loss = fl.BinaryCrossEntropy(from_logits=True, pos_weight=[1.0, 2.0, 0.5],
+                                 reduction="sum")
+    for n_rows in (1, 2, 5, 11, 40):
+        pred = rng.normal(size=(n_rows, 3))
+        target = rng.uniform(size=(n_rows, 3))
+        weight = rng.uniform(size=n_rows)
+        set_threads(1)
+        want = loss.value_and_grad(pred, target, weight)
+        set_threads(n_threads)
+        got = loss.value_and_grad(pred, target, weight)
+        assert got[0] == pytest.approx(want[0], rel=1e-14)
+        np.testing.assert_array_equal(got[1], want[1])
