@@ -97,17 +97,25 @@ cdef inline floating pointwise_term(const Pointwise* loss, floating p, floating 
         d = p - t
         a = abs_(d)
         s = <floating>loss.delta
+        grad[0] = min_(max_(d, -s), s)   # clamp(d, -delta, delta); NaN propagates
         if a <= s:
-            grad[0] = d
             return half * d * d
-        grad[0] = s if d > 0 else -s
         return s * (a - half * s)
     elif Pointwise is PseudoHuber:
+        # r = sqrt(1 + a^2), a = |d| / delta, without overflow for huge a; the value
+        # d^2 / (r + 1) = delta^2 (r - 1) avoids the cancellation of r - 1 for small a.
         d = p - t
         s = <floating>loss.delta
-        r = sqrt_(one + (d / s) * (d / s))
+        a = abs_(d) / s
+        if a <= one:
+            r = sqrt_(one + a * a)
+            m = d * d / (r + one)
+        else:
+            m = one / a
+            r = a * sqrt_(one + m * m)
+            m = s * s * (r - one)
         grad[0] = d / r
-        return s * s * (r - one)
+        return m
     elif Pointwise is LogCosh:
         d = p - t
         grad[0] = tanh_(d)

@@ -46,7 +46,8 @@ def prepare_pred(y_pred):
         raise TypeError("y_pred: expected an array, got None")
     array = np.asarray(y_pred)
     dtype = compute_dtype(array.dtype)
-    grad_dtype = np.dtype(np.float16) if array.dtype == np.float16 else dtype
+    is_half = array.dtype.kind == "f" and array.dtype.itemsize == 2  # any byte order
+    grad_dtype = np.dtype(np.float16) if is_half else dtype
     return as_kernel_array(array, dtype), grad_dtype
 
 
