@@ -55,3 +55,4 @@ def parallel_used():
 
 
 include "_pointwise.pxi"
+include "_multiclass.pxi"
