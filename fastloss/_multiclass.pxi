@@ -20,6 +20,7 @@
 #     the weighted-mean denominator of sparse cross-entropy), so the main pass never
 #     indexes with a bad label.
 
+from libc.math cimport NAN
 from libc.stdint cimport int32_t, int64_t
 
 cdef enum:
@@ -605,8 +606,9 @@ cdef (double, int, double, Py_ssize_t) sparse_dispatch(
     if first_bad_row >= 0:
         return 0.0, FLAG_LABEL_OUT_OF_RANGE, denominator, first_bad_row
     if weighted_mean:
-        # 1/0 = inf when every row is ignored: their gradient rows are zeroed anyway
-        grad_scale = 1.0 / denominator
+        # torch: a zero denominator (every row ignored, or zero weights) gives nan, the
+        # NLL part being 0/0; ignored rows still get a zero gradient row
+        grad_scale = 1.0 / denominator if denominator != 0 else NAN
     if loss_id == ID_SPARSE_LOGITS:
         acc = rows_run(&sparse_logits, prm, x, no_target, labels, class_weight,
                        sample_weight, grad, values, <floating>grad_scale, n_rows,

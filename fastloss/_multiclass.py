@@ -223,11 +223,8 @@ class _SparseRowLoss(RowLoss):
 
 
 def _divide(total, denominator):
-    """total / denominator with IEEE semantics (0/0 = nan, x/0 = ±inf), as torch."""
-    if denominator:
-        return total / denominator
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(np.float64(total) / np.float64(denominator))
+    """The weighted mean; nan for a zero denominator, as torch (its NLL part is 0/0)."""
+    return total / denominator if denominator else float("nan")
 
 
 def _check_ignore_index(value):
