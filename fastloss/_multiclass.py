@@ -131,6 +131,19 @@ class CategoricalCrossEntropy(_DenseRowLoss):
 
     Targets must lie in [0, 1] (they need not sum to 1).  The gradient with respect to
     logits is ``(A + 2 z T lse) softmax(x) - w t'``, A = sum_c w_c t'_c.
+
+    Parameters
+    ----------
+    from_logits : bool, default False
+        Whether ``y_pred`` holds logits (else probabilities).
+    label_smoothing : float in [0, 1], default 0
+        ε of the smoothed target ``t (1 - ε) + ε / C``.
+    class_weight : array of C reals, optional
+        Per-class weights w (torch's ``weight``); checked against C at each call.
+    z_loss : float >= 0, default 0
+        Coefficient of the ``logsumexp(x)^2`` term (logits only).
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "none" returns one value per row, shape (N,).
     """
 
     name = "categorical_cross_entropy"
@@ -170,6 +183,15 @@ class KLDivergence(_DenseRowLoss):
     ``binary_cross_entropy`` floors its logs, so q = 0 gives a finite value; the gradient
     ``-p / q`` is 0 where the floor is active.  ``y_true`` holds p in [0, 1], or log p
     (<= 0) with ``log_target=True`` (torch's ``log_target``).
+
+    Parameters
+    ----------
+    from_logits : bool, default False
+        Whether ``y_pred`` holds logits (else probabilities q).
+    log_target : bool, default False
+        Whether ``y_true`` holds log p (else p).
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" is torch's "batchmean"; "none" returns one value per row, shape (N,).
     """
 
     name = "kl_divergence"
@@ -254,6 +276,21 @@ class SparseCategoricalCrossEntropy(_SparseRowLoss):
     when ``class_weight`` is given (torch's weighted mean; nan when every row is
     ignored); ``sample_weight`` only scales each row's term.  Any other label outside
     [0, C) is a ValueError.
+
+    Parameters
+    ----------
+    from_logits : bool, default False
+        Whether ``y_pred`` holds logits (else probabilities).
+    label_smoothing : float in [0, 1], default 0
+        ε above (torch's ``label_smoothing``).
+    class_weight : array of C reals, optional
+        Per-class weights w (torch's ``weight``); checked against C at each call.
+    ignore_index : int, default -100
+        Label of the rows to skip.
+    z_loss : float >= 0, default 0
+        Coefficient of the ``logsumexp(x)^2`` term (logits only).
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "none" returns one value per row, shape (N,).
     """
 
     name = "sparse_categorical_cross_entropy"
@@ -289,6 +326,17 @@ class MultiMargin(_SparseRowLoss):
     ``w_y / C sum_{c != y} max(0, margin - x_y + x_c)^p``, p in {1, 2}; ``"mean"``
     divides by N.  As torch, a term counts only where ``margin - x_y + x_c > 0`` (a NaN
     score drops its term rather than propagating).  Labels must lie in [0, C).
+
+    Parameters
+    ----------
+    margin : float, default 1
+        The margin (any finite real).
+    p : {1, 2}, default 1
+        Power of each hinge term.
+    class_weight : array of C reals, optional
+        Per-class weights w (torch's ``weight``), applied by the row's label.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "none" returns one value per row, shape (N,).
     """
 
     name = "multi_margin"

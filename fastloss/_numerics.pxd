@@ -22,6 +22,8 @@ cdef extern from "_numerics.h" nogil:
     float sqrtf(float)
     double fabs(double)
     float fabsf(float)
+    float fastloss_row_max_float(const float* x, Py_ssize_t n)
+    double fastloss_row_max_double(const double* x, Py_ssize_t n)
 
 
 cdef inline floating exp_(floating x) noexcept nogil:
@@ -110,13 +112,12 @@ cdef inline floating log_cosh(floating x) noexcept nogil:
 # (_numerics.h) the exp/log loops call libmvec.
 
 cdef inline floating row_max(const floating* x, Py_ssize_t n) noexcept nogil:
-    """max(x[0], ..., x[n-1]) for n >= 1 (a NaN may or may not be returned: callers
-    propagate NaN through the exponentials instead)."""
-    cdef floating m = x[0]
-    cdef Py_ssize_t i
-    for i in range(1, n):
-        m = max_(m, x[i])
-    return m
+    """max(x[0], ..., x[n-1]) for n >= 1, vectorised (a C helper: see _numerics.h).  With
+    a NaN in x the result is unspecified: callers propagate NaN through exp(x - max)."""
+    if floating is float:
+        return fastloss_row_max_float(x, n)
+    else:
+        return fastloss_row_max_double(x, n)
 
 
 cdef inline floating row_sum(const floating* x, Py_ssize_t n) noexcept nogil:
