@@ -646,8 +646,14 @@ cdef RowParams row_params(cnp.ndarray y_pred, object class_weight, double label_
     prm.log_target = log_target
     prm.has_ignore_index = ignore_index is not None
     prm.ignore_index = 0 if ignore_index is None else ignore_index
-    prm.class_weight_sum = (prm.n_classes if class_weight is None
-                            else float(class_weight.sum()))
+    prm.class_weight_sum = prm.n_classes
+    if class_weight is not None:  # a C loop: cheaper per call than ndarray.sum()
+        if cnp.PyArray_TYPE(class_weight) == cnp.NPY_FLOAT:
+            prm.class_weight_sum = row_sum(<float*>cnp.PyArray_DATA(class_weight),
+                                           prm.n_classes)
+        else:
+            prm.class_weight_sum = row_sum(<double*>cnp.PyArray_DATA(class_weight),
+                                           prm.n_classes)
     return prm
 
 
