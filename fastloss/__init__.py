@@ -6,6 +6,8 @@
 """
 from ._base import Loss
 from ._dispatch import kernels as _kernels
+from ._multiclass import (MULTICLASS_LOSSES, CategoricalCrossEntropy, KLDivergence,
+                          MultiMargin, SparseCategoricalCrossEntropy)
 from ._pointwise import (POINTWISE_LOSSES, BinaryCrossEntropy, Hinge, Huber, LogCosh,
                          MeanAbsoluteError, MeanSquaredError, MeanSquaredLogarithmicError,
                          PseudoHuber, SquaredHinge)
@@ -14,7 +16,7 @@ from ._validation import InvalidParameterError
 
 __version__ = "0.1.0"
 
-_REGISTRY = {cls.name: cls for cls in POINTWISE_LOSSES}
+_REGISTRY = {cls.name: cls for cls in POINTWISE_LOSSES + MULTICLASS_LOSSES}
 
 
 def available():
@@ -63,4 +65,5 @@ def config():
 
 
 __all__ = ["Loss", "available", "get", "show_config", "config", "set_num_threads",
-           "get_num_threads", "InvalidParameterError"] + [c.__name__ for c in POINTWISE_LOSSES]
+           "get_num_threads", "InvalidParameterError"] + [
+               c.__name__ for c in POINTWISE_LOSSES + MULTICLASS_LOSSES]

@@ -87,3 +87,4 @@ def parallel_used():
 
 
 include "_pointwise.pxi"
+include "_multiclass.pxi"

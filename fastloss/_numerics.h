@@ -41,6 +41,20 @@ extern float tanhf(float) FASTLOSS_SIMD_DECL;
 #  define FASTLOSS_VECTOR_LOG1P_TANH 0
 #endif
 
+/* Row maximum (n >= 1) as a vectorised reduction.  gcc does not vectorise a max written
+ * as a ternary (NaN semantics), and a scalar max is a chain of dependent compares; the
+ * OpenMP simd reduction allows it.  Which element wins when one is NaN is unspecified:
+ * the softmax callers propagate NaN through exp(x - max) anyway. */
+#define FASTLOSS_DEFINE_ROW_MAX(name, type)                         \
+    static inline type name(const type* x, ptrdiff_t n) {           \
+        type m = x[0];                                              \
+        _Pragma("omp simd reduction(max:m)")                        \
+        for (ptrdiff_t i = 1; i < n; i++) m = x[i] > m ? x[i] : m;  \
+        return m;                                                   \
+    }
+FASTLOSS_DEFINE_ROW_MAX(fastloss_row_max_float, float)
+FASTLOSS_DEFINE_ROW_MAX(fastloss_row_max_double, double)
+
 /* Set by a kernel the first time it enters an OpenMP parallel region.  libgomp cannot
  * start a parallel region in a child forked after the parent used one (GCC bug 60035),
  * so the Python layer forces the serial path in such children. */

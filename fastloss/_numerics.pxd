@@ -22,6 +22,8 @@ cdef extern from "_numerics.h" nogil:
     float sqrtf(float)
     double fabs(double)
     float fabsf(float)
+    float fastloss_row_max_float(const float* x, Py_ssize_t n)
+    double fastloss_row_max_double(const double* x, Py_ssize_t n)
 
 
 cdef inline floating exp_(floating x) noexcept nogil:
@@ -127,3 +129,50 @@ cdef inline floating log_cosh(floating x) noexcept nogil:
     """log(cosh(x)) = |x| + log1p(exp(-2|x|)) - log 2, finite for every finite x."""
     cdef floating a = abs_(x)
     return a + log1p_unit(exp_(-(a + a))) - <floating>0.6931471805599453
+
+
+# -- row helpers of the row losses (softmax family) -----------------------------------
+# Plain loops over a contiguous row: the translation unit is compiled with reassociation
+# (setup.py), so gcc vectorises the max/sum reductions, and with exp/log declared simd
+# (_numerics.h) the exp/log loops call libmvec.
+
+cdef inline floating row_max(const floating* x, Py_ssize_t n) noexcept nogil:
+    """max(x[0], ..., x[n-1]) for n >= 1, vectorised (a C helper: see _numerics.h).  With
+    a NaN in x the result is unspecified: callers propagate NaN through exp(x - max)."""
+    if floating is float:
+        return fastloss_row_max_float(x, n)
+    else:
+        return fastloss_row_max_double(x, n)
+
+
+cdef inline floating row_sum(const floating* x, Py_ssize_t n) noexcept nogil:
+    cdef floating s = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        s += x[i]
+    return s
+
+
+cdef inline void exp_shifted(const floating* x, floating shift, floating* out,
+                             Py_ssize_t n) noexcept nogil:
+    """out[i] = exp(x[i] - shift); ``out`` may be ``x``."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        out[i] = exp_(x[i] - shift)
+
+
+cdef inline void exp_inplace(floating* x, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        x[i] = exp_(x[i])
+
+
+cdef inline void log_inplace(floating* x, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        x[i] = log_(x[i])
+
+
+cdef inline floating xlogx(floating x) noexcept nogil:
+    """x log x with 0 log 0 = 0 (torch.xlogy(x, x)); NaN propagates."""
+    return 0 if x == 0 else x * log_(x)

@@ -1,0 +1,737 @@
+# Row losses: one term per row of an (N, C) y_pred (categorical and sparse categorical
+# cross-entropy, KL divergence, multi-margin), value and gradient in one pass.
+#
+# Layout of the work:
+#   * ``rows_run`` splits the rows into one contiguous chunk per thread (or runs one chunk
+#     serially); ``rows_chunk`` walks its rows block by block.
+#   * Losses of logits share a blocked softmax pass (``softmax_block``): the rows of a block
+#     are shifted by their max and exponentiated into the gradient rows themselves (or a
+#     per-thread scratch of at most max(C, SOFTMAX_BLOCK_ELEMS) elements when no gradient is
+#     wanted), so there is never an N x C temporary.  Small C takes many rows per block, so
+#     the exp and log loops run over long contiguous stretches (per-row overhead dominates
+#     at C ~ 10); large C takes one row per block and a single fused exp(x - max) loop.
+#   * The per-row function of each loss (``*_row``) turns exp(x - max) into the scaled
+#     gradient in place and returns the row's weighted loss.  ``scale_row`` is
+#     grad_scale * sample_weight[row]: the reduction's denominator is folded in.
+#   * Loss values are accumulated across rows in float64.
+#   * Bad input (a probability outside [0, 1], a label outside [0, C)) raises a bit in
+#     ``flags``, turned into a ValueError by the Python layer (fastloss/_multiclass.py).
+#     Labels are checked in a cheap O(N) pass before the main pass (which also computes
+#     the weighted-mean denominator of sparse cross-entropy), so the main pass never
+#     indexes with a bad label.
+
+from libc.math cimport NAN
+from libc.stdint cimport int32_t, int64_t
+
+cdef enum:
+    # bits of ``flags`` (8 and 16, FLAG_PRED/TARGET_NOT_PROBABILITY, are shared with
+    # _pointwise.pxi)
+    FLAG_LABEL_OUT_OF_RANGE = 32          # a label outside [0, C), not ignore_index
+    FLAG_OUT_OF_MEMORY = 64               # malloc of the per-thread scratch failed
+    FLAG_OUT_OVERLAPS_INPUT = 128         # the gradient buffer shares memory with an input
+    FLAG_TARGET_NOT_LOG_PROBABILITY = 256 # kl_divergence(log_target=True): a log p > 0
+
+cdef enum:
+    # A block of the softmax pass holds at most this many elements (stays in L1 with its
+    # rows of y_pred) and at most SOFTMAX_MAX_BLOCK_ROWS rows.
+    SOFTMAX_BLOCK_ELEMS = 2048
+    SOFTMAX_MAX_BLOCK_ROWS = 256
+
+cdef double KERAS_EPSILON = 1e-7   # keras.backend.epsilon(): probabilities clipped to it
+cdef double KL_LOG_FLOOR = -100    # log q of kl_divergence from probabilities is >= this
+
+
+# Tag types: one per kernel, as in _pointwise.pxi.
+cdef struct CategoricalLogits:
+    char unused
+cdef struct CategoricalProbs:
+    char unused
+cdef struct KLLogits:
+    char unused
+cdef struct KLProbs:
+    char unused
+cdef struct SparseLogits:
+    char unused
+cdef struct SparseProbs:
+    char unused
+cdef struct MultiMarginRows:
+    char unused
+
+ctypedef fused RowLoss:
+    CategoricalLogits
+    CategoricalProbs
+    KLLogits
+    KLProbs
+    SparseLogits
+    SparseProbs
+    MultiMarginRows
+
+ctypedef fused label_t:
+    int32_t
+    int64_t
+
+# Kernel ids of the Python layer (fastloss/_multiclass.py).
+cdef enum RowLossId:
+    ID_CATEGORICAL_LOGITS = 0
+    ID_CATEGORICAL_PROBS = 1
+    ID_KL_LOGITS = 2
+    ID_KL_PROBS = 3
+    ID_SPARSE_LOGITS = 4
+    ID_SPARSE_PROBS = 5
+    ID_MULTI_MARGIN = 6
+
+
+cdef struct RowParams:
+    Py_ssize_t n_classes
+    double label_smoothing
+    double z_loss
+    double margin
+    int power                 # multi-margin p (1 or 2)
+    bint log_target           # kl_divergence: y_true holds log p
+    bint has_ignore_index     # sparse cross-entropy: rows labelled ignore_index are skipped
+    int64_t ignore_index
+    double class_weight_sum   # sum of the class weights (C without class weights)
+
+
+# -- per-row math --------------------------------------------------------------------
+
+cdef inline floating keras_clip(floating q) noexcept nogil:
+    """Keras clips renormalised probabilities to [eps, 1 - eps] (NaN propagates)."""
+    return min_(max_(q, <floating>KERAS_EPSILON), <floating>(1.0 - KERAS_EPSILON))
+
+
+cdef inline bint keras_unclipped(floating q) noexcept nogil:
+    """Where the clip passes the gradient (torch.clip / tf.clip_by_value: inclusive)."""
+    return (q >= <floating>KERAS_EPSILON) & (q <= <floating>(1.0 - KERAS_EPSILON))
+
+
+cdef inline double categorical_logits_row(const RowParams* prm, const floating* x,
+                                          floating* g, floating m, floating s,
+                                          floating log_s, const floating* t,
+                                          const floating* cw, floating sw,
+                                          floating scale_row, int* flags) noexcept nogil:
+    """-sum_c a_c log_softmax(x)_c + z_loss T lse^2, a_c = w_c (t_c (1 - eps) + eps / C).
+
+    torch cross_entropy with probability targets (label_smoothing, weight); T = sum_c w_c
+    t_c weighs the z-loss.  On entry ``g`` holds exp(x - m) with row sum ``s``; on exit
+    the gradient (A + 2 z T lse) softmax - a, times ``scale_row``.
+
+    The value is computed as A log_s - sum_c a_c (x_c - m), A = sum_c a_c: the shifted
+    logit x_c - m only ever enters a product.  (Under -fassociative-math gcc may regroup
+    a sum such as log_s - (x_c - m) into (log_s + m) - x_c, which loses the digits of a
+    small loss against logits of 1e4 in float32.)
+    """
+    cdef Py_ssize_t c, C = prm.n_classes
+    cdef floating keep = <floating>(1 - prm.label_smoothing)
+    cdef floating spread = <floating>(prm.label_smoothing / C)
+    cdef floating tc, k
+    cdef double dot = 0, total_t = 0, lse = <double>m + log_s, a_sum, value
+    cdef int bad = 0
+    if cw == NULL:
+        for c in range(C):
+            tc = t[c]
+            bad |= (tc < 0) | (tc > 1)
+            total_t += tc
+            dot += (tc * keep + spread) * (x[c] - m)
+    else:
+        for c in range(C):
+            tc = t[c]
+            bad |= (tc < 0) | (tc > 1)
+            total_t += cw[c] * tc
+            dot += cw[c] * (tc * keep + spread) * (x[c] - m)
+    flags[0] |= bad * FLAG_TARGET_NOT_PROBABILITY
+    a_sum = keep * total_t + spread * prm.class_weight_sum
+    value = a_sum * log_s - dot + prm.z_loss * total_t * lse * lse
+    k = <floating>(scale_row * (a_sum + 2 * prm.z_loss * total_t * lse) / s)
+    if cw == NULL:
+        for c in range(C):
+            g[c] = k * g[c] - scale_row * (t[c] * keep + spread)
+    else:
+        for c in range(C):
+            g[c] = k * g[c] - scale_row * cw[c] * (t[c] * keep + spread)
+    return sw * value
+
+
+cdef inline double sparse_logits_row(const RowParams* prm, const floating* x, floating* g,
+                                     floating m, floating s, floating log_s, int64_t y,
+                                     const floating* cw, floating sw, floating scale_row,
+                                     int* flags) noexcept nogil:
+    """torch cross_entropy with a class index: (1 - eps) w_y (-log p_y)
+    + eps / C sum_c w_c (-log p_c) + z_loss w_y lse^2; zero for an ignored row.
+
+    Without smoothing only x_y enters the value, so -inf in another class stays finite.
+    ``g`` and the product form of the smoothing sum as in categorical_logits_row; the
+    scalar part is computed in float64.
+    """
+    cdef Py_ssize_t c, C = prm.n_classes
+    cdef floating keep = <floating>(1 - prm.label_smoothing)
+    cdef floating spread = <floating>(prm.label_smoothing / C)
+    cdef floating wy, k, b
+    cdef double dot = 0, lse = <double>m + log_s, value
+    if prm.has_ignore_index and y == prm.ignore_index:
+        memset(g, 0, C * sizeof(floating))
+        return 0
+    wy = 1 if cw == NULL else cw[y]
+    value = keep * wy * (log_s - (<double>x[y] - <double>m))
+    if spread != 0:
+        if cw == NULL:
+            for c in range(C):
+                dot += x[c] - m
+        else:
+            for c in range(C):
+                dot += cw[c] * (x[c] - m)
+        value += spread * (prm.class_weight_sum * log_s - dot)
+    value += prm.z_loss * wy * lse * lse
+    k = <floating>(scale_row * (keep * wy + spread * prm.class_weight_sum
+                                + 2 * prm.z_loss * wy * lse) / s)
+    b = scale_row * spread
+    if cw == NULL or spread == 0:
+        for c in range(C):
+            g[c] = k * g[c] - b
+    else:
+        for c in range(C):
+            g[c] = k * g[c] - b * cw[c]
+    g[y] -= scale_row * keep * wy
+    return sw * value
+
+
+cdef inline double kl_logits_row(const RowParams* prm, const floating* x, floating* g,
+                                 floating m, floating s, floating log_s,
+                                 const floating* t, floating sw, floating scale_row,
+                                 int* flags) noexcept nogil:
+    """torch kl_div(log_softmax(x), p) summed over the row: sum_c p_c (log p_c - log q_c)
+    (0 log 0 = 0), or with log_target sum_c exp(lp_c) (lp_c - log q_c).
+
+    Computed as sum_c p_c log p_c + P log_s - sum_c p_c (x_c - m), P = sum_c p_c (product
+    form as in categorical_logits_row); gradient P softmax - p.  ``g`` as there.
+    """
+    cdef Py_ssize_t c, C = prm.n_classes
+    cdef floating p, lp, k
+    cdef double entropy = 0, dot = 0, p_sum = 0
+    cdef int bad = 0
+    if prm.log_target:
+        for c in range(C):
+            lp = t[c]
+            bad |= lp > 0
+            p = exp_(lp)
+            p_sum += p
+            entropy += p * lp
+            dot += p * (x[c] - m)
+        flags[0] |= bad * FLAG_TARGET_NOT_LOG_PROBABILITY
+        k = <floating>(scale_row * p_sum / s)
+        for c in range(C):
+            g[c] = k * g[c] - scale_row * exp_(t[c])
+    else:
+        for c in range(C):
+            p = t[c]
+            bad |= (p < 0) | (p > 1)
+            p_sum += p
+            entropy += xlogx(p)
+            dot += p * (x[c] - m)
+        flags[0] |= bad * FLAG_TARGET_NOT_PROBABILITY
+        k = <floating>(scale_row * p_sum / s)
+        for c in range(C):
+            g[c] = k * g[c] - scale_row * t[c]
+    return sw * (entropy + p_sum * log_s - dot)
+
+
+cdef inline floating probability_sum(const floating* p, Py_ssize_t n,
+                                     int* flags) noexcept nogil:
+    """sum_c p_c, flagging any p_c outside [0, 1]."""
+    cdef floating total = 0
+    cdef int bad = 0
+    cdef Py_ssize_t c
+    for c in range(n):
+        bad |= (p[c] < 0) | (p[c] > 1)
+        total += p[c]
+    flags[0] |= bad * FLAG_PRED_NOT_PROBABILITY
+    return total
+
+
+cdef inline double categorical_probs_row(const RowParams* prm, const floating* x,
+                                         floating* g, const floating* t,
+                                         const floating* cw, floating sw,
+                                         floating scale_row, int* flags) noexcept nogil:
+    """Keras categorical_crossentropy of probabilities: -sum_c a_c log clip(x_c / X),
+    X = sum_c x_c, clip to [1e-7, 1 - 1e-7], a_c as in categorical_logits_row.
+
+    Gradient through the renormalisation and the clip:
+    d/dx_j = (sum_{c unclipped} a_c - [j unclipped] a_j / q_j) / X.
+    """
+    cdef Py_ssize_t c, C = prm.n_classes
+    cdef floating keep = <floating>(1 - prm.label_smoothing)
+    cdef floating spread = <floating>(prm.label_smoothing / C)
+    cdef floating total = probability_sum(x, C, flags)
+    cdef floating passed = 0, q, a, k
+    cdef double loss = 0
+    cdef int bad = 0
+    for c in range(C):
+        bad |= (t[c] < 0) | (t[c] > 1)
+        a = t[c] * keep + spread
+        if cw != NULL:
+            a = a * cw[c]
+        q = x[c] / total
+        loss -= a * log_(keras_clip(q))
+        passed += a if keras_unclipped(q) else 0
+    flags[0] |= bad * FLAG_TARGET_NOT_PROBABILITY
+    k = scale_row / total
+    for c in range(C):
+        a = t[c] * keep + spread
+        if cw != NULL:
+            a = a * cw[c]
+        q = x[c] / total
+        g[c] = k * (passed - (a / q if keras_unclipped(q) else 0))
+    return sw * loss
+
+
+cdef inline double sparse_probs_row(const RowParams* prm, const floating* x, floating* g,
+                                    int64_t y, const floating* cw, floating sw,
+                                    floating scale_row, int* flags) noexcept nogil:
+    """categorical_probs_row with the one-hot target of label y (Keras
+    sparse_categorical_crossentropy), smoothing and weights as torch; 0 if ignored."""
+    cdef Py_ssize_t c, C = prm.n_classes
+    cdef floating keep = <floating>(1 - prm.label_smoothing)
+    cdef floating spread = <floating>(prm.label_smoothing / C)
+    cdef floating total = probability_sum(x, C, flags)
+    cdef floating passed, q, a, k, wy, qy
+    cdef double loss
+    if prm.has_ignore_index and y == prm.ignore_index:
+        memset(g, 0, C * sizeof(floating))
+        return 0
+    wy = 1 if cw == NULL else cw[y]
+    qy = x[y] / total
+    loss = -keep * wy * log_(keras_clip(qy))
+    passed = keep * wy if keras_unclipped(qy) else 0
+    k = scale_row / total
+    if spread == 0:
+        for c in range(C):
+            g[c] = k * passed
+    else:
+        for c in range(C):
+            a = spread if cw == NULL else spread * cw[c]
+            q = x[c] / total
+            loss -= a * log_(keras_clip(q))
+            passed += a if keras_unclipped(q) else 0
+        for c in range(C):
+            a = spread if cw == NULL else spread * cw[c]
+            q = x[c] / total
+            g[c] = k * (passed - (a / q if keras_unclipped(q) else 0))
+    if keras_unclipped(qy):
+        g[y] -= k * keep * wy / qy
+    return sw * loss
+
+
+cdef inline double kl_probs_row(const RowParams* prm, const floating* x, floating* g,
+                                const floating* t, floating sw, floating scale_row,
+                                int* flags) noexcept nogil:
+    """kl_div(log q, p) with q = x given as probabilities: log q floored at -100 (as torch
+    binary_cross_entropy floors its logs), gradient -p / q where the floor is not active."""
+    cdef Py_ssize_t c, C = prm.n_classes
+    cdef floating q, log_q, p, lp
+    cdef double loss = 0
+    cdef int bad_q = 0, bad_t = 0
+    for c in range(C):
+        q = x[c]
+        bad_q |= (q < 0) | (q > 1)
+        log_q = log_(q)
+        if prm.log_target:
+            lp = t[c]
+            bad_t |= lp > 0
+            p = exp_(lp)
+            loss += p * (lp - max_(log_q, <floating>KL_LOG_FLOOR))
+        else:
+            p = t[c]
+            bad_t |= (p < 0) | (p > 1)
+            loss += xlogx(p) - p * max_(log_q, <floating>KL_LOG_FLOOR)
+        g[c] = -scale_row * p / q if log_q > <floating>KL_LOG_FLOOR else 0
+    flags[0] |= bad_q * FLAG_PRED_NOT_PROBABILITY
+    flags[0] |= bad_t * (FLAG_TARGET_NOT_LOG_PROBABILITY if prm.log_target
+                         else FLAG_TARGET_NOT_PROBABILITY)
+    return sw * loss
+
+
+cdef inline double multi_margin_row(const RowParams* prm, const floating* x, floating* g,
+                                    int64_t y, const floating* cw, floating sw,
+                                    floating scale_row) noexcept nogil:
+    """torch multi_margin_loss: w_y / C sum_{c != y} max(0, margin - x_y + x_c)^p.
+
+    A term is counted only where margin - x_y + x_c > 0, as torch (so a NaN term counts
+    nothing).  Gradient w_y / C * (1 or 2 h_c) on x_c, minus their sum on x_y.
+    """
+    cdef Py_ssize_t c, C = prm.n_classes
+    cdef floating wy = 1 if cw == NULL else cw[y]
+    cdef floating xy = x[y], margin = <floating>prm.margin
+    cdef floating coef = scale_row * wy / C
+    cdef floating g_sum = 0, z, h, gc
+    cdef double total = 0
+    if prm.power == 1:
+        for c in range(C):
+            z = margin - xy + x[c]
+            h = z if (z > 0) & (c != y) else 0
+            gc = coef if h > 0 else 0
+            total += h
+            g_sum += gc
+            g[c] = gc
+    else:
+        for c in range(C):
+            z = margin - xy + x[c]
+            h = z if (z > 0) & (c != y) else 0
+            gc = 2 * coef * h
+            total += h * h
+            g_sum += gc
+            g[c] = gc
+    g[y] = -g_sum
+    return sw * (wy * total / C)
+
+
+# -- the loops -------------------------------------------------------------------------
+
+cdef inline void softmax_block(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_classes,
+                               floating* e, floating* maxes, floating* sums,
+                               floating* log_sums) noexcept nogil:
+    """For rows 0..n_rows-1 of x: e = exp(x - max(row)), maxes, sums of e and their logs."""
+    cdef Py_ssize_t r, c
+    cdef floating m
+    cdef const floating* row
+    cdef floating* out
+    if n_rows == 1:
+        maxes[0] = row_max(x, n_classes)
+        exp_shifted(x, maxes[0], e, n_classes)
+    else:
+        # shift row by row (cheap), then one long exp loop over the whole block
+        for r in range(n_rows):
+            row = x + r * n_classes
+            out = e + r * n_classes
+            m = row_max(row, n_classes)
+            maxes[r] = m
+            for c in range(n_classes):
+                out[c] = row[c] - m
+        exp_inplace(e, n_rows * n_classes)
+    for r in range(n_rows):
+        sums[r] = row_sum(e + r * n_classes, n_classes)
+        log_sums[r] = sums[r]
+    log_inplace(log_sums, n_rows)
+
+
+cdef double rows_chunk(const RowLoss* loss, const RowParams* prm, const floating* x,
+                       const floating* target, const label_t* labels,
+                       const floating* class_weight, const floating* sample_weight,
+                       floating* grad, floating* values, floating scale,
+                       Py_ssize_t start, Py_ssize_t stop, int* flags) noexcept nogil:
+    """Rows start..stop-1: returns the sum of their weighted losses.
+
+    ``grad`` (may be NULL: then a scratch buffer receives the unused gradient) gets the
+    gradient times ``scale``; ``values`` (may be NULL) each row's weighted loss.
+    """
+    cdef Py_ssize_t C = prm.n_classes
+    cdef Py_ssize_t block_rows = 1, block, n_block, r, row
+    cdef floating maxes[SOFTMAX_MAX_BLOCK_ROWS]
+    cdef floating sums[SOFTMAX_MAX_BLOCK_ROWS]
+    cdef floating log_sums[SOFTMAX_MAX_BLOCK_ROWS]
+    cdef floating* scratch = NULL
+    cdef floating* buf
+    cdef floating* g
+    cdef floating sw = 1
+    cdef double acc = 0, v = 0
+    if RowLoss is CategoricalLogits or RowLoss is KLLogits or RowLoss is SparseLogits:
+        block_rows = max(1, min(<Py_ssize_t>SOFTMAX_MAX_BLOCK_ROWS, SOFTMAX_BLOCK_ELEMS // C))
+    if grad == NULL:
+        scratch = <floating*>malloc(block_rows * C * sizeof(floating))
+        if scratch == NULL:
+            flags[0] |= FLAG_OUT_OF_MEMORY
+            return 0
+    block = start
+    while block < stop:
+        n_block = min(block_rows, stop - block)
+        buf = scratch if grad == NULL else grad + block * C
+        if RowLoss is CategoricalLogits or RowLoss is KLLogits or RowLoss is SparseLogits:
+            softmax_block(x + block * C, n_block, C, buf, maxes, sums, log_sums)
+        for r in range(n_block):
+            row = block + r
+            g = buf + r * C
+            if sample_weight != NULL:
+                sw = sample_weight[row]
+            if RowLoss is CategoricalLogits:
+                v = categorical_logits_row(prm, x + row * C, g, maxes[r], sums[r],
+                                           log_sums[r], target + row * C, class_weight,
+                                           sw, scale * sw, flags)
+            elif RowLoss is KLLogits:
+                v = kl_logits_row(prm, x + row * C, g, maxes[r], sums[r], log_sums[r],
+                                  target + row * C, sw, scale * sw, flags)
+            elif RowLoss is SparseLogits:
+                v = sparse_logits_row(prm, x + row * C, g, maxes[r], sums[r], log_sums[r],
+                                      labels[row], class_weight, sw, scale * sw, flags)
+            elif RowLoss is CategoricalProbs:
+                v = categorical_probs_row(prm, x + row * C, g, target + row * C,
+                                          class_weight, sw, scale * sw, flags)
+            elif RowLoss is SparseProbs:
+                v = sparse_probs_row(prm, x + row * C, g, labels[row], class_weight, sw,
+                                     scale * sw, flags)
+            elif RowLoss is KLProbs:
+                v = kl_probs_row(prm, x + row * C, g, target + row * C, sw, scale * sw,
+                                 flags)
+            elif RowLoss is MultiMarginRows:
+                v = multi_margin_row(prm, x + row * C, g, labels[row], class_weight, sw,
+                                     scale * sw)
+            acc += v
+            if values != NULL:
+                values[row] = <floating>v
+        block += n_block
+    free(scratch)
+    return acc
+
+
+cdef double rows_run(const RowLoss* loss, const RowParams* prm, const floating* x,
+                     const floating* target, const label_t* labels,
+                     const floating* class_weight, const floating* sample_weight,
+                     floating* grad, floating* values, floating scale, Py_ssize_t n_rows,
+                     int n_threads, int* flags) noexcept nogil:
+    """All rows: one serial call, or ``n_threads`` contiguous chunks of rows."""
+    cdef double acc = 0
+    cdef int f = 0, chunk_flags
+    cdef Py_ssize_t c, chunk
+    if n_threads <= 1 or n_rows < 2:
+        return rows_chunk(loss, prm, x, target, labels, class_weight, sample_weight, grad,
+                          values, scale, 0, n_rows, flags)
+    global fastloss_parallel_used
+    fastloss_parallel_used = 1
+    chunk = (n_rows + n_threads - 1) // n_threads
+    for c in prange(n_threads, nogil=True, schedule="static", num_threads=n_threads):
+        chunk_flags = 0
+        acc += rows_chunk(loss, prm, x, target, labels, class_weight, sample_weight, grad,
+                          values, scale, min(c * chunk, n_rows),
+                          min((c + 1) * chunk, n_rows), &chunk_flags)
+        f |= chunk_flags
+    flags[0] |= f
+    return acc
+
+
+# -- labels ----------------------------------------------------------------------------
+
+cdef double label_weights_chunk(const label_t* labels, const RowParams* prm,
+                                const floating* class_weight, Py_ssize_t start,
+                                Py_ssize_t stop, Py_ssize_t* n_bad) noexcept nogil:
+    """Sum of the class weights (or count) of the non-ignored rows start..stop-1; counts
+    into ``n_bad`` the labels outside [0, C) that are not ignore_index."""
+    cdef double total = 0
+    cdef Py_ssize_t i, bad = 0
+    cdef int64_t y
+    cdef bint ignored, valid
+    for i in range(start, stop):
+        y = labels[i]
+        ignored = prm.has_ignore_index & (y == prm.ignore_index)
+        valid = (y >= 0) & (y < prm.n_classes)
+        bad += (not valid) & (not ignored)
+        if class_weight == NULL:
+            total += valid & (not ignored)
+        else:
+            total += class_weight[y if valid else 0] if valid & (not ignored) else 0
+    n_bad[0] += bad
+    return total
+
+
+cdef double label_weights(const label_t* labels, const RowParams* prm,
+                          const floating* class_weight, Py_ssize_t n_rows, int n_threads,
+                          Py_ssize_t* first_bad_row) noexcept nogil:
+    """The pass over the labels before the main pass: returns the denominator of the
+    sparse cross-entropy mean (torch: summed weights of the non-ignored targets) and sets
+    ``first_bad_row`` to the first row with a bad label (-1 if none)."""
+    cdef double total = 0
+    cdef Py_ssize_t n_bad = 0, chunk_bad, c, chunk, i
+    cdef int64_t y
+    if n_threads <= 1 or n_rows < 2:
+        total = label_weights_chunk(labels, prm, class_weight, 0, n_rows, &n_bad)
+    else:
+        chunk = (n_rows + n_threads - 1) // n_threads
+        for c in prange(n_threads, nogil=True, schedule="static", num_threads=n_threads):
+            chunk_bad = 0
+            total += label_weights_chunk(labels, prm, class_weight, min(c * chunk, n_rows),
+                                         min((c + 1) * chunk, n_rows), &chunk_bad)
+            n_bad += chunk_bad
+    first_bad_row[0] = -1
+    if n_bad:
+        for i in range(n_rows):  # the error path only
+            y = labels[i]
+            if (y < 0 or y >= prm.n_classes) and not (prm.has_ignore_index
+                                                     and y == prm.ignore_index):
+                first_bad_row[0] = i
+                break
+    return total
+
+
+# -- entry points ----------------------------------------------------------------------
+
+cdef (double, int) dense_dispatch(int loss_id, const RowParams* prm, const floating* x,
+                                  const floating* target, const floating* class_weight,
+                                  const floating* sample_weight, floating* grad,
+                                  floating* values, double grad_scale, Py_ssize_t n_rows,
+                                  int n_threads) noexcept nogil:
+    cdef int flags = 0
+    cdef double acc = 0
+    cdef CategoricalLogits categorical_logits
+    cdef CategoricalProbs categorical_probs
+    cdef KLLogits kl_logits
+    cdef KLProbs kl_probs
+    cdef const int32_t* no_labels = NULL
+    cdef floating scale = <floating>grad_scale
+    if loss_id == ID_CATEGORICAL_LOGITS:
+        acc = rows_run(&categorical_logits, prm, x, target, no_labels, class_weight,
+                       sample_weight, grad, values, scale, n_rows, n_threads, &flags)
+    elif loss_id == ID_CATEGORICAL_PROBS:
+        acc = rows_run(&categorical_probs, prm, x, target, no_labels, class_weight,
+                       sample_weight, grad, values, scale, n_rows, n_threads, &flags)
+    elif loss_id == ID_KL_LOGITS:
+        acc = rows_run(&kl_logits, prm, x, target, no_labels, class_weight,
+                       sample_weight, grad, values, scale, n_rows, n_threads, &flags)
+    elif loss_id == ID_KL_PROBS:
+        acc = rows_run(&kl_probs, prm, x, target, no_labels, class_weight,
+                       sample_weight, grad, values, scale, n_rows, n_threads, &flags)
+    return acc, flags
+
+
+cdef (double, int, double, Py_ssize_t) sparse_dispatch(
+        int loss_id, const RowParams* prm, const floating* x, const label_t* labels,
+        const floating* class_weight, const floating* sample_weight, floating* grad,
+        floating* values, bint weighted_mean, double grad_scale, Py_ssize_t n_rows,
+        int n_threads) noexcept nogil:
+    cdef int flags = 0
+    cdef double acc = 0, denominator
+    cdef Py_ssize_t first_bad_row
+    cdef SparseLogits sparse_logits
+    cdef SparseProbs sparse_probs
+    cdef MultiMarginRows multi_margin
+    cdef const floating* no_target = NULL
+    denominator = label_weights(labels, prm, class_weight, n_rows, n_threads,
+                                &first_bad_row)
+    if first_bad_row >= 0:
+        return 0.0, FLAG_LABEL_OUT_OF_RANGE, denominator, first_bad_row
+    if weighted_mean:
+        # torch: a zero denominator (every row ignored, or zero weights) gives nan, the
+        # NLL part being 0/0; ignored rows still get a zero gradient row
+        grad_scale = 1.0 / denominator if denominator != 0 else NAN
+    if loss_id == ID_SPARSE_LOGITS:
+        acc = rows_run(&sparse_logits, prm, x, no_target, labels, class_weight,
+                       sample_weight, grad, values, <floating>grad_scale, n_rows,
+                       n_threads, &flags)
+    elif loss_id == ID_SPARSE_PROBS:
+        acc = rows_run(&sparse_probs, prm, x, no_target, labels, class_weight,
+                       sample_weight, grad, values, <floating>grad_scale, n_rows,
+                       n_threads, &flags)
+    elif loss_id == ID_MULTI_MARGIN:
+        acc = rows_run(&multi_margin, prm, x, no_target, labels, class_weight,
+                       sample_weight, grad, values, <floating>grad_scale, n_rows,
+                       n_threads, &flags)
+    return acc, flags, denominator, first_bad_row
+
+
+cdef bint shares_memory(object a, object b):
+    """Whether the data of two ndarrays (either may be None) overlap."""
+    if a is None or b is None:
+        return False
+    cdef char* pa = <char*>cnp.PyArray_DATA(a)
+    cdef char* pb = <char*>cnp.PyArray_DATA(b)
+    cdef Py_ssize_t na = cnp.PyArray_NBYTES(a), nb = cnp.PyArray_NBYTES(b)
+    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
+
+
+cdef RowParams row_params(cnp.ndarray y_pred, object class_weight, double label_smoothing,
+                          double z_loss, double margin, int power, bint log_target,
+                          object ignore_index):
+    cdef RowParams prm
+    prm.n_classes = cnp.PyArray_DIMS(y_pred)[1]
+    prm.label_smoothing = label_smoothing
+    prm.z_loss = z_loss
+    prm.margin = margin
+    prm.power = power
+    prm.log_target = log_target
+    prm.has_ignore_index = ignore_index is not None
+    prm.ignore_index = 0 if ignore_index is None else ignore_index
+    prm.class_weight_sum = prm.n_classes
+    if class_weight is not None:  # a C loop: cheaper per call than ndarray.sum()
+        if cnp.PyArray_TYPE(class_weight) == cnp.NPY_FLOAT:
+            prm.class_weight_sum = row_sum(<float*>cnp.PyArray_DATA(class_weight),
+                                           prm.n_classes)
+        else:
+            prm.class_weight_sum = row_sum(<double*>cnp.PyArray_DATA(class_weight),
+                                           prm.n_classes)
+    return prm
+
+
+def dense_rows(int loss_id, cnp.ndarray y_pred, cnp.ndarray y_true, object class_weight,
+               object grad, object values, object sample_weight, double label_smoothing,
+               double z_loss, bint log_target, double grad_scale, int n_threads):
+    """Run a row loss with (N, C) float targets over C-contiguous arrays of one dtype.
+
+    The Python layer has checked shapes, dtypes, contiguity and the class-weight length.
+    Returns ``(sum of the weighted row losses, flags)``.
+    """
+    if (shares_memory(grad, y_pred) or shares_memory(grad, y_true)
+            or shares_memory(grad, sample_weight)):
+        return 0.0, FLAG_OUT_OVERLAPS_INPUT
+    cdef RowParams prm = row_params(y_pred, class_weight, label_smoothing, z_loss, 0.0, 1,
+                                    log_target, None)
+    cdef Py_ssize_t n_rows = cnp.PyArray_DIMS(y_pred)[0]
+    cdef void* x = cnp.PyArray_DATA(y_pred)
+    cdef void* t = cnp.PyArray_DATA(y_true)
+    cdef void* cw = data_or_null(class_weight)
+    cdef void* sw = data_or_null(sample_weight)
+    cdef void* g = data_or_null(grad)
+    cdef void* v = data_or_null(values)
+    cdef (double, int) result
+    if cnp.PyArray_TYPE(y_pred) == cnp.NPY_FLOAT:
+        with nogil:
+            result = dense_dispatch(loss_id, &prm, <float*>x, <float*>t, <float*>cw,
+                                    <float*>sw, <float*>g, <float*>v, grad_scale, n_rows,
+                                    n_threads)
+    else:
+        with nogil:
+            result = dense_dispatch(loss_id, &prm, <double*>x, <double*>t, <double*>cw,
+                                    <double*>sw, <double*>g, <double*>v, grad_scale,
+                                    n_rows, n_threads)
+    return result
+
+
+def sparse_rows(int loss_id, cnp.ndarray y_pred, cnp.ndarray labels, object class_weight,
+                object grad, object values, object sample_weight, double label_smoothing,
+                double z_loss, object ignore_index, double margin, int power,
+                bint weighted_mean, double grad_scale, int n_threads):
+    """Run a row loss with (N,) int32/int64 labels over C-contiguous arrays.
+
+    ``ignore_index`` is an int or None.  With ``weighted_mean`` the gradient is scaled by
+    1 / (summed class weights, or count, of the non-ignored rows), else by
+    ``grad_scale``.  Returns ``(sum of the weighted row losses, flags, that denominator,
+    first row with a bad label or -1)``; nothing is computed when a label is bad.
+    """
+    if (shares_memory(grad, y_pred) or shares_memory(grad, labels)
+            or shares_memory(grad, sample_weight)):
+        return 0.0, FLAG_OUT_OVERLAPS_INPUT, 0.0, -1
+    cdef RowParams prm = row_params(y_pred, class_weight, label_smoothing, z_loss, margin,
+                                    power, False, ignore_index)
+    cdef Py_ssize_t n_rows = cnp.PyArray_DIMS(y_pred)[0]
+    cdef void* x = cnp.PyArray_DATA(y_pred)
+    cdef void* y = cnp.PyArray_DATA(labels)
+    cdef void* cw = data_or_null(class_weight)
+    cdef void* sw = data_or_null(sample_weight)
+    cdef void* g = data_or_null(grad)
+    cdef void* v = data_or_null(values)
+    cdef bint single = cnp.PyArray_TYPE(y_pred) == cnp.NPY_FLOAT
+    cdef bint int32_labels = cnp.PyArray_TYPE(labels) == cnp.NPY_INT32
+    cdef (double, int, double, Py_ssize_t) result
+    with nogil:
+        if single and int32_labels:
+            result = sparse_dispatch(loss_id, &prm, <float*>x, <int32_t*>y, <float*>cw,
+                                     <float*>sw, <float*>g, <float*>v, weighted_mean,
+                                     grad_scale, n_rows, n_threads)
+        elif single:
+            result = sparse_dispatch(loss_id, &prm, <float*>x, <int64_t*>y, <float*>cw,
+                                     <float*>sw, <float*>g, <float*>v, weighted_mean,
+                                     grad_scale, n_rows, n_threads)
+        elif int32_labels:
+            result = sparse_dispatch(loss_id, &prm, <double*>x, <int32_t*>y, <double*>cw,
+                                     <double*>sw, <double*>g, <double*>v, weighted_mean,
+                                     grad_scale, n_rows, n_threads)
+        else:
+            result = sparse_dispatch(loss_id, &prm, <double*>x, <int64_t*>y, <double*>cw,
+                                     <double*>sw, <double*>g, <double*>v, weighted_mean,
+                                     grad_scale, n_rows, n_threads)
+    return result

@@ -1,0 +1,371 @@
+"""The row losses of an (N, C) y_pred: kernels in ``_multiclass.pxi``.
+
+Categorical and sparse categorical cross-entropy (torch ``cross_entropy`` from logits,
+Keras from probabilities), KL divergence (torch ``kl_div``) and the multi-class margin
+loss (torch ``multi_margin_loss``).  ``reduction="none"`` gives one value per row.
+"""
+import math
+import numbers
+
+import numpy as np
+
+from . import _threads
+from . import _validation as v
+from ._base import Loss
+from ._dispatch import kernels
+from ._pointwise import _first_bad
+
+# Kernel ids: the RowLossId enum of _multiclass.pxi.
+(CATEGORICAL_LOGITS, CATEGORICAL_PROBS, KL_LOGITS, KL_PROBS, SPARSE_LOGITS, SPARSE_PROBS,
+ MULTI_MARGIN) = range(7)
+
+# flag bits of _pointwise.pxi / _multiclass.pxi
+FLAG_PRED_NOT_PROBABILITY = 8
+FLAG_TARGET_NOT_PROBABILITY = 16
+FLAG_LABEL_OUT_OF_RANGE = 32
+FLAG_OUT_OF_MEMORY = 64
+FLAG_OUT_OVERLAPS_INPUT = 128
+FLAG_TARGET_NOT_LOG_PROBABILITY = 256
+
+INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
+
+
+class RowLoss(Loss):
+    """A loss with one term per row of an (N, C) ``y_pred`` (C >= 1 classes).
+
+    ``sample_weight`` of shape (N,) multiplies each row's term; ``"mean"`` divides by N
+    (sparse cross-entropy: see :class:`SparseCategoricalCrossEntropy`).
+    """
+
+    per_row = True
+    _kernel_id = None
+    #: relative cost of one element (an exp or a log each), which sets the size at which
+    #: threads start to pay off
+    _cost = 8
+
+    def _prepare_target(self, y_true, pred):
+        if pred.ndim != 2 or pred.shape[1] == 0:
+            what = "a 2-D array" if pred.ndim != 2 else "at least one class (C >= 1)"
+            raise ValueError(f"y_pred: {self.name} expects scores of shape (N, C) with "
+                             f"{what}, got y_pred shape {pred.shape} (y_true shape "
+                             f"{np.shape(y_true)})")
+        return self._prepare_row_target(y_true, pred)
+
+    def _prepare_row_target(self, y_true, pred):
+        return v.prepare_target(y_true, pred)
+
+    def _class_weight(self, pred):
+        """The class weights in pred's dtype, checked against C, or None."""
+        weights = getattr(self, "_class_weights", None)
+        if weights is None:
+            return None
+        weights = weights[pred.dtype]
+        if weights.size != pred.shape[1]:
+            raise ValueError(f"class_weight: {weights.size} weights for y_pred with "
+                             f"{pred.shape[1]} classes (shape {pred.shape})")
+        return weights
+
+    def _n_threads(self, pred):
+        return _threads.threads_for(pred.size * self._cost)
+
+    def _raise_for_flags(self, flags, pred, target):
+        if flags & FLAG_OUT_OVERLAPS_INPUT:
+            raise ValueError("out: shares memory with an input (y_pred, y_true or "
+                             "sample_weight); pass a separate array")
+        if flags & FLAG_OUT_OF_MEMORY:
+            raise MemoryError(f"{self.name}: could not allocate the per-thread scratch "
+                              f"of {pred.shape[1]} elements")
+        if flags & FLAG_PRED_NOT_PROBABILITY:
+            raise ValueError(f"y_pred: probabilities must be in [0, 1], got "
+                             f"{_first_bad(pred, (pred < 0) | (pred > 1))}")
+        if flags & FLAG_TARGET_NOT_PROBABILITY:
+            raise ValueError(f"y_true: targets must be probabilities in [0, 1], got "
+                             f"{_first_bad(target, (target < 0) | (target > 1))}")
+        if flags & FLAG_TARGET_NOT_LOG_PROBABILITY:
+            raise ValueError(f"y_true: log_target=True expects log-probabilities <= 0, got "
+                             f"{_first_bad(target, target > 0)}")
+        raise AssertionError(f"unexpected kernel flags {flags}")  # pragma: no cover
+
+
+def _check_z_loss(z_loss, from_logits):
+    z_loss = v.check_real("z_loss", z_loss)
+    if not (z_loss >= 0 and math.isfinite(z_loss)):
+        raise v.InvalidParameterError(f"z_loss must be a finite number >= 0, got {z_loss!r}")
+    if z_loss and not from_logits:
+        raise v.InvalidParameterError("z_loss is only defined for logits: use "
+                                      "from_logits=True")
+    return z_loss
+
+
+class _DenseRowLoss(RowLoss):
+    """y_true of the shape of y_pred, (N, C) floats."""
+
+    def _kernel_options(self):
+        """(label_smoothing, z_loss, log_target) for the kernel."""
+        return 0.0, 0.0, False
+
+    def _run(self, pred, target, weight, weight_block, grad, values):
+        n = pred.shape[0]
+        smoothing, z_loss, log_target = self._kernel_options()
+        total, flags = kernels.dense_rows(
+            self._kernel_id, pred, target, self._class_weight(pred), grad, values, weight,
+            smoothing, z_loss, log_target, self._mean_scale(n), self._n_threads(pred))
+        if flags:
+            self._raise_for_flags(flags, pred, target)
+        return self._reduce(total, n)
+
+
+class CategoricalCrossEntropy(_DenseRowLoss):
+    """Categorical cross-entropy of (N, C) scores against (N, C) probability targets.
+
+    Logits (``from_logits=True``): ``-sum_c w_c t'_c log_softmax(x)_c`` with the smoothed
+    target ``t' = t (1 - ε) + ε / C``: ``torch.nn.functional.cross_entropy(x, t, weight=w,
+    label_smoothing=ε)`` with probability targets, so ``"mean"`` divides by N even with
+    class weights.  ``z_loss`` z adds ``z T logsumexp(x)^2`` per row, T = sum_c w_c t_c
+    (1 for normalised targets without class weights), so a row is weighted as its loss.
+
+    Probabilities (``from_logits=False``): Keras ``categorical_crossentropy``: each row is
+    renormalised to sum 1 and clipped to [1e-7, 1 - 1e-7] before the log; the gradient
+    goes through the renormalisation and is 0 where the clip is active.  Class weights
+    and smoothing enter as above.  ``y_pred`` must lie in [0, 1].
+
+    Targets must lie in [0, 1] (they need not sum to 1).  The gradient with respect to
+    logits is ``(A + 2 z T lse) softmax(x) - w t'``, A = sum_c w_c t'_c.
+
+    Parameters
+    ----------
+    from_logits : bool, default False
+        Whether ``y_pred`` holds logits (else probabilities).
+    label_smoothing : float in [0, 1], default 0
+        ε of the smoothed target ``t (1 - ε) + ε / C``.
+    class_weight : array of C reals, optional
+        Per-class weights w (torch's ``weight``); checked against C at each call.
+    z_loss : float >= 0, default 0
+        Coefficient of the ``logsumexp(x)^2`` term (logits only).
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "none" returns one value per row, shape (N,).
+    """
+
+    name = "categorical_cross_entropy"
+
+    def __init__(self, from_logits=False, label_smoothing=0.0, class_weight=None,
+                 z_loss=0.0, *, reduction="mean"):
+        super().__init__(reduction=reduction)
+        self.from_logits = v.check_bool("from_logits", from_logits)
+        self.label_smoothing = v.check_fraction("label_smoothing", label_smoothing)
+        self._class_weights = v.check_class_vector("class_weight", class_weight)
+        self.z_loss = _check_z_loss(z_loss, self.from_logits)
+        self._kernel_id = CATEGORICAL_LOGITS if self.from_logits else CATEGORICAL_PROBS
+
+    @property
+    def class_weight(self):
+        return None if self._class_weights is None else self._class_weights[v.FLOAT64]
+
+    def get_params(self):
+        return {"from_logits": self.from_logits, "label_smoothing": self.label_smoothing,
+                "class_weight": self.class_weight, "z_loss": self.z_loss,
+                **super().get_params()}
+
+    def _kernel_options(self):
+        return self.label_smoothing, self.z_loss, False
+
+
+class KLDivergence(_DenseRowLoss):
+    """Kullback-Leibler divergence KL(p || q) = sum_c p_c (log p_c - log q_c) per row.
+
+    ``torch.nn.functional.kl_div(log q, p)`` summed over each row: ``"mean"`` is torch's
+    ``reduction="batchmean"`` (the sum divided by N), ``"sum"`` the sum, ``"none"`` the
+    per-row sums.  ``0 log 0 = 0``.
+
+    ``y_pred`` are logits with ``from_logits=True`` (``log q = log_softmax(y_pred)``,
+    gradient ``P softmax(y_pred) - p`` with P = sum_c p_c), else probabilities q in
+    [0, 1], used as given (not renormalised), with ``log q`` floored at -100 as torch's
+    ``binary_cross_entropy`` floors its logs, so q = 0 gives a finite value; the gradient
+    ``-p / q`` is 0 where the floor is active.  ``y_true`` holds p in [0, 1], or log p
+    (<= 0) with ``log_target=True`` (torch's ``log_target``).
+
+    Parameters
+    ----------
+    from_logits : bool, default False
+        Whether ``y_pred`` holds logits (else probabilities q).
+    log_target : bool, default False
+        Whether ``y_true`` holds log p (else p).
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" is torch's "batchmean"; "none" returns one value per row, shape (N,).
+    """
+
+    name = "kl_divergence"
+
+    def __init__(self, from_logits=False, log_target=False, *, reduction="mean"):
+        super().__init__(reduction=reduction)
+        self.from_logits = v.check_bool("from_logits", from_logits)
+        self.log_target = v.check_bool("log_target", log_target)
+        self._kernel_id = KL_LOGITS if self.from_logits else KL_PROBS
+
+    def get_params(self):
+        return {"from_logits": self.from_logits, "log_target": self.log_target,
+                **super().get_params()}
+
+    def _kernel_options(self):
+        return 0.0, 0.0, self.log_target
+
+
+class _SparseRowLoss(RowLoss):
+    """y_true of shape (N,): int32/int64 class labels."""
+
+    _ignore_index = None
+    _weighted_mean = False
+
+    def _prepare_row_target(self, y_true, pred):
+        return v.prepare_labels(y_true, pred.shape[0])
+
+    def _kernel_options(self):
+        """(label_smoothing, z_loss, margin, p) for the kernel."""
+        raise NotImplementedError
+
+    def _run(self, pred, labels, weight, weight_block, grad, values):
+        n = pred.shape[0]
+        smoothing, z_loss, margin, power = self._kernel_options()
+        weighted_mean = self._weighted_mean and self.reduction == "mean"
+        total, flags, denominator, bad_row = kernels.sparse_rows(
+            self._kernel_id, pred, labels, self._class_weight(pred), grad, values, weight,
+            smoothing, z_loss, self._ignore_index, margin, power, weighted_mean,
+            self._mean_scale(n), self._n_threads(pred))
+        if flags & FLAG_LABEL_OUT_OF_RANGE:
+            ignore = ("" if self._ignore_index is None
+                      else f" and is not ignore_index={self._ignore_index}")
+            raise ValueError(f"y_true: label {labels[bad_row].item()} at row {bad_row} is "
+                             f"outside [0, {pred.shape[1]}) (y_pred has {pred.shape[1]} "
+                             f"classes){ignore}")
+        if flags:
+            self._raise_for_flags(flags, pred, labels)
+        if weighted_mean:
+            return _divide(total, denominator)
+        return self._reduce(total, n)
+
+
+def _divide(total, denominator):
+    """The weighted mean; nan for a zero denominator, as torch (its NLL part is 0/0)."""
+    return total / denominator if denominator else float("nan")
+
+
+def _check_ignore_index(value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise v.InvalidParameterError(f"ignore_index must be an int, got "
+                                      f"{type(value).__name__} {value!r}")
+    value = int(value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise v.InvalidParameterError(f"ignore_index must fit in int64, got {value!r}")
+    return value
+
+
+class SparseCategoricalCrossEntropy(_SparseRowLoss):
+    """Categorical cross-entropy of (N, C) scores against (N,) integer class labels.
+
+    Logits (``from_logits=True``): exactly ``torch.nn.functional.cross_entropy(x, y,
+    weight=w, ignore_index=ignore_index, label_smoothing=ε)``: per row
+    ``(1 - ε) w_y (-log p_y) + ε / C sum_c w_c (-log p_c)`` with p = softmax(x).
+    ``z_loss`` z adds ``z w_y logsumexp(x)^2`` per row.
+
+    Probabilities (``from_logits=False``): the Keras formula of
+    :class:`CategoricalCrossEntropy` with the one-hot target of each label (rows
+    renormalised, clipped to [1e-7, 1 - 1e-7]); smoothing and class weights as above.
+
+    Rows labelled ``ignore_index`` add nothing anywhere (value 0, gradient 0).  ``"mean"``
+    divides by the number of non-ignored rows, or by their summed class weights ``w_y``
+    when ``class_weight`` is given (torch's weighted mean; nan when every row is
+    ignored); ``sample_weight`` only scales each row's term.  Any other label outside
+    [0, C) is a ValueError.
+
+    Parameters
+    ----------
+    from_logits : bool, default False
+        Whether ``y_pred`` holds logits (else probabilities).
+    label_smoothing : float in [0, 1], default 0
+        ε above (torch's ``label_smoothing``).
+    class_weight : array of C reals, optional
+        Per-class weights w (torch's ``weight``); checked against C at each call.
+    ignore_index : int, default -100
+        Label of the rows to skip.
+    z_loss : float >= 0, default 0
+        Coefficient of the ``logsumexp(x)^2`` term (logits only).
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "none" returns one value per row, shape (N,).
+    """
+
+    name = "sparse_categorical_cross_entropy"
+    _weighted_mean = True
+
+    def __init__(self, from_logits=False, label_smoothing=0.0, class_weight=None,
+                 ignore_index=-100, z_loss=0.0, *, reduction="mean"):
+        super().__init__(reduction=reduction)
+        self.from_logits = v.check_bool("from_logits", from_logits)
+        self.label_smoothing = v.check_fraction("label_smoothing", label_smoothing)
+        self._class_weights = v.check_class_vector("class_weight", class_weight)
+        self.ignore_index = self._ignore_index = _check_ignore_index(ignore_index)
+        self.z_loss = _check_z_loss(z_loss, self.from_logits)
+        self._kernel_id = SPARSE_LOGITS if self.from_logits else SPARSE_PROBS
+
+    @property
+    def class_weight(self):
+        return None if self._class_weights is None else self._class_weights[v.FLOAT64]
+
+    def get_params(self):
+        return {"from_logits": self.from_logits, "label_smoothing": self.label_smoothing,
+                "class_weight": self.class_weight, "ignore_index": self.ignore_index,
+                "z_loss": self.z_loss, **super().get_params()}
+
+    def _kernel_options(self):
+        return self.label_smoothing, self.z_loss, 0.0, 1
+
+
+class MultiMargin(_SparseRowLoss):
+    """Multi-class margin (Weston-Watkins hinge) loss of (N, C) scores and (N,) labels.
+
+    ``torch.nn.functional.multi_margin_loss(x, y, p, margin, weight)``: per row
+    ``w_y / C sum_{c != y} max(0, margin - x_y + x_c)^p``, p in {1, 2}; ``"mean"``
+    divides by N.  As torch, a term counts only where ``margin - x_y + x_c > 0`` (a NaN
+    score drops its term rather than propagating).  Labels must lie in [0, C).
+
+    Parameters
+    ----------
+    margin : float, default 1
+        The margin (any finite real).
+    p : {1, 2}, default 1
+        Power of each hinge term.
+    class_weight : array of C reals, optional
+        Per-class weights w (torch's ``weight``), applied by the row's label.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "none" returns one value per row, shape (N,).
+    """
+
+    name = "multi_margin"
+    _cost = 1
+
+    def __init__(self, margin=1.0, p=1, class_weight=None, *, reduction="mean"):
+        super().__init__(reduction=reduction)
+        margin = v.check_real("margin", margin)
+        if not math.isfinite(margin):
+            raise v.InvalidParameterError(f"margin must be finite, got {margin!r}")
+        self.margin = margin
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Integral) \
+                or p not in (1, 2):
+            raise v.InvalidParameterError(f"p must be 1 or 2, got {p!r}")
+        self.p = int(p)
+        self._class_weights = v.check_class_vector("class_weight", class_weight)
+        self._kernel_id = MULTI_MARGIN
+
+    @property
+    def class_weight(self):
+        return None if self._class_weights is None else self._class_weights[v.FLOAT64]
+
+    def get_params(self):
+        return {"margin": self.margin, "p": self.p, "class_weight": self.class_weight,
+                **super().get_params()}
+
+    def _kernel_options(self):
+        return 0.0, 0.0, self.margin, self.p
+
+
+MULTICLASS_LOSSES = (CategoricalCrossEntropy, SparseCategoricalCrossEntropy, KLDivergence,
+                     MultiMargin)
