@@ -204,12 +204,21 @@ def test_import_and_kernels_leave_subnormals_alone():
                 module = importlib.import_module(f"fastloss._kernels_{level}")
             except ImportError:
                 continue
-            fastloss._pointwise.kernels = module
+            fastloss._pointwise.kernels = fastloss._multiclass.kernels = module
+            pred = np.full(1000, 0.25)
+            scores = np.full((100, 10), 0.1)
+            labels = np.arange(100) % 10
+            targets = {"categorical_cross_entropy": np.eye(10)[labels],
+                       "kl_divergence": np.eye(10)[labels],
+                       "sparse_categorical_cross_entropy": labels, "multi_margin": labels}
             for name in fastloss.available():
                 loss = fastloss.get(name)
-                pred = np.full(1000, 0.25)
-                loss.value_and_grad(pred, np.ones(1000))
-                loss.value_and_grad(pred.astype(np.float32), np.ones(1000))
+                if name in targets:
+                    loss.value_and_grad(scores, targets[name])
+                    loss.value_and_grad(scores.astype(np.float32), targets[name])
+                else:
+                    loss.value_and_grad(pred, np.ones(1000))
+                    loss.value_and_grad(pred.astype(np.float32), np.ones(1000))
             # a subnormal gradient survives the kernel itself (DAZ/FTZ would zero it)
             grad = fastloss.MeanSquaredError(reduction="sum").grad(
                 np.full(64, 1e-310), np.zeros(64))
@@ -344,6 +353,7 @@ def test_isa_levels_agree(name, params, dtype, rng, monkeypatch, set_threads,
     results = {}
     for level, module in modules.items():
         monkeypatch.setattr(fl._pointwise, "kernels", module)
+        monkeypatch.setattr(fl._multiclass, "kernels", module)
         # few threaded runs: a parallel region can cost milliseconds on a loaded machine
         for n_threads, reduction, w in ((1, "mean", None), (1, "mean", weight),
                                         (1, "none", weight), (2, "mean", weight)):
