@@ -157,8 +157,9 @@ def _kernels_may_run():
     """False under torch.compile, jit tracing, functorch transforms (vmap, grad, ...) and
     dispatch/function modes: there tensors are not plain memory, or the call must be
     recorded as torch's."""
-    return not (_functorch_active() or _dispatch_stack_len() or _tracing() is not None
-                or torch.compiler.is_compiling() or _other_function_mode())
+    # is_compiling() first: dynamo folds it to True, so it never traces the other checks
+    return not (torch.compiler.is_compiling() or _functorch_active() or _dispatch_stack_len()
+                or _tracing() is not None or _other_function_mode())
 
 
 def _plain(tensor, dtypes):
