@@ -72,18 +72,20 @@ class _FusedLoss(torch.autograd.Function):
     Arguments of ``apply``: ``input`` (the tensor differentiated), ``target`` (a tensor
     needing no gradient, saved for a double backward), ``loss`` (the fastloss object),
     ``target_array`` (``target`` as the array fastloss reads), ``sample_weight`` (an
-    array or None) and ``torch_loss(input, target)``, torch's own formula for the same
-    value, differentiated instead when a double backward is asked for.
+    array or None), ``scale`` (a constant factor of the loss, applied to the value here
+    and folded into the upstream gradient in backward) and ``torch_loss(input, target)``,
+    torch's own formula for the same value, differentiated instead when a double
+    backward is asked for.
     """
 
     @staticmethod
-    def forward(ctx, input, target, loss, target_array, sample_weight, torch_loss):
+    def forward(ctx, input, target, loss, target_array, sample_weight, scale, torch_loss):
         grad = torch.empty_like(input, memory_format=torch.contiguous_format)
         value, _ = loss.value_and_grad(input.numpy(), target_array, sample_weight,
                                        out=grad.numpy())
         ctx.save_for_backward(grad, input, target)
-        ctx.torch_loss = torch_loss
-        return _to_tensor(value, grad)
+        ctx.scale, ctx.torch_loss = scale, torch_loss
+        return _to_tensor(value, grad, scale)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -94,37 +96,42 @@ class _FusedLoss(torch.autograd.Function):
             with torch.enable_grad():
                 value = ctx.torch_loss(input, target)
             (grad_input,) = torch.autograd.grad(value, input, grad_output, create_graph=True)
-            return grad_input, None, None, None, None, None
+            return grad_input, None, None, None, None, None, None
         if grad_output.ndim == 0:
-            if grad_output.item() == 1.0:
+            if ctx.scale == 1.0 and grad_output.item() == 1.0:
                 # loss.backward(): autograd may take this buffer as .grad without a copy
                 # (it copies when the graph is retained, as the saved tensor is then shared)
-                return grad, None, None, None, None, None
+                return grad, None, None, None, None, None, None
         elif grad_output.ndim < grad.ndim:
             # reduction="none" of a row loss: one upstream value per row
             grad_output = grad_output.reshape(
                 grad_output.shape + (1,) * (grad.ndim - grad_output.ndim))
-        return grad * grad_output, None, None, None, None, None
+        if ctx.scale != 1.0:
+            grad_output = grad_output * ctx.scale
+        return grad * grad_output, None, None, None, None, None, None
 
 
-def _to_tensor(value, like):
-    """fastloss's result as a tensor: a 0-d tensor of ``like``'s dtype for a float, the
-    array itself (no copy) for reduction="none"."""
+def _to_tensor(value, like, scale=1.0):
+    """fastloss's result times ``scale`` as a tensor: a 0-d tensor of ``like``'s dtype for
+    a float, the array itself (no copy) for reduction="none"."""
     if isinstance(value, np.ndarray):
+        if scale != 1.0:
+            np.multiply(value, scale, out=value)
         return torch.from_numpy(value)
-    return torch.from_numpy(np.array(value, dtype=_NUMPY_DTYPES[like.dtype]))
+    return torch.from_numpy(np.array(value * scale, dtype=_NUMPY_DTYPES[like.dtype]))
 
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
-def _run(loss, input, target, target_array, sample_weight, torch_loss):
-    """Evaluate ``loss`` with fastloss: an autograd node when ``input`` needs a gradient,
-    the value alone otherwise.  fastloss's ValueError/TypeError propagate (the caller then
-    falls back to torch)."""
+def _run(loss, input, target, target_array, sample_weight, torch_loss, scale=1.0):
+    """Evaluate ``scale * loss`` with fastloss: an autograd node when ``input`` needs a
+    gradient, the value alone otherwise.  fastloss's ValueError/TypeError propagate (the
+    caller then falls back to torch)."""
     if input.requires_grad and torch.is_grad_enabled():
-        return _FusedLoss.apply(input, target, loss, target_array, sample_weight, torch_loss)
-    return _to_tensor(loss(input.numpy(), target_array, sample_weight), input)
+        return _FusedLoss.apply(input, target, loss, target_array, sample_weight, scale,
+                                torch_loss)
+    return _to_tensor(loss(input.numpy(), target_array, sample_weight), input, scale)
 
 
 # -- when fastloss may run ---------------------------------------------------------------
@@ -220,43 +227,43 @@ def _row_weights(weight, input):
 
 
 def _elementwise(make_loss, input, target, reduction, torch_loss, weight=None,
-                 weight_mean="count", scale=1.0):
+                 weight_mean="count", scale=1.0, nan_is_torchs_error=False):
     """A pointwise loss (target of input's shape): fastloss, else ``torch_loss``.
 
     ``make_loss(reduction)`` builds the fastloss loss.  torch's ``weight`` is accepted when
     it is one weight per row.  ``weight_mean`` says how torch's weighted "mean" divides:
-    by the element count (fastloss's own mean) or by the weights' sum (mse/l1).  ``scale``
-    multiplies value and gradient (smooth_l1 = huber / beta); weights and scale both go
-    into fastloss's sample_weight, so they cost no pass over the gradient.
+    by the element count (fastloss's own mean) or by the weights' sum (mse/l1; that
+    1/sum goes into the sample weights).  ``scale`` multiplies value and gradient
+    (smooth_l1 = huber / beta).  Not as a sample weight: fastloss's loop with one weight
+    per element is scalar, several times slower than one multiply of the gradient.
+    ``nan_is_torchs_error``: torch rejects NaN inputs of this loss, so a NaN result is
+    recomputed by torch to raise torch's error.
     """
     if not (_kernels_may_run() and _plain(input, _KERNEL_DTYPES) and _constant(target, input)
             and target.shape == input.shape):
         return torch_loss(input, target)
     sample_weight = None
     kernel_reduction = reduction
-    if weight is not None or scale != 1.0:
-        if input.ndim == 0:
+    if weight is not None:
+        sample_weight = _row_weights(weight, input)
+        if sample_weight is None or input.numel() == 0:
             return torch_loss(input, target)
-        if weight is None:
-            # only smooth_l1's 1/beta
-            sample_weight = np.full(input.shape[:1], scale, dtype=_NUMPY_DTYPES[input.dtype])
-        else:
-            rows = _row_weights(weight, input)
-            if rows is None or input.numel() == 0:
+        if weight_mean == "weight_sum" and reduction == "mean":
+            # torch: sum(w * l) / sum(w), w summed over every element
+            total = float(sample_weight.sum(dtype=np.float64)) * (
+                input.numel() // len(sample_weight))
+            if not total or not np.isfinite(total):
                 return torch_loss(input, target)
-            if weight_mean == "weight_sum" and reduction == "mean":
-                # torch: sum(w * l) / sum(w), w summed over every element
-                total = float(rows.sum(dtype=np.float64)) * (input.numel() // len(rows))
-                if not total or not np.isfinite(total):
-                    return torch_loss(input, target)
-                scale = scale / total
-                kernel_reduction = "sum"
-            sample_weight = (rows * scale).astype(rows.dtype, copy=False)
+            sample_weight = (sample_weight / total).astype(sample_weight.dtype, copy=False)
+            kernel_reduction = "sum"
     try:
         loss = make_loss(kernel_reduction)
-        return _run(loss, input, target, target.numpy(), sample_weight, torch_loss)
+        result = _run(loss, input, target, target.numpy(), sample_weight, torch_loss, scale)
     except (ValueError, TypeError):
         return torch_loss(input, target)
+    if nan_is_torchs_error and bool(result.isnan().any()):
+        return torch_loss(input, target)
+    return result
 
 
 def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
@@ -305,8 +312,8 @@ def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
 
 def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mean",
                    beta=1.0):
-    """Drop-in ``torch.nn.functional.smooth_l1_loss``: fastloss ``huber(delta=beta) / beta``
-    (the 1/beta rides in sample_weight); ``beta=0`` is :func:`l1_loss`."""
+    """Drop-in ``torch.nn.functional.smooth_l1_loss``: fastloss ``huber(delta=beta) / beta``;
+    ``beta=0`` is :func:`l1_loss`."""
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(F.smooth_l1_loss, reduction=reduction, beta=beta)
     if isinstance(beta, (int, float)) and beta == 0:
@@ -325,13 +332,14 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
     clamped at -100): fastloss ``binary_cross_entropy``.
 
     ``weight`` (broadcast to input; mean = mean of w l) runs in the kernel when it is one
-    weight per row, e.g. shape (N, 1).
+    weight per row, e.g. shape (N, 1).  NaN in input or target is torch's RuntimeError
+    ("should be between 0 and 1"), as fastloss's range check lets NaN through.
     """
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(F.binary_cross_entropy, weight=weight, reduction=reduction)
     return _elementwise(
         lambda r: _cached_loss(fl.BinaryCrossEntropy, from_logits=False, reduction=r),
-        input, target, reduction, torch_loss, weight)
+        input, target, reduction, torch_loss, weight, nan_is_torchs_error=True)
 
 
 def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None,
@@ -501,7 +509,7 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean",
     fastloss ``kl_divergence(from_logits=True, log_target)`` on rows ``(N, -1)``.
 
     "batchmean" is fastloss's mean over rows; torch's "mean" (divided by the element
-    count) adds 1/(elements per row) as sample_weight.  reduction="none" (torch: one
+    count) is that times 1/(elements per row).  reduction="none" (torch: one
     value per element, fastloss: one per row) is torch's.
     """
     legacy = size_average is not None or reduce is not None
@@ -521,9 +529,7 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean",
     n_rows = input.shape[0] if input.ndim else 1
     rows = input.reshape(n_rows, -1)
     target2 = target.reshape(n_rows, -1)
-    sample_weight = None
-    if reduction == "mean" and rows.shape[1] != 1:
-        sample_weight = np.full(n_rows, 1.0 / rows.shape[1], dtype=_NUMPY_DTYPES[input.dtype])
+    scale = 1.0 / rows.shape[1] if reduction == "mean" else 1.0
 
     def kl_sum(i, t):   # the reduced value in torch's terms, for a double backward
         value = F.kl_div(i, t, reduction="sum", log_target=log_target)
@@ -534,7 +540,7 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean",
         loss = _cached_loss(_multiclass("KLDivergence"), from_logits=True,
                             log_target=bool(log_target),
                             reduction="sum" if reduction == "sum" else "mean")
-        return _run(loss, rows, target2, target2.numpy(), sample_weight, kl_sum)
+        return _run(loss, rows, target2, target2.numpy(), None, kl_sum, scale)
     except (ValueError, TypeError):
         return torch_loss(input, target)
 

@@ -71,17 +71,20 @@ def value_and_grads(fn, inputs, rng, scale=3.0):
     return value.detach(), grads
 
 
-def assert_same_as_torch(ours, theirs, inputs, dtype, seed=7):
+def assert_same_as_torch(ours, theirs, inputs, dtype, seed=7, rtol=None):
     """ours(*inputs) and theirs(*inputs): same value, dtype, shape and gradients, for the
     same upstream gradient."""
+    tol = tolerances(dtype)
+    if rtol is not None:
+        tol["rtol"] = max(tol["rtol"], rtol)
     v1, g1 = value_and_grads(ours, inputs, torch.Generator().manual_seed(seed))
     v2, g2 = value_and_grads(theirs, inputs, torch.Generator().manual_seed(seed))
     assert v1.dtype == v2.dtype == dtype
     assert v1.shape == v2.shape
-    torch.testing.assert_close(v1, v2, equal_nan=True, **tolerances(dtype))
+    torch.testing.assert_close(v1, v2, equal_nan=True, **tol)
     assert len(g1) == len(g2)
     for a, b in zip(g1, g2):
-        torch.testing.assert_close(a, b, **tolerances(dtype))
+        torch.testing.assert_close(a, b, **tol)
 
 
 # -- pointwise losses ------------------------------------------------------------------------
@@ -361,6 +364,29 @@ def test_values_fastloss_rejects_get_torchs_answer_or_error(fast):
     with pytest.raises(RuntimeError, match="negative values for beta"):
         FL.smooth_l1_loss(logits, outside, beta=-1.0)
     assert fast == []
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_nan_is_torchs_error(reduction):
+    probs = torch.tensor([0.5, float("nan"), 0.2], requires_grad=True)
+    with pytest.raises(RuntimeError, match="input should be between 0 and 1"):
+        FL.binary_cross_entropy(probs, torch.tensor([1.0, 0.0, 1.0]), reduction=reduction)
+    with pytest.raises(RuntimeError, match="target should be between 0 and 1"):
+        FL.binary_cross_entropy(probs.detach().nan_to_num(0.5),
+                                torch.tensor([1.0, float("nan"), 0.0]), reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_probabilities_at_0_and_1(reduction, dtype, fast):
+    """log clamped at -100 and the gradient's 1e-12 floor, as torch."""
+    probs = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.5], dtype=dtype, requires_grad=True)
+    target = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.3], dtype=dtype)
+    # torch's floor is float32(1e-12) in float64 too: a 4e-9 relative difference there
+    assert_same_as_torch(lambda a, b: FL.binary_cross_entropy(a, b, reduction=reduction),
+                         lambda a, b: F.binary_cross_entropy(a, b, reduction=reduction),
+                         (probs, target), dtype, rtol=1e-8)
+    assert len(fast) == 1
 
 
 def test_functorch_transforms_fall_back(rng, fast):
