@@ -319,7 +319,7 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mea
     if isinstance(beta, (int, float)) and beta == 0:
         return _elementwise(lambda r: _cached_loss(fl.MeanAbsoluteError, reduction=r),
                             input, target, reduction, torch_loss)
-    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not beta > 0:
+    if not (isinstance(beta, (int, float)) and beta > 0 and np.isfinite(1.0 / beta)):
         return torch_loss(input, target)
     return _elementwise(
         lambda r: _cached_loss(fl.Huber, delta=beta, reduction=r),
@@ -441,11 +441,10 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(F.cross_entropy, weight=weight, ignore_index=ignore_index,
                                    reduction=reduction, label_smoothing=label_smoothing)
-    labels = target.dtype in _LABEL_DTYPES
-    n_classes = input.shape[1] if input.ndim >= 2 else input.shape[-1] if input.ndim else 0
+    labels = getattr(target, "dtype", None) in _LABEL_DTYPES
 
-    def make_loss():
-        class_weight = _class_weight(weight, input, n_classes)
+    def make_loss():   # called once input is known to be (C,) or (N, C, ...)
+        class_weight = _class_weight(weight, input, input.shape[1 if input.ndim > 1 else 0])
         if class_weight is False:
             return None
         params = dict(from_logits=True, label_smoothing=label_smoothing, reduction=reduction)
@@ -521,7 +520,7 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean",
         torch_loss = functools.partial(F.kl_div, reduction=reduction, log_target=log_target)
     if not (reduction in ("mean", "batchmean", "sum") and _kernels_may_run()
             and _plain(input, _KERNEL_DTYPES) and _constant(target, input)
-            and target.shape == input.shape and (input.ndim == 0 or input.shape[0] > 0)
+            and target.shape == input.shape and input.numel() > 0
             and isinstance(log_target, (bool, np.bool_)) and _kl_input_is_log_q()):
         return torch_loss(input, target)
     if reduction == "mean" and not legacy:

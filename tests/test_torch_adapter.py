@@ -578,7 +578,7 @@ class _StandIn:
         out[...] = grad.numpy()
         if self.reduction == "none":
             return terms.detach().numpy().astype(y_pred.dtype), out
-        return float(total), out
+        return float(total.detach()), out
 
     def denominator(self, target, n_rows):
         return n_rows
@@ -658,6 +658,13 @@ def multiclass(request, monkeypatch):
     FL._kl_input_is_log_q.cache_clear()
     yield request.param
     FL._kl_input_is_log_q.cache_clear()
+
+
+def kl_fast_calls(n):
+    """Calls of kl_div that reach a kernel: all when fastloss's kl_divergence reads log q
+    as torch does (the stand-in), none when it does not (fastloss 0.1's reads logits or
+    probabilities, so kl_div is torch's)."""
+    return n if FL._kl_input_is_log_q() else 0
 
 
 def labels_for(shape, n_classes, rng, ignore=None):
@@ -752,7 +759,7 @@ def test_kl_div(multiclass, reduction, dtype, log_target, shape, rng, fast):
                              lambda a, b: F.kl_div(a, b, **kwargs), (log_q, target), dtype)
     if reduction == "mean":   # fastloss and torch both warn about torch's "mean"
         assert sum("batchmean" in str(w.message) for w in ours_warned) == 2
-    assert len(fast) == 1
+    assert len(fast) == kl_fast_calls(1)
 
 
 def test_kl_div_unnormalised_input_gradient_is_minus_p(multiclass, rng, fast):
@@ -762,7 +769,7 @@ def test_kl_div_unnormalised_input_gradient_is_minus_p(multiclass, rng, fast):
     assert_same_as_torch(lambda a, b: FL.kl_div(a, b, reduction="batchmean"),
                          lambda a, b: F.kl_div(a, b, reduction="batchmean"), (x, p),
                          torch.float64)
-    assert len(fast) == 1
+    assert len(fast) == kl_fast_calls(1)
 
 
 def test_kl_div_none_and_log_softmax_convention_fall_back(multiclass, rng, fast, monkeypatch):
@@ -814,7 +821,7 @@ def test_multiclass_gradcheck(multiclass, name, make_args, rng, fast):
         return getattr(FL, name)(a, target, reduction="sum")
 
     assert torch.autograd.gradcheck(fn, (x,))
-    assert fast
+    assert fast or (name == "kl_div" and kl_fast_calls(1) == 0)
     if name == "multi_margin_loss":      # torch has no double backward for it either
         with pytest.raises(RuntimeError, match="multi_margin_loss_backward is not implemented"):
             torch.autograd.gradgradcheck(fn, (x,))
@@ -860,4 +867,4 @@ def test_multiclass_modules(multiclass, name, kwargs, rng, fast):
     else:
         target = labels_for((6,), 4, rng)
     assert_same_as_torch(ours, theirs, (x, target), dtype)
-    assert len(fast) == 1
+    assert len(fast) == (kl_fast_calls(1) if name == "KLDivLoss" else 1)
