@@ -31,6 +31,8 @@ modes, any value fastloss rejects (torch then raises its own error or computes i
 answer), and a double backward (``create_graph=True``), which differentiates torch's own
 formula.  ``nll_loss`` is torch's: its input already is log-probabilities, so there is no
 softmax to fuse and its gradient is a scatter of ``-weight`` (see :func:`nll_loss`).
+``kl_div`` runs in a kernel only when fastloss's ``kl_divergence`` reads its input as
+log q, as torch does (see :func:`kl_div`).
 
 The kernels use fastloss's thread count (:func:`fastloss.set_num_threads`); torch's is
 left alone.
@@ -510,6 +512,10 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean",
     "batchmean" is fastloss's mean over rows; torch's "mean" (divided by the element
     count) is that times 1/(elements per row).  reduction="none" (torch: one
     value per element, fastloss: one per row) is torch's.
+
+    The kernel must read y_pred as log q itself (see :func:`_kl_input_is_log_q`); while
+    fastloss's ``kl_divergence`` reads logits (``from_logits=True``, log_softmax first) or
+    probabilities, every call is torch's own ``kl_div``.
     """
     legacy = size_average is not None or reduce is not None
     reduction = _legacy_reduction(size_average, reduce, reduction)

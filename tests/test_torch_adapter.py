@@ -220,8 +220,9 @@ def test_bce_with_logits_pos_weight(pos_weight_shape, reduction, dtype, with_wei
 def test_bce_with_logits_pos_weight_per_element_falls_back(rng, fast):
     x, y = logit_data((5, 3), torch.float64, rng)
     pos_weight = rand((5, 3), torch.float64, rng, 0.2, 4.0)
-    assert_same_as_torch(lambda a, b: FL.binary_cross_entropy_with_logits(a, b, pos_weight=pos_weight),
-                         lambda a, b: F.binary_cross_entropy_with_logits(a, b, pos_weight=pos_weight),
+    kwargs = dict(pos_weight=pos_weight)
+    assert_same_as_torch(lambda a, b: FL.binary_cross_entropy_with_logits(a, b, **kwargs),
+                         lambda a, b: F.binary_cross_entropy_with_logits(a, b, **kwargs),
                          (x, y), torch.float64)
     assert fast == []
 
