@@ -176,6 +176,15 @@ def test_regression_elementwise_weight_falls_back(name, rng, fast):
     assert fast == []
 
 
+@pytest.mark.parametrize("name", ["mse_loss", "l1_loss"])
+def test_regression_weights_summing_to_zero_give_torchs_nan(name, rng, fast):
+    x, y = regression_data((4, 3), torch.float64, rng)
+    weight = torch.zeros(4, 1, dtype=torch.float64).expand(4, 3)
+    value = getattr(FL, name)(x, y, weight=weight)
+    assert torch.isnan(value) and torch.isnan(getattr(F, name)(x, y, weight=weight))
+    assert fast == []
+
+
 @pytest.mark.parametrize("name,make_data", [("binary_cross_entropy", probability_data),
                                             ("binary_cross_entropy_with_logits", logit_data)])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -267,7 +276,10 @@ def test_without_grad_only_the_value_is_computed(rng, monkeypatch, fast):
     torch.testing.assert_close(value, F.huber_loss(x, y).detach())
     value = FL.huber_loss(x.detach(), y, reduction="none")
     torch.testing.assert_close(value, F.huber_loss(x.detach(), y, reduction="none"))
-    assert len(fast) == 2
+    with torch.inference_mode():
+        value = FL.huber_loss(x, y, reduction="sum")
+    torch.testing.assert_close(value, F.huber_loss(x, y, reduction="sum").detach())
+    assert len(fast) == 3
 
 
 def test_retained_graph_and_accumulation(rng, fast):
