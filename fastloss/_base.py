@@ -75,7 +75,7 @@ class Loss:
         values = None
         if want_value and self.reduction == "none":
             values = np.empty(self._values_shape(pred), dtype=pred.dtype)
-        value = self._run(pred, target, weight, weight_block, grad, values)
+        value = self._run(pred, target, weight, weight_block, grad, values, want_value)
         if values is not None:
             value = values
         if want_grad:
@@ -88,10 +88,11 @@ class Loss:
     def _values_shape(self, pred):
         return pred.shape[:1] if self.per_row else pred.shape
 
-    def _run(self, pred, target, weight, weight_block, grad, values):
+    def _run(self, pred, target, weight, weight_block, grad, values, want_value):
         """Run the kernel; return the reduced value (ignored for "none").
 
-        ``grad`` and ``values`` are None when not wanted.
+        ``grad`` and ``values`` are None when not wanted; without ``want_value`` a kernel
+        may skip computing the value.
         """
         raise NotImplementedError
 

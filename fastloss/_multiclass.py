@@ -104,7 +104,7 @@ class _DenseRowLoss(RowLoss):
         """(label_smoothing, z_loss, log_target) for the kernel."""
         return 0.0, 0.0, False
 
-    def _run(self, pred, target, weight, weight_block, grad, values):
+    def _run(self, pred, target, weight, weight_block, grad, values, want_value):
         n = pred.shape[0]
         smoothing, z_loss, log_target = self._kernel_options()
         total, flags = kernels.dense_rows(
@@ -223,7 +223,7 @@ class _SparseRowLoss(RowLoss):
         """(label_smoothing, z_loss, margin, p) for the kernel."""
         raise NotImplementedError
 
-    def _run(self, pred, labels, weight, weight_block, grad, values):
+    def _run(self, pred, labels, weight, weight_block, grad, values, want_value):
         n = pred.shape[0]
         smoothing, z_loss, margin, power = self._kernel_options()
         weighted_mean = self._weighted_mean and self.reduction == "mean"

@@ -152,48 +152,99 @@ cdef inline floating pointwise_term(const Pointwise* loss, floating p, floating 
         return (one - t) * p + lw * (log1p_unit(e) + max_(-p, <floating>0))
 
 
-cdef inline double pointwise_sum(const Pointwise* loss, const floating* y_pred,
-                                 const floating* y_true, Py_ssize_t n,
-                                 int* flags) noexcept nogil:
-    """Sum of the terms (forward of "mean"/"sum" without weights)."""
+# What a loop writes, fixed at compile time (Cython specialises each loop for every tag,
+# so no per-element test of an output pointer blocks vectorisation):
+cdef struct SumOnly:          # forward, reduced
+    char unused
+cdef struct SumAndGrad:       # fused pass, reduced
+    char unused
+cdef struct GradOnly:         # backward: the value's arithmetic is left out
+    char unused
+cdef struct ValuesOnly:       # forward, reduction "none"
+    char unused
+cdef struct ValuesAndGrad:    # fused pass, reduction "none"
+    char unused
+
+ctypedef fused Outputs:
+    SumOnly
+    SumAndGrad
+    GradOnly
+    ValuesOnly
+    ValuesAndGrad
+
+# Where the sample weight of an element comes from.
+cdef struct OneWeight:        # one weight for the whole stretch (1 without sample_weight)
+    char unused
+cdef struct ElementWeights:   # one weight per element (1-D y_pred)
+    char unused
+
+ctypedef fused Weights:
+    OneWeight
+    ElementWeights
+
+
+cdef inline double pointwise_loop(const Pointwise* loss, const Outputs* outputs,
+                                  const Weights* weights, const floating* y_pred,
+                                  const floating* y_true, Py_ssize_t n,
+                                  const floating* weight, floating one_weight,
+                                  floating* grad, floating* values, floating grad_scale,
+                                  int* flags) noexcept nogil:
+    """The tight loop over n elements: returns the sum of the weighted terms.
+
+    The weight of element i is ``weight[i]`` (ElementWeights) or ``one_weight``;
+    ``grad[i]`` receives grad_scale * weight * dl/dp and ``values[i]`` the weighted term,
+    as ``Outputs`` says.
+    """
     cdef double acc = 0
-    cdef floating g
+    cdef floating g, v, w = one_weight, g_scale = grad_scale * one_weight
     cdef int f = 0
     cdef Py_ssize_t i
     for i in range(n):
-        acc += pointwise_term(loss, y_pred[i], y_true[i], 1, &g, &f)
+        v = pointwise_term(loss, y_pred[i], y_true[i], <floating>1, &g, &f)
+        if Weights is ElementWeights:
+            w = weight[i]
+            g_scale = grad_scale * w
+        if Outputs is ValuesOnly or Outputs is ValuesAndGrad:
+            values[i] = w * v
+        if Outputs is SumAndGrad or Outputs is GradOnly or Outputs is ValuesAndGrad:
+            grad[i] = g_scale * g
+        if Outputs is not GradOnly:
+            if Weights is ElementWeights:
+                acc += w * v
+            else:
+                acc += v
     flags[0] |= f
+    if Weights is OneWeight:
+        return one_weight * acc
     return acc
 
 
-cdef inline double pointwise_sum_grad(const Pointwise* loss, const floating* y_pred,
-                                      const floating* y_true, Py_ssize_t n,
-                                      floating* grad, floating grad_scale,
-                                      int* flags) noexcept nogil:
-    """Sum of the terms and grad[i] = grad_scale * dl/dp (the fused pass)."""
-    cdef double acc = 0
-    cdef floating g
-    cdef int f = 0
-    cdef Py_ssize_t i
-    for i in range(n):
-        acc += pointwise_term(loss, y_pred[i], y_true[i], 1, &g, &f)
-        grad[i] = grad_scale * g
-    flags[0] |= f
-    return acc
-
-
-cdef inline void pointwise_grad(const Pointwise* loss, const floating* y_pred,
-                                const floating* y_true, Py_ssize_t n,
-                                floating* grad, floating grad_scale,
-                                int* flags) noexcept nogil:
-    """grad[i] = grad_scale * dl/dp only: gcc drops the value's arithmetic."""
-    cdef floating g
-    cdef int f = 0
-    cdef Py_ssize_t i
-    for i in range(n):
-        pointwise_term(loss, y_pred[i], y_true[i], 1, &g, &f)
-        grad[i] = grad_scale * g
-    flags[0] |= f
+cdef inline double pointwise_stretch(const Pointwise* loss, const Weights* weights,
+                                     const floating* y_pred, const floating* y_true,
+                                     Py_ssize_t n, const floating* weight,
+                                     floating one_weight, floating* grad, floating* values,
+                                     bint want_value, floating grad_scale,
+                                     int* flags) noexcept nogil:
+    """pointwise_loop specialised for the outputs asked for (pointers may be NULL)."""
+    cdef SumOnly sum_only
+    cdef SumAndGrad sum_and_grad
+    cdef GradOnly grad_only
+    cdef ValuesOnly values_only
+    cdef ValuesAndGrad values_and_grad
+    if values != NULL:
+        if grad != NULL:
+            return pointwise_loop(loss, &values_and_grad, weights, y_pred, y_true, n,
+                                  weight, one_weight, grad, values, grad_scale, flags)
+        return pointwise_loop(loss, &values_only, weights, y_pred, y_true, n, weight,
+                              one_weight, grad, values, grad_scale, flags)
+    if grad == NULL:
+        return pointwise_loop(loss, &sum_only, weights, y_pred, y_true, n, weight,
+                              one_weight, grad, values, grad_scale, flags)
+    if want_value:
+        return pointwise_loop(loss, &sum_and_grad, weights, y_pred, y_true, n, weight,
+                              one_weight, grad, values, grad_scale, flags)
+    return pointwise_loop(loss, &grad_only, weights, y_pred, y_true, n, weight,
+                          one_weight, grad, values, grad_scale, flags)
 
 
 cdef inline double pointwise_general(const Pointwise* loss, const floating* y_pred,
@@ -202,12 +253,12 @@ cdef inline double pointwise_general(const Pointwise* loss, const floating* y_pr
                                      const floating* sample_weight, Py_ssize_t weight_block,
                                      const floating* pos_weight, Py_ssize_t pos_len,
                                      floating grad_scale, int* flags) noexcept nogil:
-    """Every option at once, elements start..stop-1.
+    """Every option at once, elements start..stop-1: the path of ``pos_weight``.
 
     ``values`` (may be NULL) receives the weighted term of each element (reduction
     "none"); ``grad`` (may be NULL) the scaled derivative; ``sample_weight`` (may be NULL)
-    has one weight per ``weight_block`` consecutive elements; ``pos_weight`` (may be NULL)
-    repeats with period ``pos_len`` (the last axis).
+    has one weight per ``weight_block`` consecutive elements; ``pos_weight`` repeats with
+    period ``pos_len`` (the last axis).
     """
     cdef double acc = 0
     cdef floating g, v, w = 1, pw = 1
@@ -243,49 +294,59 @@ cdef double pointwise_chunk(const Pointwise* loss, const floating* y_pred,
                             floating* grad, floating* values,
                             const floating* sample_weight, Py_ssize_t weight_block,
                             const floating* pos_weight, Py_ssize_t pos_len,
-                            floating grad_scale, int* flags) noexcept nogil:
-    """Elements start..stop-1, taking a tight vectorisable loop whenever one applies."""
+                            bint want_value, floating grad_scale, int* flags) noexcept nogil:
+    """Elements start..stop-1, through a tight vectorisable loop whenever one applies."""
+    cdef OneWeight one_weight
+    cdef ElementWeights element_weights
     cdef double acc = 0
-    cdef Py_ssize_t seg_start, seg_stop
-    cdef floating w
-    if values != NULL or pos_weight != NULL or (sample_weight != NULL and weight_block < 64):
+    cdef Py_ssize_t seg_start, seg_stop, row
+    cdef floating* seg_grad
+    cdef floating* seg_values
+    if pos_weight != NULL or (sample_weight != NULL and 1 < weight_block < 16):
         return pointwise_general(loss, y_pred, y_true, start, stop, grad, values,
                                  sample_weight, weight_block, pos_weight, pos_len,
                                  grad_scale, flags)
     if sample_weight == NULL:
-        if grad == NULL:
-            return pointwise_sum(loss, y_pred + start, y_true + start, stop - start, flags)
-        return pointwise_sum_grad(loss, y_pred + start, y_true + start, stop - start,
-                                  grad + start, grad_scale, flags)
+        return pointwise_stretch(loss, &one_weight, y_pred + start, y_true + start,
+                                 stop - start, NULL, 1, offset(grad, start),
+                                 offset(values, start), want_value, grad_scale, flags)
+    if weight_block == 1:
+        return pointwise_stretch(loss, &element_weights, y_pred + start, y_true + start,
+                                 stop - start, sample_weight + start, 1,
+                                 offset(grad, start), offset(values, start), want_value,
+                                 grad_scale, flags)
     # one weight per row of weight_block elements: a tight loop per row segment
     seg_start = start
     while seg_start < stop:
-        w = sample_weight[seg_start // weight_block]
-        seg_stop = min((seg_start // weight_block + 1) * weight_block, stop)
-        if grad == NULL:
-            acc += w * pointwise_sum(loss, y_pred + seg_start, y_true + seg_start,
-                                     seg_stop - seg_start, flags)
-        else:
-            acc += w * pointwise_sum_grad(loss, y_pred + seg_start, y_true + seg_start,
-                                          seg_stop - seg_start, grad + seg_start,
-                                          grad_scale * w, flags)
+        row = seg_start // weight_block
+        seg_stop = min((row + 1) * weight_block, stop)
+        acc += pointwise_stretch(loss, &one_weight, y_pred + seg_start, y_true + seg_start,
+                                 seg_stop - seg_start, NULL, sample_weight[row],
+                                 offset(grad, seg_start), offset(values, seg_start),
+                                 want_value, grad_scale, flags)
         seg_start = seg_stop
     return acc
+
+
+cdef inline floating* offset(floating* array, Py_ssize_t start) noexcept nogil:
+    """array + start, or NULL for an output not asked for."""
+    return NULL if array == NULL else array + start
 
 
 cdef double pointwise_run(const Pointwise* loss, const floating* y_pred,
                           const floating* y_true, Py_ssize_t n, floating* grad,
                           floating* values, const floating* sample_weight,
                           Py_ssize_t weight_block, const floating* pos_weight,
-                          Py_ssize_t pos_len, floating grad_scale, int n_threads,
-                          int* flags) noexcept nogil:
+                          Py_ssize_t pos_len, bint want_value, floating grad_scale,
+                          int n_threads, int* flags) noexcept nogil:
     """All n elements: a plain serial call, or ``n_threads`` contiguous chunks."""
     cdef double acc = 0
     cdef int f = 0, chunk_flags
     cdef Py_ssize_t c, n_chunks, chunk
     if n_threads <= 1 or n < 2:
         return pointwise_chunk(loss, y_pred, y_true, 0, n, grad, values, sample_weight,
-                               weight_block, pos_weight, pos_len, grad_scale, flags)
+                               weight_block, pos_weight, pos_len, want_value, grad_scale,
+                               flags)
     global fastloss_parallel_used
     fastloss_parallel_used = 1
     n_chunks = n_threads
@@ -295,7 +356,8 @@ cdef double pointwise_run(const Pointwise* loss, const floating* y_pred,
         chunk_flags = 0
         acc += pointwise_chunk(loss, y_pred, y_true, min(c * chunk, n),
                                min((c + 1) * chunk, n), grad, values, sample_weight,
-                               weight_block, pos_weight, pos_len, grad_scale, &chunk_flags)
+                               weight_block, pos_weight, pos_len, want_value, grad_scale,
+                               &chunk_flags)
         f |= chunk_flags
     flags[0] |= f
     return acc
@@ -305,8 +367,8 @@ cdef (double, int) pointwise_dispatch(floating* y_pred, floating* y_true, Py_ssi
                                       floating* grad, floating* values,
                                       floating* sample_weight, Py_ssize_t weight_block,
                                       floating* pos_weight, Py_ssize_t pos_len,
-                                      double grad_scale, int n_threads, int loss_id,
-                                      double param) noexcept nogil:
+                                      bint want_value, double grad_scale, int n_threads,
+                                      int loss_id, double param) noexcept nogil:
     """Run the loss ``loss_id`` (a PointwiseId) with its one parameter ``param``."""
     cdef int flags = 0
     cdef double acc = 0
@@ -323,45 +385,55 @@ cdef (double, int) pointwise_dispatch(floating* y_pred, floating* y_true, Py_ssi
     cdef floating scale = <floating>grad_scale
     if loss_id == ID_SQUARED_ERROR:
         acc = pointwise_run(&squared_error, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, scale, n_threads, &flags)
+                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
+                            &flags)
     elif loss_id == ID_ABSOLUTE_ERROR:
         acc = pointwise_run(&absolute_error, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, scale, n_threads, &flags)
+                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
+                            &flags)
     elif loss_id == ID_SQUARED_LOG_ERROR:
         acc = pointwise_run(&squared_log_error, y_pred, y_true, n, grad, values,
-                            sample_weight, weight_block, pos_weight, pos_len, scale,
-                            n_threads, &flags)
+                            sample_weight, weight_block, pos_weight, pos_len, want_value,
+                            scale, n_threads, &flags)
     elif loss_id == ID_HUBER:
         acc = pointwise_run(&huber, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, scale, n_threads, &flags)
+                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
+                            &flags)
     elif loss_id == ID_PSEUDO_HUBER:
         acc = pointwise_run(&pseudo_huber, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, scale, n_threads, &flags)
+                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
+                            &flags)
     elif loss_id == ID_LOG_COSH:
         acc = pointwise_run(&log_cosh_loss, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, scale, n_threads, &flags)
+                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
+                            &flags)
     elif loss_id == ID_HINGE:
         acc = pointwise_run(&hinge, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, scale, n_threads, &flags)
+                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
+                            &flags)
     elif loss_id == ID_SQUARED_HINGE:
         acc = pointwise_run(&squared_hinge, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, scale, n_threads, &flags)
+                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
+                            &flags)
     elif loss_id == ID_BINARY_CROSS_ENTROPY:
         acc = pointwise_run(&bce, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, scale, n_threads, &flags)
+                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
+                            &flags)
     elif loss_id == ID_BINARY_CROSS_ENTROPY_LOGITS:
         acc = pointwise_run(&bce_logits, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, scale, n_threads, &flags)
+                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
+                            &flags)
     return acc, flags
 
 
 def pointwise(int loss_id, double param, cnp.ndarray y_pred, cnp.ndarray y_true,
               object grad, object values, object sample_weight, Py_ssize_t weight_block,
-              object pos_weight, double grad_scale, int n_threads):
+              object pos_weight, bint want_value, double grad_scale, int n_threads):
     """Run a pointwise loss over C-contiguous arrays of one float dtype.
 
     The Python layer has checked shapes, dtypes and contiguity.  Returns
     ``(sum of the weighted terms, flags)``; ``grad`` and ``values`` (or None) are written.
+    Without ``want_value`` a gradient-only pass skips the value (the sum returned is 0).
     """
     cdef Py_ssize_t n = cnp.PyArray_SIZE(y_pred)
     cdef Py_ssize_t pos_len = 1 if pos_weight is None else cnp.PyArray_SIZE(pos_weight)
@@ -378,10 +450,10 @@ def pointwise(int loss_id, double param, cnp.ndarray y_pred, cnp.ndarray y_true,
         with nogil:
             result = pointwise_dispatch(<float*>p, <float*>t, n, <float*>g, <float*>v,
                                         <float*>sw, weight_block, <float*>pw, pos_len,
-                                        grad_scale, n_threads, loss_id, param)
+                                        want_value, grad_scale, n_threads, loss_id, param)
     else:
         with nogil:
             result = pointwise_dispatch(<double*>p, <double*>t, n, <double*>g, <double*>v,
                                         <double*>sw, weight_block, <double*>pw, pos_len,
-                                        grad_scale, n_threads, loss_id, param)
+                                        want_value, grad_scale, n_threads, loss_id, param)
     return result
