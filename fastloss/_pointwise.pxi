@@ -38,6 +38,10 @@ cdef struct BinaryCrossEntropy:
     double label_smoothing
 cdef struct BinaryCrossEntropyLogits:
     double label_smoothing
+cdef struct KLDivLogInput:
+    char unused
+cdef struct KLDivLogInputLogTarget:
+    char unused
 
 ctypedef fused Pointwise:
     SquaredError
@@ -50,6 +54,8 @@ ctypedef fused Pointwise:
     SquaredHinge
     BinaryCrossEntropy
     BinaryCrossEntropyLogits
+    KLDivLogInput
+    KLDivLogInputLogTarget
 
 # Loss ids of the Python layer (fastloss/_losses.py), in the order of the fused type.
 cdef enum PointwiseId:
@@ -63,6 +69,8 @@ cdef enum PointwiseId:
     ID_SQUARED_HINGE = 7
     ID_BINARY_CROSS_ENTROPY = 8
     ID_BINARY_CROSS_ENTROPY_LOGITS = 9
+    ID_KL_DIV_LOG_INPUT = 10
+    ID_KL_DIV_LOG_INPUT_LOG_TARGET = 11
 
 cdef double MSLE_EPSILON = 1e-7      # Keras backend epsilon
 cdef double BCE_GRAD_EPSILON = 1e-12 # PyTorch binary_cross_entropy_backward
@@ -150,6 +158,15 @@ cdef inline floating pointwise_term(const Pointwise* loss, floating p, floating 
         neg_sigmoid = e * r if p >= 0 else r          # sigmoid(-p)
         grad[0] = (one - t) - lw * neg_sigmoid
         return (one - t) * p + lw * (log1p_unit(e) + max_(-p, <floating>0))
+    elif Pointwise is KLDivLogInput:
+        # torch kl_div(input=log q, target=p), elementwise: xlogy(p, p) - p log q
+        grad[0] = -t
+        return (t * log_(t) if t != 0 else t) - t * p
+    elif Pointwise is KLDivLogInputLogTarget:
+        # torch kl_div(log_target=True): exp(lp) (lp - log q)
+        e = exp_(t)
+        grad[0] = -e
+        return e * (t - p)
 
 
 # What a loop writes, fixed at compile time (Cython specialises each loop for every tag,
@@ -382,6 +399,8 @@ cdef (double, int) pointwise_dispatch(floating* y_pred, floating* y_true, Py_ssi
     cdef SquaredHinge squared_hinge
     cdef BinaryCrossEntropy bce = BinaryCrossEntropy(label_smoothing=param)
     cdef BinaryCrossEntropyLogits bce_logits = BinaryCrossEntropyLogits(label_smoothing=param)
+    cdef KLDivLogInput kl_div
+    cdef KLDivLogInputLogTarget kl_div_log_target
     cdef floating scale = <floating>grad_scale
     if loss_id == ID_SQUARED_ERROR:
         acc = pointwise_run(&squared_error, y_pred, y_true, n, grad, values, sample_weight,
@@ -423,6 +442,14 @@ cdef (double, int) pointwise_dispatch(floating* y_pred, floating* y_true, Py_ssi
         acc = pointwise_run(&bce_logits, y_pred, y_true, n, grad, values, sample_weight,
                             weight_block, pos_weight, pos_len, want_value, scale, n_threads,
                             &flags)
+    elif loss_id == ID_KL_DIV_LOG_INPUT:
+        acc = pointwise_run(&kl_div, y_pred, y_true, n, grad, values, sample_weight,
+                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
+                            &flags)
+    elif loss_id == ID_KL_DIV_LOG_INPUT_LOG_TARGET:
+        acc = pointwise_run(&kl_div_log_target, y_pred, y_true, n, grad, values,
+                            sample_weight, weight_block, pos_weight, pos_len, want_value,
+                            scale, n_threads, &flags)
     return acc, flags
 
 

@@ -8,7 +8,8 @@ from ._dispatch import kernels
 
 # Kernel ids: the PointwiseId enum of _pointwise.pxi.
 (SQUARED_ERROR, ABSOLUTE_ERROR, SQUARED_LOG_ERROR, HUBER, PSEUDO_HUBER, LOG_COSH, HINGE,
- SQUARED_HINGE, BINARY_CROSS_ENTROPY, BINARY_CROSS_ENTROPY_LOGITS) = range(10)
+ SQUARED_HINGE, BINARY_CROSS_ENTROPY, BINARY_CROSS_ENTROPY_LOGITS, KL_DIV_LOG_INPUT,
+ KL_DIV_LOG_INPUT_LOG_TARGET) = range(12)
 
 # flag bits of _pointwise.pxi
 FLAG_LABEL_NOT_BINARY = 1
@@ -231,6 +232,27 @@ class BinaryCrossEntropy(PointwiseLoss):
                              f"{_first_bad(pred, (pred < 0) | (pred > 1))}")
         raise ValueError(f"y_true: targets must be in [0, 1], got "
                          f"{_first_bad(target, (target < 0) | (target > 1))}")
+
+
+class PointwiseKLDivergence(PointwiseLoss):
+    """torch's ``kl_div(input, target)`` elementwise: ``xlogy(p, p) - p input`` with
+    ``input`` = log q as given (not renormalised), or ``exp(t) (t - input)`` with
+    ``log_target``; gradient ``-p``.
+
+    The kernel behind ``fastloss.torch.kl_div``; not in the registry (the public
+    ``kl_divergence`` is the row loss of :class:`KLDivergence`).
+    """
+
+    name = "pointwise_kl_divergence"
+    _cost = 4
+
+    def __init__(self, log_target=False, *, reduction="mean"):
+        super().__init__(reduction=reduction)
+        self.log_target = v.check_bool("log_target", log_target)
+        self._kernel_id = KL_DIV_LOG_INPUT_LOG_TARGET if self.log_target else KL_DIV_LOG_INPUT
+
+    def get_params(self):
+        return {"log_target": self.log_target, **super().get_params()}
 
 
 POINTWISE_LOSSES = (MeanSquaredError, MeanAbsoluteError, MeanSquaredLogarithmicError, Huber,

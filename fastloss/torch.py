@@ -31,8 +31,8 @@ modes, any value fastloss rejects (torch then raises its own error or computes i
 answer), and a double backward (``create_graph=True``), which differentiates torch's own
 formula.  ``nll_loss`` is torch's: its input already is log-probabilities, so there is no
 softmax to fuse and its gradient is a scatter of ``-weight`` (see :func:`nll_loss`).
-``kl_div`` runs in a kernel only when fastloss's ``kl_divergence`` reads its input as
-log q, as torch does (see :func:`kl_div`).
+``kl_div`` runs fastloss's elementwise ``PointwiseKLDivergence`` kernel, which reads its
+input as log q, as torch does (see :func:`kl_div`).
 
 The kernels use fastloss's thread count (:func:`fastloss.set_num_threads`); torch's is
 left alone.
@@ -481,41 +481,14 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
                       ignore_index=ignore_index, reduce=reduce, reduction=reduction)
 
 
-@functools.lru_cache(maxsize=None)
-def _kl_input_is_log_q():
-    """Whether fastloss's ``kl_divergence(from_logits=True)`` reads y_pred as log q itself.
-
-    torch's ``kl_div(input, p)`` sums ``p (log p - input)`` over a free (not renormalised)
-    input, so its gradient is ``-p``.  A kernel that first takes ``log_softmax(y_pred)``
-    has the same value on normalised rows but the gradient ``softmax(y_pred) sum(p) - p``,
-    which is wrong here.  Checked once on a 1x2 example (unnormalised log q = [0, 0]),
-    so the adapter stays right whichever convention the class follows.
-    """
-    cls = _multiclass("KLDivergence")
-    if cls is None:
-        return False
-    p = np.array([[0.25, 0.75]])
-    try:
-        value, grad = cls(from_logits=True, reduction="sum").value_and_grad(
-            np.zeros((1, 2)), p)
-    except (ValueError, TypeError):
-        return False
-    torch_value = float(np.sum(p * np.log(p)))
-    return bool(np.isclose(value, torch_value) and np.allclose(grad, -p))
-
-
 def kl_div(input, target, size_average=None, reduce=None, reduction="mean",
            log_target=False):
-    """Drop-in ``torch.nn.functional.kl_div`` (input = log q, target = p or log p):
-    fastloss ``kl_divergence(from_logits=True, log_target)`` on rows ``(N, -1)``.
+    """Drop-in ``torch.nn.functional.kl_div`` (input = log q, target = p or log p).
 
-    "batchmean" is fastloss's mean over rows; torch's "mean" (divided by the element
-    count) is that times 1/(elements per row).  reduction="none" (torch: one
-    value per element, fastloss: one per row) is torch's.
-
-    The kernel must read y_pred as log q itself (see :func:`_kl_input_is_log_q`); while
-    fastloss's ``kl_divergence`` reads logits (``from_logits=True``, log_softmax first) or
-    probabilities, every call is torch's own ``kl_div``.
+    fastloss's elementwise ``PointwiseKLDivergence`` (``xlogy(p, p) - p input``, gradient
+    ``-p``; torch's input is log q as given, not renormalised), summed; "batchmean"
+    divides by the batch size, torch's "mean" by the element count.  reduction="none"
+    is torch's.
     """
     legacy = size_average is not None or reduce is not None
     reduction = _legacy_reduction(size_average, reduce, reduction)
@@ -527,25 +500,24 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean",
     if not (reduction in ("mean", "batchmean", "sum") and _kernels_may_run()
             and _plain(input, _KERNEL_DTYPES) and _constant(target, input)
             and target.shape == input.shape and input.numel() > 0
-            and isinstance(log_target, (bool, np.bool_)) and _kl_input_is_log_q()):
+            and isinstance(log_target, (bool, np.bool_))):
         return torch_loss(input, target)
     if reduction == "mean" and not legacy:
         warnings.warn(_KL_MEAN_WARNING, stacklevel=2)
-    n_rows = input.shape[0] if input.ndim else 1
-    rows = input.reshape(n_rows, -1)
-    target2 = target.reshape(n_rows, -1)
-    scale = 1.0 / rows.shape[1] if reduction == "mean" else 1.0
+    if reduction == "mean":
+        scale = 1.0 / input.numel()
+    elif reduction == "batchmean" and input.ndim:
+        scale = 1.0 / input.shape[0]
+    else:
+        scale = 1.0
 
-    def kl_sum(i, t):   # the reduced value in torch's terms, for a double backward
-        value = F.kl_div(i, t, reduction="sum", log_target=log_target)
-        return value / (i.numel() if reduction == "mean" else
-                        n_rows if reduction == "batchmean" and input.ndim else 1)
+    def kl_reduced(i, t):   # the reduced value in torch's terms, for a double backward
+        return F.kl_div(i, t, reduction="sum", log_target=log_target) * scale
 
     try:
-        loss = _cached_loss(_multiclass("KLDivergence"), from_logits=True,
-                            log_target=bool(log_target),
-                            reduction="sum" if reduction == "sum" else "mean")
-        return _run(loss, rows, target2, target2.numpy(), None, kl_sum, scale)
+        loss = _cached_loss(fl._pointwise.PointwiseKLDivergence, log_target=bool(log_target),
+                            reduction="sum")
+        return _run(loss, input, target, target.numpy(), None, kl_reduced, scale)
     except (ValueError, TypeError):
         return torch_loss(input, target)
 

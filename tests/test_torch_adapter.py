@@ -638,13 +638,6 @@ class StandInKL(_StandIn):
         return (torch.special.xlogy(target, target) - target * log_q).sum(1)
 
 
-class StandInKLSoftmax(StandInKL):
-    """kl_divergence with y_pred = logits (log_softmax first): not torch's kl_div."""
-
-    def rows(self, logits, target):
-        return super().rows(torch.log_softmax(logits, 1), target)
-
-
 class StandInMultiMargin(_StandIn):
     def rows(self, x, labels):
         p = self.params
@@ -671,16 +664,13 @@ def multiclass(request, monkeypatch):
     else:
         for name, cls in STAND_INS.items():
             monkeypatch.setattr(fl, name, cls, raising=False)
-    FL._kl_input_is_log_q.cache_clear()
     yield request.param
-    FL._kl_input_is_log_q.cache_clear()
 
 
 def kl_fast_calls(n):
-    """Calls of kl_div that reach a kernel: all when fastloss's kl_divergence reads log q
-    as torch does (the stand-in), none when it does not (fastloss 0.1's reads logits or
-    probabilities, so kl_div is torch's)."""
-    return n if FL._kl_input_is_log_q() else 0
+    """Calls of kl_div that reach a kernel: all of them (fastloss's elementwise
+    PointwiseKLDivergence reads log q as torch does)."""
+    return n
 
 
 def labels_for(shape, n_classes, rng, ignore=None):
@@ -788,20 +778,13 @@ def test_kl_div_unnormalised_input_gradient_is_minus_p(multiclass, rng, fast):
     assert len(fast) == kl_fast_calls(1)
 
 
-def test_kl_div_none_and_log_softmax_convention_fall_back(multiclass, rng, fast, monkeypatch):
+def test_kl_div_none_falls_back(multiclass, rng, fast):
     log_q = torch.log_softmax(randn((5, 4), torch.float64, rng), 1).requires_grad_(True)
     p = torch.softmax(randn((5, 4), torch.float64, rng), 1)
     assert_same_as_torch(lambda a, b: FL.kl_div(a, b, reduction="none"),
                          lambda a, b: F.kl_div(a, b, reduction="none"), (log_q, p),
                          torch.float64)
     assert fast == []
-    if multiclass == "stand-in":
-        monkeypatch.setattr(fl, "KLDivergence", StandInKLSoftmax)
-        FL._kl_input_is_log_q.cache_clear()
-        assert_same_as_torch(lambda a, b: FL.kl_div(a, b, reduction="batchmean"),
-                             lambda a, b: F.kl_div(a, b, reduction="batchmean"), (log_q, p),
-                             torch.float64)
-        assert fast == []
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
