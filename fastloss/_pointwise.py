@@ -47,6 +47,7 @@ class PointwiseLoss(Loss):
         return self._reduce(total, n)
 
     def _raise_for_flags(self, flags, pred, target):
+        """Raise the ValueError that the kernel's nonzero ``flags`` report, if they mean one."""
         raise AssertionError(f"unexpected kernel flags {flags}")  # pragma: no cover
 
 
@@ -148,6 +149,11 @@ class Hinge(PointwiseLoss):
     _kernel_id = HINGE
 
     def _raise_for_flags(self, flags, pred, target):
+        # FLAG_LABEL_ZERO or FLAG_LABEL_MINUS_ONE alone only says which convention the
+        # labels follow; the error is a label outside {-1, 0, 1} or both conventions mixed.
+        both = FLAG_LABEL_ZERO | FLAG_LABEL_MINUS_ONE
+        if not flags & FLAG_LABEL_NOT_BINARY and (flags & both) != both:
+            return
         if flags & FLAG_LABEL_NOT_BINARY:
             bad = (target != 1) & (target != 0) & (target != -1)
             raise ValueError(f"y_true: {self.name} labels must be in {{-1, 1}} or {{0, 1}}, "
