@@ -52,17 +52,29 @@ TARGETS_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "targets.
 
 
 class Timing:
-    """How long to time: rounds, the length of one round and a cap per measurement."""
+    """How long to time.
 
-    def __init__(self, rounds=5, round_time=0.02, max_seconds=1.5, min_rounds=3):
+    ``rounds`` rounds of about ``round_time`` seconds each per measurement, fewer (down
+    to ``min_rounds``) when that would exceed ``max_seconds``; the thread warm-up lasts
+    at most ``warm_up`` seconds; the bandwidth is the best of ``bandwidth_rounds`` over
+    arrays of ``bandwidth_bytes`` (None: sized from the last-level cache).
+    """
+
+    def __init__(self, rounds=5, round_time=0.02, max_seconds=1.5, min_rounds=3,
+                 warm_up=1.0, bandwidth_rounds=5, bandwidth_bytes=None):
         self.rounds = rounds
         self.round_time = round_time
         self.max_seconds = max_seconds
         self.min_rounds = min_rounds
+        self.warm_up = warm_up
+        self.bandwidth_rounds = bandwidth_rounds
+        self.bandwidth_bytes = bandwidth_bytes
 
 
 DEFAULT_TIMING = Timing()
-QUICK_TIMING = Timing(rounds=3, round_time=0.004, max_seconds=0.2, min_rounds=2)
+#: --quick: a rough run in seconds (the bandwidth arrays may then fit a large cache)
+QUICK_TIMING = Timing(rounds=3, round_time=0.004, max_seconds=0.2, min_rounds=2,
+                      warm_up=0.3, bandwidth_rounds=3, bandwidth_bytes=32 << 20)
 
 
 # ----------------------------------------------------------------------------------
@@ -324,10 +336,8 @@ def memory_bandwidth(threads, array_bytes, rounds=5):
     return result
 
 
-def bandwidth_array_bytes(quick):
+def bandwidth_array_bytes():
     """Array size of the STREAM measurement: twice the last-level cache (bounded)."""
-    if quick:
-        return 64 << 20
     cache = last_level_cache_bytes() or (32 << 20)
     return int(min(max(2 * cache, 256 << 20), 1 << 30))
 
@@ -495,10 +505,11 @@ def format_ratio(ratio):
 class Table:
     """The columns of the results table, for a given set of timed libraries."""
 
-    def __init__(self, threads, peers):
+    def __init__(self, threads, peers, cases=()):
         self.threads = threads
         self.peers = peers
-        columns = [("loss", 40, "<"), ("size", 12, ">")]
+        loss_width = max([len(case.title) for case in cases] + [20])
+        columns = [("loss", loss_width, "<"), ("size", 12, ">")]
         columns += [(_fastloss_title(n, threads), 13, ">") for n in threads]
         columns += [(PEER_TITLES[p], 10, ">") for p in peers]
         columns += [(f"×{PEER_TITLES[p]}", 9, ">") for p in peers]
@@ -636,12 +647,12 @@ def main(args, argv):
     with _peer_threads(peers, threads[-1], dtypes) as peer_info:
         _print_header(out, threads, dtypes, peer_info, timing,
                       [name for name in losses if name not in REFERENCES])
-        bandwidth = _measure_bandwidth(out, threads[-1], args.quick)
-        warm_up_threads(threads[-1])
+        bandwidth = _measure_bandwidth(out, threads[-1], timing)
+        warm_up_threads(threads[-1], timing.warm_up)
         results = run_cases(cases, threads, peers, timing, bandwidth, out)
     evaluations = evaluate_targets(results, targets) if targets else None
     _print_targets(out, evaluations, args.targets or TARGETS_PATH)
-    table = Table(threads, peers)
+    table = Table(threads, peers, cases)
     if args.json:
         _write_json(args.json, results, evaluations, threads, dtypes, bandwidth, peer_info)
     if args.markdown:
@@ -708,9 +719,9 @@ def _print_header(out, threads, dtypes, peer_info, timing, no_reference):
         print(f"not benchmarked (no reference inputs): {', '.join(no_reference)}", file=out)
 
 
-def _measure_bandwidth(out, threads, quick):
-    array_bytes = bandwidth_array_bytes(quick)
-    bandwidth = memory_bandwidth(threads, array_bytes, rounds=3 if quick else 5)
+def _measure_bandwidth(out, threads, timing):
+    array_bytes = timing.bandwidth_bytes or bandwidth_array_bytes()
+    bandwidth = memory_bandwidth(threads, array_bytes, timing.bandwidth_rounds)
     print(f"memory bandwidth: {bandwidth['add'] / 1e9:.1f} GB/s (STREAM add c = a + b with "
           f"NumPy, {threads} thread{'s' if threads > 1 else ''}, 3 arrays of "
           f"{array_bytes >> 20} MiB; copy {bandwidth['copy'] / 1e9:.1f} GB/s); %bw = "
@@ -721,7 +732,7 @@ def _measure_bandwidth(out, threads, quick):
 def run_cases(cases, threads, peers, timing, bandwidth, out=None, progress=None):
     """Time every case, printing each row as it is done; the list of Results."""
     progress = progress or Progress()
-    table = Table(threads, peers)
+    table = Table(threads, peers, cases)
     results = []
     current_dtype = None
     for index, case in enumerate(cases, 1):
