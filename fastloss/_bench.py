@@ -27,6 +27,7 @@ import runpy
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,7 @@ PEER_TITLES = {"torch": "PyTorch", "numpy": "NumPy", "jax": "JAX"}
 TARGETS_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "targets.py"
 
 
+@dataclass(frozen=True)
 class Timing:
     """How long to time.
 
@@ -60,15 +62,13 @@ class Timing:
     arrays of ``bandwidth_bytes`` (None: sized from the last-level cache).
     """
 
-    def __init__(self, rounds=5, round_time=0.02, max_seconds=1.5, min_rounds=3,
-                 warm_up=1.0, bandwidth_rounds=5, bandwidth_bytes=None):
-        self.rounds = rounds
-        self.round_time = round_time
-        self.max_seconds = max_seconds
-        self.min_rounds = min_rounds
-        self.warm_up = warm_up
-        self.bandwidth_rounds = bandwidth_rounds
-        self.bandwidth_bytes = bandwidth_bytes
+    rounds: int = 5
+    round_time: float = 0.02
+    max_seconds: float = 1.5
+    min_rounds: int = 3
+    warm_up: float = 1.0
+    bandwidth_rounds: int = 5
+    bandwidth_bytes: int = None
 
 
 DEFAULT_TIMING = Timing()
@@ -841,22 +841,22 @@ def plot_results(results, path):
     rows = math.ceil(len(losses) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows),
                              squeeze=False)
-    styles = {"float32": "-", "float64": "--"}
+    styles = {"float32": "-", "float64": "--"}                      # line: dtype
+    libraries = {"fastloss": ("C0", lambda r: r.fastloss)}           # colour: library
+    libraries.update({PEER_TITLES[p]: (f"C{i}", lambda r, p=p: r.seconds.get(p))
+                      for i, p in enumerate(PEERS, 1)})
     for ax, loss in zip(axes.flat, losses):
         mine = [r for r in results if r.case.loss == loss]
         for dtype in dict.fromkeys(str(r.case.dtype) for r in mine):
             series = sorted((r for r in mine if str(r.case.dtype) == dtype),
                             key=lambda r: r.case.elements)
-            libraries = {"fastloss": lambda r: r.fastloss}
-            libraries.update({PEER_TITLES[p]: (lambda r, p=p: r.seconds.get(p))
-                              for p in PEERS if any(p in r.seconds for r in series)})
-            for label, seconds in libraries.items():
+            for label, (colour, seconds) in libraries.items():
                 points = [(r.case.elements, seconds(r)) for r in series
                           if seconds(r) is not None]
                 if points:
                     x, y = zip(*points)
-                    ax.plot(x, y, styles.get(dtype, "-"), marker="o", markersize=3,
-                            label=f"{label} {dtype}")
+                    ax.plot(x, y, styles.get(dtype, "-"), color=colour, marker="o",
+                            markersize=3, label=f"{label} {dtype}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(loss, fontsize=10)
