@@ -464,24 +464,33 @@ def _measured(result, metric):
     raise ValueError(f"targets: unknown metric {metric!r}")
 
 
-METRIC_TEXT = {"max_us": ("time", "µs", "≤"), "vs_torch": ("× PyTorch", "", "≥"),
+#: metric -> (what it is, unit, how the measurement must relate to the target)
+METRIC_TEXT = {"max_us": ("time", " µs", "≤"), "vs_torch": ("× PyTorch", "", "≥"),
                "vs_numpy": ("× NumPy", "", "≥"), "vs_jax": ("× JAX", "", "≥"),
                "vs_best": ("× best peer", "", "≥"),
                "bandwidth_fraction": ("of memory bandwidth", "", "≥"),
                "thread_speedup": ("2 threads / 1", "", "≥")}
+VERDICTS = {True: "met", False: "NOT MET", None: "n/a"}
+
+
+def target_texts(evaluation):
+    """(what, target, measured, verdict) of one evaluated target, as text."""
+    name, unit, relation = METRIC_TEXT[evaluation["metric"]]
+
+    def fmt(x):
+        if evaluation["metric"] == "bandwidth_fraction":
+            return f"{x:.0%}"
+        return f"{x:.3g}{unit}"
+    measured = evaluation["measured"]
+    return (name, f"{relation} {fmt(evaluation['target'])}",
+            "not measured" if measured is None else fmt(measured),
+            VERDICTS[evaluation["met"]])
 
 
 def describe_target(evaluation):
-    name, unit, relation = METRIC_TEXT[evaluation["metric"]]
-    fraction = evaluation["metric"] == "bandwidth_fraction"
-
-    def fmt(x):
-        return f"{x:.0%}" if fraction else f"{x:.3g}{unit}"
-    measured = evaluation["measured"]
-    got = "not measured" if measured is None else fmt(measured)
-    verdict = {True: "met", False: "NOT MET", None: "n/a"}[evaluation["met"]]
-    return (f"{verdict:7} {evaluation['loss']} {evaluation['size']}: {name} {got} "
-            f"(target {relation} {fmt(evaluation['target'])})")
+    name, target, measured, verdict = target_texts(evaluation)
+    return (f"{verdict:7} {evaluation['loss']} {evaluation['size']}: {name} {measured} "
+            f"(target {target})")
 
 
 # ----------------------------------------------------------------------------------
@@ -809,13 +818,11 @@ def _write_markdown(path, table, results, evaluations, bandwidth, peer_info, arg
         lines += ["### Targets (float32)", "", "| case | metric | target | measured | |",
                   "|---|---|---:|---:|---|"]
         for e in evaluations:
-            name, _, relation = METRIC_TEXT[e["metric"]]
-            fraction = e["metric"] == "bandwidth_fraction"
-            fmt = (lambda x: f"{x:.0%}") if fraction else (lambda x: f"{x:.3g}")
-            measured = "—" if e["measured"] is None else fmt(e["measured"])
-            verdict = {True: "met", False: "**not met**", None: "n/a"}[e["met"]]
-            lines.append(f"| {e['loss']} {e['size']} | {name} | {relation} "
-                         f"{fmt(e['target'])} | {measured} | {verdict} |")
+            name, target, measured, verdict = target_texts(e)
+            if e["met"] is False:
+                verdict = f"**{verdict}**"
+            lines.append(f"| {e['loss']} {e['size']} | {name} | {target} | {measured} "
+                         f"| {verdict} |")
         lines.append("")
     Path(path).write_text("\n".join(lines))
 
