@@ -13,10 +13,10 @@ predictions:
 A time is the best (min) over several rounds of the mean of an adaptive number of
 repeated calls (``time.perf_counter``, garbage collection off); the rounds of the
 libraries are interleaved so that a slow phase of a shared machine hits them alike.
-A STREAM-like "add" (c = a + b with NumPy, split over the benchmark's threads, on arrays
-well beyond the last-level cache) measured in the same run gives the memory bandwidth
-the large cases are compared with: the fused kernel moves the same pattern, two arrays
-read and one written.
+A STREAM-like "add" (c = a + b over the benchmark's threads, with NumPy and with
+PyTorch when installed, the best of them, on arrays well beyond the last-level cache)
+measured in the same run gives the memory bandwidth the large cases are compared with:
+the fused kernel moves the same pattern, two arrays read and one written.
 """
 import gc
 import json
@@ -310,29 +310,36 @@ def last_level_cache_bytes():
     return max(sizes, default=None)
 
 
-def memory_bandwidth(threads, array_bytes, rounds=5):
-    """STREAM "add" and "copy" with NumPy over ``threads`` threads, in bytes per second.
+def memory_bandwidth(threads, array_bytes, rounds=5, use_torch=False):
+    """STREAM "add" (c = a + b) over ``threads`` threads in bytes/s, by implementation.
 
-    ``add`` (c = a + b: read two arrays, write one) is the access pattern of a fused
-    pointwise loss (read y_pred and y_true, write the gradient), counted the same way.
+    "add" reads two arrays and writes one, the access pattern of a fused pointwise loss
+    (read y_pred and y_true, write the gradient), and is counted the same way.  NumPy's
+    add runs on a pool of threads, each on a slice; with ``use_torch`` PyTorch's
+    OpenMP add runs too, since NumPy's loop alone falls short of what a compiled loop
+    reaches (the best of them is the figure kernels are compared with).
     """
     n = array_bytes // 8
-    a = np.full(n, 1.0)
-    b = np.full(n, 2.0)
-    c = np.zeros(n)                                   # touched: no page faults timed
+    a, b, c = (np.full(n, value) for value in (1.0, 2.0, 0.0))   # written: no page faults
+
+    def bytes_per_second(run):
+        run()
+        return 3 * 8 * n / min(_elapsed(run, 1) for _ in range(rounds))
+
     bounds = np.linspace(0, n, threads + 1).astype(int)
     chunks = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    kernels = {"add": (lambda s: np.add(a[s], b[s], out=c[s]), 3),
-               "copy": (lambda s: np.copyto(c[s], a[s]), 2)}
-    result = {}
     with ThreadPoolExecutor(threads) as pool:
-        for name, (kernel, arrays) in kernels.items():
-            best = math.inf
-            for _ in range(rounds):
-                start = time.perf_counter()
-                list(pool.map(kernel, chunks))
-                best = min(best, time.perf_counter() - start)
-            result[name] = arrays * 8 * n / best
+        result = {"NumPy": bytes_per_second(
+            lambda: list(pool.map(lambda s: np.add(a[s], b[s], out=c[s]), chunks)))}
+    if use_torch:
+        import torch
+        saved = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            ta, tb, tc = (torch.from_numpy(x) for x in (a, b, c))
+            result["PyTorch"] = bytes_per_second(lambda: torch.add(ta, tb, out=tc))
+        finally:
+            torch.set_num_threads(saved)
     return result
 
 
@@ -656,9 +663,9 @@ def main(args, argv):
     with _peer_threads(peers, threads[-1], dtypes) as peer_info:
         _print_header(out, threads, dtypes, peer_info, timing,
                       [name for name in losses if name not in REFERENCES])
-        bandwidth = _measure_bandwidth(out, threads[-1], timing)
+        bandwidth = _measure_bandwidth(out, threads[-1], timing, "torch" in peers)
         warm_up_threads(threads[-1], timing.warm_up)
-        results = run_cases(cases, threads, peers, timing, bandwidth, out)
+        results = run_cases(cases, threads, peers, timing, max(bandwidth.values()), out)
     evaluations = evaluate_targets(results, targets) if targets else None
     _print_targets(out, evaluations, args.targets or TARGETS_PATH)
     table = Table(threads, peers, cases)
@@ -728,13 +735,15 @@ def _print_header(out, threads, dtypes, peer_info, timing, no_reference):
         print(f"not benchmarked (no reference inputs): {', '.join(no_reference)}", file=out)
 
 
-def _measure_bandwidth(out, threads, timing):
+def _measure_bandwidth(out, threads, timing, use_torch):
+    """Measure and print the STREAM add bandwidth; its value by implementation."""
     array_bytes = timing.bandwidth_bytes or bandwidth_array_bytes()
-    bandwidth = memory_bandwidth(threads, array_bytes, timing.bandwidth_rounds)
-    print(f"memory bandwidth: {bandwidth['add'] / 1e9:.1f} GB/s (STREAM add c = a + b with "
-          f"NumPy, {threads} thread{'s' if threads > 1 else ''}, 3 arrays of "
-          f"{array_bytes >> 20} MiB; copy {bandwidth['copy'] / 1e9:.1f} GB/s); %bw = "
-          f"fastloss GB/s (y_pred + y_true read, gradient written) over it", file=out)
+    bandwidth = memory_bandwidth(threads, array_bytes, timing.bandwidth_rounds, use_torch)
+    each = ", ".join(f"{name} {value / 1e9:.1f}" for name, value in bandwidth.items())
+    print(f"memory bandwidth: {max(bandwidth.values()) / 1e9:.1f} GB/s (STREAM add c = a + b "
+          f"on 3 arrays of {array_bytes >> 20} MiB, {threads} thread"
+          f"{'s' if threads > 1 else ''}, the best of {each} GB/s); %bw = fastloss GB/s "
+          f"(y_pred + y_true read, gradient written) over it", file=out)
     return bandwidth
 
 
@@ -759,8 +768,7 @@ def run_cases(cases, threads, peers, timing, bandwidth, out=None, progress=None)
                               lambda column: progress.show(f"{label}: {column}"))
         finally:
             fl.set_num_threads(saved)
-        result = Result(case, seconds, threads, bytes_moved(pred, target),
-                        bandwidth["add"] if bandwidth else None)
+        result = Result(case, seconds, threads, bytes_moved(pred, target), bandwidth)
         del calls, pred, target
         results.append(result)
         progress.clear()
@@ -795,8 +803,8 @@ def _write_json(path, results, evaluations, threads, dtypes, bandwidth, peer_inf
         "peers": peer_info,
         "dtypes": dtypes,
         "threads": threads,
-        "bandwidth": {"add_bytes_per_second": bandwidth["add"],
-                      "copy_bytes_per_second": bandwidth["copy"],
+        "bandwidth": {"add_bytes_per_second": max(bandwidth.values()),
+                      "add_bytes_per_second_by_implementation": bandwidth,
                       "threads": threads[-1]},
         "results": [r.to_json() for r in results],
         "targets": evaluations,
@@ -809,8 +817,8 @@ def _write_markdown(path, table, results, evaluations, bandwidth, peer_info, arg
     lines = [f"Command: `python -m fastloss {' '.join(argv)}`", "",
              f"fastloss {fl.__version__} ({fl.config()['kernel_module']}); "
              + ", ".join(f"{PEER_TITLES.get(k, k)} {v}" for k, v in peer_info.items())
-             + f"; {_cpu_name()}; memory bandwidth (STREAM add) "
-               f"{bandwidth['add'] / 1e9:.1f} GB/s", ""]
+             + f"; {_cpu_name()}; memory bandwidth (STREAM add, best of "
+               f"{', '.join(bandwidth)}) {max(bandwidth.values()) / 1e9:.1f} GB/s", ""]
     for dtype in sorted({str(r.case.dtype) for r in results}):
         lines += [f"### {dtype}", "",
                   table.markdown([r for r in results if str(r.case.dtype) == dtype]), ""]
