@@ -1,0 +1,715 @@
+"""What each loss computes, written with the peers' tools: the yardstick of check and bench.
+
+For every registered loss name this module holds a :class:`Reference`:
+
+- ``inputs``: valid inputs for it, away from the kinks of piecewise losses (so central
+  finite differences are meaningful) and from clipping thresholds;
+- ``numpy``: value and gradient in NumPy, as a competent NumPy user writes them
+  (vectorised, numerically stable, shared subexpressions, the 1/N folded into the
+  gradient): the "NumPy" competitor of ``python -m fastloss bench``;
+- ``torch``: the same loss through ``torch.nn.functional`` (or plain tensor operations
+  where PyTorch has no such loss), differentiated by autograd: the semantics the spec
+  names, and the "PyTorch" competitor;
+- ``jax``: the value alone in the NumPy API (run on ``jax.numpy`` under
+  ``jax.jit(jax.value_and_grad(...))``), for the benchmark's parameters only;
+- the parameter variants ``python -m fastloss check`` tries, and the benchmark's.
+
+Reductions and ``sample_weight`` are applied once, in :func:`numpy_value_and_grad` and
+:func:`torch_loss`, on the per-term values ("none") of each loss: a term is one element
+for pointwise losses and one row for row losses.
+"""
+import math
+
+import numpy as np
+
+#: Keras' backend epsilon: msle clips at it, probability cross-entropy clips to
+#: [EPSILON, 1 - EPSILON]
+EPSILON = 1e-7
+#: PyTorch's binary_cross_entropy clamps each log at -100 ...
+BCE_LOG_FLOOR = -100.0
+#: ... and divides its gradient by max(p (1 - p), 1e-12)
+BCE_GRAD_EPSILON = 1e-12
+
+
+class Reference:
+    """How one loss is computed by the peers, and how to feed it.
+
+    Parameters
+    ----------
+    name : str
+        The registry name.
+    kind : {"pointwise", "dense_rows", "label_rows"}
+        Pointwise: y_true has y_pred's shape, one term per element.  Dense rows: (N, C)
+        y_pred and y_true, one term per row.  Label rows: (N, C) y_pred and (N,) integer
+        labels, one term per row.
+    inputs : callable
+        ``inputs(rng, shape, params, **options) -> (y_pred, y_true)`` in float64 (labels
+        int64), valid for the loss and away from its kinks.
+    numpy : callable
+        ``numpy(y_pred, y_true, grad_scale, **params) -> (terms, grad)``: the per-term
+        values and the gradient of their sum times ``grad_scale`` (a scalar, or per-term
+        weights broadcasting against y_pred).
+    torch : callable
+        ``torch(x, target, reduction, **params) -> tensor`` with the fastloss semantics of
+        ``reduction`` ("none" gives the per-term values).
+    variants : list of (params, input options)
+        What ``python -m fastloss check`` tries.
+    bench_params : dict
+        The parameters of the benchmark (the common configuration, e.g. logits).
+    jax : callable or None
+        ``jax(xp, y_pred, y_true) -> per-term values`` with the bench parameters, in the
+        NumPy API (``xp`` is ``jax.numpy``).
+    count : callable or None
+        ``count(y_pred, y_true, **params)``: the divisor of ``"mean"``; default the number
+        of terms.
+    """
+
+    def __init__(self, name, kind, inputs, numpy, torch, variants, bench_params=None,
+                 jax=None, count=None):
+        self.name = name
+        self.kind = kind
+        self.inputs = inputs
+        self.numpy = numpy
+        self.torch = torch
+        self.variants = variants
+        self.bench_params = dict(bench_params or {})
+        self.jax = jax
+        self._count = count
+
+    @property
+    def pointwise(self):
+        return self.kind == "pointwise"
+
+    def count(self, y_pred, y_true, params):
+        """The number the "mean" reduction divides the (weighted) sum of the terms by."""
+        if self._count is not None:
+            return self._count(y_pred, y_true, **params)
+        return y_pred.size if self.pointwise else y_pred.shape[0]
+
+
+# ----------------------------------------------------------------------------------
+# the public entry points
+
+
+def numpy_value_and_grad(name, params=None, reduction="mean"):
+    """The NumPy reference of loss ``name``: ``f(y_pred, y_true, sample_weight=None)``.
+
+    Returns ``(value, grad)`` with the semantics of ``fastloss.get(name, **params,
+    reduction=reduction).value_and_grad``.
+    """
+    ref = REFERENCES[name]
+    params = dict(params or {})
+
+    def value_and_grad(y_pred, y_true, sample_weight=None):
+        scale = 1.0
+        if reduction == "mean":
+            count = ref.count(y_pred, y_true, params)
+            scale = 1.0 / count if count else math.nan
+        if sample_weight is None:
+            terms, grad = ref.numpy(y_pred, y_true, scale, **params)
+        else:
+            weight = np.asarray(sample_weight, dtype=y_pred.dtype)
+            terms, grad = ref.numpy(y_pred, y_true, _along_rows(weight, y_pred) * scale,
+                                    **params)
+            terms = terms * _along_rows(weight, terms)
+        if reduction == "none":
+            return terms, grad
+        # summed in the input's dtype: NumPy's pairwise sum is accurate, and casting
+        # to float64 first would cost the NumPy competitor an extra pass
+        return float(terms.sum()) * scale, grad
+
+    return value_and_grad
+
+
+def torch_loss(name, x, target, params=None, reduction="mean", sample_weight=None):
+    """Loss ``name`` of the tensors ``x``, ``target`` through PyTorch (autograd-ready).
+
+    ``sample_weight`` (a tensor of shape (N,)) scales the per-term values, and ``"mean"``
+    then divides by the unweighted count, as fastloss does (PyTorch has no per-sample
+    weights).
+    """
+    ref = REFERENCES[name]
+    params = dict(params or {})
+    if sample_weight is None:
+        return ref.torch(x, target, reduction, **params)
+    terms = ref.torch(x, target, "none", **params)
+    terms = terms * sample_weight.reshape((-1,) + (1,) * (terms.ndim - 1))
+    if reduction == "none":
+        return terms
+    total = terms.sum()
+    if reduction == "sum":
+        return total
+    return total / ref.count(x.detach().numpy(), target.numpy(), params)
+
+
+def _along_rows(weight, array):
+    """Per-row weights shaped to broadcast against ``array`` (first axis)."""
+    return weight.reshape((-1,) + (1,) * (array.ndim - 1))
+
+
+def _torch_reduce(terms, reduction, count=None):
+    """Reduce per-term values the fastloss way: "mean" divides the sum by ``count``."""
+    if reduction == "none":
+        return terms
+    if reduction == "sum":
+        return terms.sum()
+    return terms.sum() / (terms.numel() if count is None else count)
+
+
+def _F():
+    import torch.nn.functional
+    return torch.nn.functional
+
+
+def _torch():
+    import torch
+    return torch
+
+
+def _as(value, like):
+    """``value`` (a list or array of per-class numbers) as an array of ``like``'s dtype."""
+    return None if value is None else np.asarray(value, dtype=like.dtype)
+
+
+def _as_tensor(value, like):
+    return None if value is None else _torch().as_tensor(np.asarray(value), dtype=like.dtype)
+
+
+# ----------------------------------------------------------------------------------
+# inputs (float64; the caller casts)
+
+
+def _normal_pair(rng, shape, params, scale=1.0):
+    return rng.normal(0, scale, shape), rng.normal(0, scale, shape)
+
+
+def _away_from(rng, shape, kink, low, high):
+    """Differences d with low <= |d - kink| <= high (either side of the kink)."""
+    side = rng.choice([-1.0, 1.0], size=shape)
+    return kink + side * rng.uniform(low, high, shape)
+
+
+def _difference_inputs(kink_width):
+    """y_true normal, y_pred = y_true + d with |d| away from the kinks of ``kink_width``."""
+    def inputs(rng, shape, params, scale=1.0):
+        target = rng.normal(0, scale, shape)
+        if kink_width is None:                                # mae: kink at d = 0
+            d = _away_from(rng, shape, 0.0, 0.05, 2.0) * scale
+        else:                                                 # huber: kink at |d| = delta
+            delta = params.get("delta", 1.0)
+            d = np.abs(_away_from(rng, shape, delta, 0.05 * delta, 0.9 * delta))
+            d *= rng.choice([-1.0, 1.0], size=shape)
+        return target + d, target
+    return inputs
+
+
+def _msle_inputs(rng, shape, params):
+    return rng.uniform(0.01, 3.0, shape), rng.uniform(0.01, 3.0, shape)
+
+
+def _hinge_inputs(rng, shape, params, labels="plus_minus_one"):
+    """Labels in {-1, 1} (or {0, 1}), predictions with the margin 1 - s p away from 0."""
+    sign = rng.choice([-1.0, 1.0], size=shape)
+    margin = _away_from(rng, shape, 0.0, 0.05, 1.5)
+    target = sign if labels == "plus_minus_one" else (sign > 0).astype(np.float64)
+    return sign * (1.0 - margin), target
+
+
+def _bce_inputs(rng, shape, params):
+    target = rng.uniform(0.0, 1.0, shape)
+    if params.get("from_logits", False):
+        return rng.normal(0.0, 3.0, shape), target
+    return rng.uniform(0.05, 0.95, shape), target
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _scores(rng, shape, params):
+    """Logits, or probabilities in (0.01, 1) (rows roughly normalised) without logits."""
+    logits = rng.normal(0.0, 2.0, shape)
+    if params.get("from_logits", False):
+        return logits
+    n_classes = shape[1]
+    probs = _softmax(logits)
+    # keep every probability well inside the (1e-7, 1 - 1e-7) clip
+    return (probs + 0.02 / n_classes) / 1.02
+
+
+def _dense_row_inputs(rng, shape, params):
+    """Scores and soft targets (rows on the simplex, every entry > 0)."""
+    target = _softmax(rng.normal(0.0, 1.0, shape))
+    if params.get("log_target", False):
+        target = np.log(target)
+    return _scores(rng, shape, params), target
+
+
+def _label_row_inputs(rng, shape, params, ignored_rows=False):
+    """Scores and integer labels (every 4th label ``ignore_index`` with ignored_rows)."""
+    n_rows, n_classes = shape
+    labels = rng.integers(0, n_classes, n_rows)
+    if ignored_rows:
+        labels[::4] = params.get("ignore_index", -100)
+    return _scores(rng, shape, params), labels
+
+
+def _multi_margin_inputs(rng, shape, params):
+    """Scores with every margin - x[y] + x[i] away from 0 (the hinge's kink)."""
+    n_rows, n_classes = shape
+    labels = rng.integers(0, n_classes, n_rows)
+    true_score = rng.normal(0.0, 1.0, (n_rows, 1))
+    margin = params.get("margin", 1.0)
+    scores = true_score - margin + _away_from(rng, shape, 0.0, 0.05, 1.0)
+    scores[np.arange(n_rows), labels] = true_score[:, 0]
+    return scores, labels
+
+
+# ----------------------------------------------------------------------------------
+# pointwise losses: numpy(p, t, scale, **params) -> (terms, grad)
+
+
+def _mse(p, t, scale):
+    d = p - t
+    return d * d, d * (2 * scale)
+
+
+def _mae(p, t, scale):
+    d = p - t
+    return np.abs(d), np.sign(d) * scale
+
+
+def _msle(p, t, scale):
+    a = np.maximum(p, EPSILON)
+    d = np.log1p(a) - np.log1p(np.maximum(t, EPSILON))
+    # no gradient where the prediction is clipped
+    return d * d, np.where(p > EPSILON, 2 * d / (a + 1), 0) * scale
+
+
+def _huber(p, t, scale, delta=1.0):
+    d = p - t
+    a = np.abs(d)
+    terms = np.where(a <= delta, 0.5 * d * d, delta * (a - 0.5 * delta))
+    return terms, np.clip(d, -delta, delta) * scale
+
+
+def _pseudo_huber(p, t, scale, delta=1.0):
+    d = p - t
+    r = np.sqrt(1 + (d / delta) ** 2)
+    # delta^2 (r - 1) = d^2 / (r + 1) without the cancellation of r - 1 for small d
+    return d * d / (r + 1), d / r * scale
+
+
+def _log_cosh(p, t, scale):
+    d = p - t
+    a = np.abs(d)
+    return a + np.log1p(np.exp(-2 * a)) - math.log(2), np.tanh(d) * scale
+
+
+def _hinge_sign(t, dtype):
+    """Labels in {-1, 1} or {0, 1} as signs (0 -> -1)."""
+    return np.where(t > 0, 1, -1).astype(dtype)
+
+
+def _hinge(p, t, scale):
+    s = _hinge_sign(t, p.dtype)
+    m = 1 - s * p
+    return np.maximum(m, 0), np.where(m > 0, -s, 0) * scale
+
+
+def _squared_hinge(p, t, scale):
+    s = _hinge_sign(t, p.dtype)
+    m = np.maximum(1 - s * p, 0)
+    return m * m, -2 * s * m * scale
+
+
+def _smooth_binary(t, label_smoothing):
+    return t * (1 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else t
+
+
+def _bce(p, t, scale, from_logits=False, pos_weight=None, label_smoothing=0.0):
+    t = _smooth_binary(t, label_smoothing)
+    if not from_logits:
+        terms = -(t * np.maximum(np.log(p), BCE_LOG_FLOOR)
+                  + (1 - t) * np.maximum(np.log1p(-p), BCE_LOG_FLOOR))
+        return terms, (p - t) / np.maximum(p * (1 - p), BCE_GRAD_EPSILON) * scale
+    # (1 - t) x + (1 + (w - 1) t) softplus(-x), exp only of -|x|
+    e = np.exp(-np.abs(p))
+    softplus_neg = np.log1p(e) + np.maximum(-p, 0)
+    sigmoid_neg = np.where(p >= 0, e, 1) / (1 + e)
+    lw = 1 if pos_weight is None else 1 + (_as(pos_weight, p) - 1) * t
+    terms = (1 - t) * p + lw * softplus_neg
+    return terms, ((1 - t) - lw * sigmoid_neg) * scale
+
+
+# torch: same semantics, reduction applied
+
+
+def _t_mse(x, t, reduction):
+    return _F().mse_loss(x, t, reduction=reduction)
+
+
+def _t_mae(x, t, reduction):
+    return _F().l1_loss(x, t, reduction=reduction)
+
+
+def _t_msle(x, t, reduction):
+    torch = _torch()
+    d = torch.log1p(x.clamp(min=EPSILON)) - torch.log1p(t.clamp(min=EPSILON))
+    return _torch_reduce(d * d, reduction)
+
+
+def _t_huber(x, t, reduction, delta=1.0):
+    return _F().huber_loss(x, t, reduction=reduction, delta=delta)
+
+
+def _t_pseudo_huber(x, t, reduction, delta=1.0):
+    d = x - t
+    return _torch_reduce(delta ** 2 * (((d / delta) ** 2 + 1).sqrt() - 1), reduction)
+
+
+def _t_log_cosh(x, t, reduction):
+    a = (x - t).abs()
+    return _torch_reduce(a + _F().softplus(-2 * a) - math.log(2), reduction)
+
+
+def _t_hinge_margin(x, t):
+    sign = _torch().where(t > 0, 1.0, -1.0).to(x.dtype)
+    return (1 - sign * x).clamp(min=0)
+
+
+def _t_hinge(x, t, reduction):
+    return _torch_reduce(_t_hinge_margin(x, t), reduction)
+
+
+def _t_squared_hinge(x, t, reduction):
+    return _torch_reduce(_t_hinge_margin(x, t) ** 2, reduction)
+
+
+def _t_bce(x, t, reduction, from_logits=False, pos_weight=None, label_smoothing=0.0):
+    t = _smooth_binary(t, label_smoothing)
+    if from_logits:
+        return _F().binary_cross_entropy_with_logits(
+            x, t, reduction=reduction, pos_weight=_as_tensor(pos_weight, x))
+    return _F().binary_cross_entropy(x, t, reduction=reduction)
+
+
+# jax: per-term values in the NumPy API, bench parameters only
+
+
+def _j_mse(xp, p, t):
+    return (p - t) ** 2
+
+
+def _j_mae(xp, p, t):
+    return xp.abs(p - t)
+
+
+def _j_msle(xp, p, t):
+    return (xp.log1p(xp.maximum(p, EPSILON)) - xp.log1p(xp.maximum(t, EPSILON))) ** 2
+
+
+def _j_huber(xp, p, t):
+    a = xp.abs(p - t)
+    return xp.where(a <= 1.0, 0.5 * a * a, a - 0.5)
+
+
+def _j_pseudo_huber(xp, p, t):
+    return xp.sqrt(1 + (p - t) ** 2) - 1
+
+
+def _j_log_cosh(xp, p, t):
+    a = xp.abs(p - t)
+    return a + xp.log1p(xp.exp(-2 * a)) - math.log(2)
+
+
+def _j_hinge(xp, p, t):
+    return xp.maximum(1 - xp.where(t > 0, 1.0, -1.0) * p, 0)
+
+
+def _j_squared_hinge(xp, p, t):
+    return _j_hinge(xp, p, t) ** 2
+
+
+def _j_bce_logits(xp, p, t):
+    return (1 - t) * p + xp.logaddexp(0, -p)
+
+
+# ----------------------------------------------------------------------------------
+# row losses
+
+
+def _log_softmax(x):
+    """(log_softmax(x), softmax(x), logsumexp(x) of shape (N, 1)) sharing one exp."""
+    row_max = x.max(axis=1, keepdims=True)
+    shifted = x - row_max
+    e = np.exp(shifted)
+    s = e.sum(axis=1, keepdims=True)
+    log_s = np.log(s)
+    return shifted - log_s, e / s, row_max + log_s
+
+
+def _renormalised_ce(p, weighted_target):
+    """Keras' probability cross-entropy of rows ``p``: -sum(wt log clip(p / sum p)).
+
+    Returns (terms, gradient with respect to p); the clip passes no gradient outside
+    [EPSILON, 1 - EPSILON].
+    """
+    s = p.sum(axis=1, keepdims=True)
+    q = p / s
+    clipped = np.clip(q, EPSILON, 1 - EPSILON)
+    terms = -(weighted_target * np.log(clipped)).sum(axis=1)
+    dq = np.where(q == clipped, -weighted_target / clipped, 0)
+    return terms, (dq - (dq * q).sum(axis=1, keepdims=True)) / s
+
+
+def _cce(x, t, scale, from_logits=False, label_smoothing=0.0, class_weight=None,
+         z_loss=0.0):
+    if label_smoothing:
+        t = t * (1 - label_smoothing) + label_smoothing / x.shape[1]
+    wt = t if class_weight is None else t * _as(class_weight, x)
+    if not from_logits:
+        terms, grad = _renormalised_ce(x, wt)
+        return terms, grad * scale
+    logp, softmax, lse = _log_softmax(x)
+    terms = -(wt * logp).sum(axis=1)
+    grad = softmax * wt.sum(axis=1, keepdims=True) - wt
+    if z_loss:
+        terms += z_loss * lse[:, 0] ** 2
+        grad += (2 * z_loss) * lse * softmax
+    grad *= scale
+    return terms, grad
+
+
+def _label_weights(x, labels, class_weight, ignore_index):
+    """(row index, labels with ignored rows set to 0, weight of each row: its class
+    weight, 0 where ignored)."""
+    keep = labels != ignore_index
+    safe = np.where(keep, labels, 0)
+    weight = keep.astype(x.dtype)
+    if class_weight is not None:
+        weight *= _as(class_weight, x)[safe]
+    return np.arange(x.shape[0]), safe, weight
+
+
+def _sparse_ce_count(x, labels, class_weight=None, ignore_index=-100, **unused):
+    return float(_label_weights(x, labels, class_weight, ignore_index)[2].sum())
+
+
+def _sparse_ce(x, labels, scale, from_logits=False, label_smoothing=0.0,
+               class_weight=None, ignore_index=-100, z_loss=0.0):
+    n_classes = x.shape[1]
+    rows, safe, w_row = _label_weights(x, labels, class_weight, ignore_index)
+    eps = label_smoothing
+    if not from_logits:
+        keep = (labels != ignore_index)[:, None]
+        target = np.zeros_like(x)
+        target[rows, safe] = 1
+        target = (target * (1 - eps) + eps / n_classes) * keep
+        wt = target if class_weight is None else target * _as(class_weight, x)
+        terms, grad = _renormalised_ce(x, wt)
+        return terms, grad * scale
+    # PyTorch: (1 - eps) w[y] (-log p[y]) + eps / C sum_c w[c] (-log p[c]), 0 if ignored
+    logp, softmax, lse = _log_softmax(x)
+    terms = -(1 - eps) * w_row * logp[rows, safe]
+    grad = softmax * ((1 - eps) * w_row)[:, None]
+    grad[rows, safe] -= (1 - eps) * w_row
+    if eps:
+        keep = (labels != ignore_index).astype(x.dtype)[:, None]
+        w_class = np.ones(n_classes, x.dtype) if class_weight is None else _as(class_weight, x)
+        terms -= eps / n_classes * keep[:, 0] * (logp * w_class).sum(axis=1)
+        grad += eps / n_classes * keep * (softmax * w_class.sum() - w_class)
+    if z_loss:
+        terms += z_loss * w_row * lse[:, 0] ** 2
+        grad += (2 * z_loss) * (w_row[:, None] * lse) * softmax
+    grad *= scale
+    return terms, grad
+
+
+def _kl(x, t, scale, from_logits=False, log_target=False):
+    if log_target:
+        log_p, p = t, np.exp(t)
+    else:
+        p = t
+        log_p = np.log(np.where(t > 0, t, 1))      # 0 log 0 = 0, as torch's xlogy
+    if from_logits:
+        log_q, softmax, _ = _log_softmax(x)
+        grad = softmax * p.sum(axis=1, keepdims=True) - p
+    else:
+        log_q = np.log(x)
+        grad = -p / x
+    grad *= scale
+    return (p * (log_p - log_q)).sum(axis=1), grad
+
+
+def _multi_margin(x, labels, scale, margin=1.0, p=1, class_weight=None):
+    n_rows, n_classes = x.shape
+    rows = np.arange(n_rows)
+    m = margin - x[rows, labels][:, None] + x
+    m[rows, labels] = 0                        # the true class is not a violation
+    h = np.maximum(m, 0)
+    w_row = np.full(n_rows, 1 / n_classes, x.dtype)
+    if class_weight is not None:
+        w_row *= _as(class_weight, x)[labels]
+    terms = (h if p == 1 else h * h).sum(axis=1) * w_row
+    grad = (m > 0).astype(x.dtype) if p == 1 else 2 * h
+    grad *= w_row[:, None] * scale
+    grad[rows, labels] = -grad.sum(axis=1)
+    return terms, grad
+
+
+# torch
+
+
+def _t_log_softmax_parts(x):
+    lse = x.logsumexp(dim=1)
+    return x - lse[:, None], lse
+
+
+def _t_renormalised_ce(p, weighted_target):
+    q = (p / p.sum(dim=1, keepdim=True)).clamp(EPSILON, 1 - EPSILON)
+    return -(weighted_target * q.log()).sum(dim=1)
+
+
+def _t_cce(x, t, reduction, from_logits=False, label_smoothing=0.0, class_weight=None,
+           z_loss=0.0):
+    weight = _as_tensor(class_weight, x)
+    if from_logits and not z_loss:
+        return _F().cross_entropy(x, t, weight=weight, label_smoothing=label_smoothing,
+                                  reduction=reduction)
+    if from_logits:
+        terms = _F().cross_entropy(x, t, weight=weight, label_smoothing=label_smoothing,
+                                   reduction="none")
+        terms = terms + z_loss * x.logsumexp(dim=1) ** 2
+    else:
+        if label_smoothing:
+            t = t * (1 - label_smoothing) + label_smoothing / x.shape[1]
+        terms = _t_renormalised_ce(x, t if weight is None else t * weight)
+    return _torch_reduce(terms, reduction)
+
+
+def _t_sparse_ce(x, labels, reduction, from_logits=False, label_smoothing=0.0,
+                 class_weight=None, ignore_index=-100, z_loss=0.0):
+    torch = _torch()
+    weight = _as_tensor(class_weight, x)
+    if from_logits and not z_loss:
+        return _F().cross_entropy(x, labels, weight=weight, ignore_index=ignore_index,
+                                  label_smoothing=label_smoothing, reduction=reduction)
+    keep = labels != ignore_index
+    safe = torch.where(keep, labels, 0)
+    w_row = keep.to(x.dtype) if weight is None else keep * weight[safe]
+    if from_logits:
+        terms = _F().cross_entropy(x, labels, weight=weight, ignore_index=ignore_index,
+                                   label_smoothing=label_smoothing, reduction="none")
+        terms = terms + z_loss * w_row * x.logsumexp(dim=1) ** 2
+    else:
+        n_classes = x.shape[1]
+        target = _F().one_hot(safe, n_classes).to(x.dtype)
+        target = (target * (1 - label_smoothing) + label_smoothing / n_classes) * keep[:, None]
+        terms = _t_renormalised_ce(x, target if weight is None else target * weight)
+    return _torch_reduce(terms, reduction, w_row.sum())
+
+
+def _t_kl(x, t, reduction, from_logits=False, log_target=False):
+    log_q = _F().log_softmax(x, dim=1) if from_logits else x.log()
+    if reduction == "none":
+        return _F().kl_div(log_q, t, reduction="none", log_target=log_target).sum(dim=1)
+    return _F().kl_div(log_q, t, reduction="batchmean" if reduction == "mean" else "sum",
+                       log_target=log_target)
+
+
+def _t_multi_margin(x, labels, reduction, margin=1.0, p=1, class_weight=None):
+    return _F().multi_margin_loss(x, labels, p=p, margin=margin,
+                                  weight=_as_tensor(class_weight, x), reduction=reduction)
+
+
+# jax (bench parameters: logits for the cross-entropies and KL)
+
+
+def _j_log_softmax(xp, x):
+    shifted = x - xp.max(x, axis=1, keepdims=True)
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+
+
+def _j_cce_logits(xp, x, t):
+    return -xp.sum(t * _j_log_softmax(xp, x), axis=1)
+
+
+def _j_sparse_ce_logits(xp, x, labels):
+    return -xp.take_along_axis(_j_log_softmax(xp, x), labels[:, None], axis=1)[:, 0]
+
+
+def _j_kl_logits(xp, x, t):
+    return xp.sum(t * (xp.log(t) - _j_log_softmax(xp, x)), axis=1)
+
+
+def _j_multi_margin(xp, x, labels):
+    x_true = xp.take_along_axis(x, labels[:, None], axis=1)
+    h = xp.maximum(1 - x_true + x, 0)
+    # the true class contributes max(1 - 0, 0) = 1: remove it
+    return (xp.sum(h, axis=1) - 1) / x.shape[1]
+
+
+# ----------------------------------------------------------------------------------
+# the table
+
+
+_PLAIN = [({}, {})]
+_CLASS_WEIGHT = [0.5, 1.0, 2.0, 1.5, 0.8]        # five classes: the check's row shape
+
+
+def _pointwise(name, numpy, torch, jax, variants=_PLAIN, inputs=None, bench_params=None):
+    return Reference(name, "pointwise", inputs or _normal_pair, numpy, torch, variants,
+                     bench_params, jax)
+
+
+REFERENCES = {ref.name: ref for ref in [
+    _pointwise("mse", _mse, _t_mse, _j_mse),
+    _pointwise("mae", _mae, _t_mae, _j_mae, inputs=_difference_inputs(None)),
+    _pointwise("msle", _msle, _t_msle, _j_msle, inputs=_msle_inputs),
+    _pointwise("huber", _huber, _t_huber, _j_huber, inputs=_difference_inputs("delta"),
+               variants=[({}, {}), ({"delta": 0.3}, {}), ({"delta": 2.5}, {})]),
+    _pointwise("pseudo_huber", _pseudo_huber, _t_pseudo_huber, _j_pseudo_huber,
+               variants=[({}, {}), ({"delta": 0.3}, {"scale": 3.0})]),
+    _pointwise("log_cosh", _log_cosh, _t_log_cosh, _j_log_cosh,
+               variants=[({}, {}), ({}, {"scale": 20.0})]),
+    _pointwise("hinge", _hinge, _t_hinge, _j_hinge, inputs=_hinge_inputs,
+               variants=[({}, {}), ({}, {"labels": "zero_one"})]),
+    _pointwise("squared_hinge", _squared_hinge, _t_squared_hinge, _j_squared_hinge,
+               inputs=_hinge_inputs, variants=[({}, {}), ({}, {"labels": "zero_one"})]),
+    _pointwise("binary_cross_entropy", _bce, _t_bce, _j_bce_logits, inputs=_bce_inputs,
+               bench_params={"from_logits": True},
+               variants=[({}, {}), ({"label_smoothing": 0.1}, {}),
+                         ({"from_logits": True}, {}),
+                         ({"from_logits": True, "pos_weight": _CLASS_WEIGHT}, {}),
+                         ({"from_logits": True, "label_smoothing": 0.2}, {})]),
+    Reference("categorical_cross_entropy", "dense_rows", _dense_row_inputs, _cce, _t_cce,
+              bench_params={"from_logits": True}, jax=_j_cce_logits,
+              variants=[({"from_logits": True}, {}),
+                        ({"from_logits": True, "label_smoothing": 0.1,
+                          "class_weight": _CLASS_WEIGHT}, {}),
+                        ({"from_logits": True, "z_loss": 0.01}, {}),
+                        ({}, {}),
+                        ({"label_smoothing": 0.1}, {})]),
+    Reference("sparse_categorical_cross_entropy", "label_rows", _label_row_inputs,
+              _sparse_ce, _t_sparse_ce, count=_sparse_ce_count,
+              bench_params={"from_logits": True}, jax=_j_sparse_ce_logits,
+              variants=[({"from_logits": True}, {}),
+                        ({"from_logits": True, "class_weight": _CLASS_WEIGHT},
+                         {"ignored_rows": True}),
+                        ({"from_logits": True, "label_smoothing": 0.1,
+                          "class_weight": _CLASS_WEIGHT}, {}),
+                        ({"from_logits": True, "z_loss": 0.01, "ignore_index": 2},
+                         {"ignored_rows": True}),
+                        ({}, {}),
+                        ({"label_smoothing": 0.1}, {"ignored_rows": True})]),
+    Reference("kl_divergence", "dense_rows", _dense_row_inputs, _kl, _t_kl,
+              bench_params={"from_logits": True}, jax=_j_kl_logits,
+              variants=[({}, {}), ({"from_logits": True}, {}), ({"log_target": True}, {}),
+                        ({"from_logits": True, "log_target": True}, {})]),
+    Reference("multi_margin", "label_rows", _multi_margin_inputs, _multi_margin,
+              _t_multi_margin, jax=_j_multi_margin,
+              variants=[({}, {}), ({"p": 2}, {}),
+                        ({"margin": 0.5, "class_weight": _CLASS_WEIGHT}, {})]),
+]}

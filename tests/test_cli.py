@@ -1,0 +1,232 @@
+"""The command line: ``python -m fastloss check`` and ``python -m fastloss bench``.
+
+No timing is asserted: only that the commands run, report what they should and fail
+when they should.
+"""
+import importlib.util
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastloss as fl
+from fastloss import _bench, _check, _reference
+from fastloss.__main__ import main
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+# the fastloss this test imported, also for the child processes
+PACKAGE_ROOT = str(Path(fl.__file__).resolve().parent.parent)
+
+
+def run_cli(*args, timeout=120):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT,
+                                                      env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "fastloss", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------------
+# check
+
+
+def test_check_passes_for_every_loss():
+    proc = run_cli("check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = re.search(r"^summary: (\d+) ok, (\d+) failed, (\d+) skipped of (\d+) losses",
+                        proc.stdout, re.MULTILINE)
+    assert summary, proc.stdout
+    ok, failed, skipped, total = map(int, summary.groups())
+    assert (failed, total) == (0, len(fl.available()))
+    assert ok + skipped == total
+    for name in fl.available():
+        assert re.search(rf"^{name} .*\b(ok|skipped)", proc.stdout, re.MULTILINE), name
+
+
+def _mse_with_wrong_gradient(monkeypatch):
+    """MeanSquaredError.value_and_grad returning 1 % too large a gradient."""
+    original = fl.MeanSquaredError.value_and_grad
+
+    def value_and_grad(self, *args, **kwargs):
+        value, grad = original(self, *args, **kwargs)
+        grad *= 1.01
+        return value, grad
+    monkeypatch.setattr(fl.MeanSquaredError, "value_and_grad", value_and_grad)
+
+
+def test_check_reports_a_wrong_gradient(monkeypatch):
+    _mse_with_wrong_gradient(monkeypatch)
+    report = _check.check_loss("mse")
+    assert not report.ok
+    failed = {c.what for c in report.failures}
+    assert "finite differences" in failed
+    assert "NumPy reference grad" in failed
+    assert "grad() vs value_and_grad" in failed          # grad() itself is still right
+    # the value is untouched: only gradient comparisons fail
+    assert all(not c.what.endswith("value") for c in report.failures)
+    assert _check.check_loss("mae").ok
+
+
+def test_check_command_exits_non_zero_on_failure(monkeypatch):
+    _mse_with_wrong_gradient(monkeypatch)
+    out = io.StringIO()
+    assert _check.run(["mse", "huber"], file=out, use_torch=False) == 1
+    text = out.getvalue()
+    assert re.search(r"^mse .*FAIL$", text, re.MULTILINE)
+    assert re.search(r"^huber .*ok$", text, re.MULTILINE)
+    assert re.search(r"^summary: 1 ok, 1 failed, 0 skipped of 2 losses .*FAILED: mse$",
+                     text, re.MULTILINE)
+
+
+def test_check_reports_a_crashing_loss(monkeypatch):
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("kernel exploded")
+    monkeypatch.setattr(fl.Huber, "__call__", broken)
+    report = _check.check_loss("huber")
+    assert not report.ok
+    assert any("kernel exploded" in c.note for c in report.failures)
+
+
+def test_check_skips_a_loss_without_reference():
+    report = _check.check_loss("no_such_loss")
+    assert report.skipped and report.ok and not report.comparisons
+
+
+def test_relative_error():
+    assert _check.relative_error([1.0, 2.0], [1.0, 2.0]) == 0
+    assert _check.relative_error([1.0, 2.1], [1.0, 2.0]) == pytest.approx(0.05)
+    assert _check.relative_error([1.0, np.nan], [1.0, 2.0]) == np.inf
+    assert _check.relative_error([np.nan], [np.nan]) == 0
+    assert _check.relative_error([1.0], [1.0, 1.0]) == np.inf
+
+
+def test_check_rejects_an_unknown_loss():
+    out = io.StringIO()
+    assert _check.run(["nope"], file=out) == 2
+    assert "unknown loss 'nope'" in out.getvalue()
+
+
+# ----------------------------------------------------------------------------------
+# bench
+
+
+def test_bench_quick_json_and_markdown(tmp_path):
+    json_path, md_path, png_path = (tmp_path / n for n in ("r.json", "r.md", "r.png"))
+    proc = run_cli("bench", "--quick", "--sizes", "small", "--scale", "0.25",
+                   "--json", str(json_path), "--markdown", str(md_path),
+                   "--plot", str(png_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "memory bandwidth:" in proc.stdout
+    if HAS_MATPLOTLIB:
+        assert png_path.stat().st_size > 0
+    else:
+        assert "--plot needs matplotlib" in proc.stderr and not png_path.exists()
+
+    document = json.loads(json_path.read_text())
+    assert document["fastloss_version"] == fl.__version__
+    assert document["dtypes"] == ["float32"]
+    threads = document["threads"]
+    assert threads == sorted({1, fl.get_num_threads()})
+    assert document["bandwidth"]["add_bytes_per_second"] > 0
+    benchmarked = [name for name in fl.available() if name in _reference.REFERENCES]
+    results = document["results"]
+    assert sorted(r["loss"] for r in results) == sorted(benchmarked)   # one small size each
+    peers = [p for p in ("torch", "numpy") if p == "numpy" or HAS_TORCH]
+    for r in results:
+        assert r["dtype"] == "float32" and r["size_class"] == "small"
+        assert r["elements"] == int(np.prod(r["shape"])) > 0
+        assert set(r["seconds"]) >= {"fastloss", *peers}
+        assert all(s > 0 for s in r["seconds"].values())
+        assert set(r["fastloss_seconds_by_threads"]) == {str(n) for n in threads}
+        for peer in peers:
+            assert r["speedup"][peer] == pytest.approx(r["seconds"][peer]
+                                                       / r["seconds"]["fastloss"])
+        assert r["bandwidth_fraction"] is None          # only large cases have one
+    # the issue-4 targets of the checkout are evaluated on the float32 cases
+    assert document["targets"], "benchmarks/targets.py was not found"
+    for evaluation in document["targets"]:
+        assert set(evaluation) == {"loss", "size", "metric", "target", "measured", "met"}
+        assert evaluation["met"] in (True, False, None)
+    assert "targets of issue 4" in proc.stdout
+
+    markdown = md_path.read_text()
+    assert "| loss | size |" in markdown and "### float32" in markdown
+    for r in results:
+        assert r["loss"] in markdown
+
+
+def test_bench_rejects_bad_arguments(capsys):
+    assert main(["bench", "--dtype", "float16"]) == 2
+    assert main(["bench", "--sizes", "huge"]) == 2
+    assert main(["bench", "--losses", "nope"]) == 2
+    assert main(["bench", "--threads", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--dtype" in err and "--sizes" in err and "unknown loss 'nope'" in err
+
+
+def test_bench_cases_follow_the_registry():
+    cases = _bench.make_cases(["mse", "huber"], ["small", "large"], ["float32", "float64"],
+                              scale=0.5)
+    assert [(c.loss, c.shape, str(c.dtype)) for c in cases] == [
+        ("mse", (128,), "float32"), ("mse", (8388608,), "float32"),
+        ("huber", (128,), "float32"), ("huber", (8388608,), "float32"),
+        ("mse", (128,), "float64"), ("mse", (8388608,), "float64"),
+        ("huber", (128,), "float64"), ("huber", (8388608,), "float64")]
+    # a registered loss without reference inputs is left out, not an error
+    assert _bench.make_cases(["not_a_loss"]) == []
+
+
+def test_measure_returns_best_time_per_call():
+    calls = {"sleep": (_bench._no_setup, lambda: __import__("time").sleep(0.001))}
+    seconds = _bench.measure(calls, _bench.Timing(rounds=2, round_time=0.004,
+                                                  max_seconds=0.05, min_rounds=1))
+    assert seconds["sleep"] >= 0.001
+
+
+def test_targets_evaluation():
+    case = _bench.Case("mse", (256,), "small", "float32")
+    result = _bench.Result(case, {"fastloss[1t]": 4e-6, "fastloss[2t]": 2e-6,
+                                  "torch": 4e-5, "numpy": 5e-6}, [1, 2], 3 * 1024, 1e10)
+    targets = {("mse", "256"): {"max_us": 2.5, "vs_torch": 10.0},
+               ("pointwise", "small"): {"vs_numpy": 3.0, "thread_speedup": 1.5},
+               ("*", "*"): {"vs_best": 1.5, "vs_jax": 2.0},
+               ("huber", "*"): {"vs_best": 100.0},
+               ("*", "large"): {"bandwidth_fraction": 0.8}}
+    verdicts = {e["metric"]: (e["measured"], e["met"])
+                for e in _bench.evaluate_targets([result], targets)}
+    assert verdicts == {"max_us": (pytest.approx(2.0), True),
+                        "vs_torch": (pytest.approx(20.0), True),
+                        "vs_numpy": (pytest.approx(2.5), False),
+                        "thread_speedup": (pytest.approx(2.0), True),
+                        "vs_best": (pytest.approx(2.5), True),
+                        "vs_jax": (None, None)}
+    float64 = _bench.Result(_bench.Case("mse", (256,), "small", "float64"),
+                            result.seconds, [1, 2], 6 * 1024, 1e10)
+    assert _bench.evaluate_targets([float64], targets) == []
+
+
+def test_checkout_targets_load():
+    targets = _bench.load_targets()
+    assert targets is not None, "benchmarks/targets.py is missing"
+    metrics = {metric for bounds in targets.values() for metric in bounds}
+    assert metrics <= set(_bench.METRIC_TEXT)
+
+
+# ----------------------------------------------------------------------------------
+# the references the benchmark times
+
+
+@pytest.mark.parametrize("name", sorted(_reference.REFERENCES))
+def test_jax_value_matches_numpy_reference(name):
+    """The JAX loss (run here on NumPy arrays) computes the benchmark's value."""
+    ref = _reference.REFERENCES[name]
+    pred, target = ref.inputs(np.random.default_rng(1), (6, 5), ref.bench_params)
+    value, _ = _reference.numpy_value_and_grad(name, ref.bench_params)(pred, target)
+    assert np.mean(ref.jax(np, pred, target)) == pytest.approx(value, rel=1e-12)
