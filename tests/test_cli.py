@@ -29,8 +29,10 @@ def run_cli(*args, timeout=120):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT,
                                                       env.get("PYTHONPATH")]))
+    # run beside that fastloss: "-m" puts the working directory first on sys.path, and a
+    # source checkout there has no compiled kernels
     return subprocess.run([sys.executable, "-m", "fastloss", *args], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+                          text=True, env=env, timeout=timeout, cwd=PACKAGE_ROOT)
 
 
 # ----------------------------------------------------------------------------------
