@@ -36,6 +36,9 @@ cdef enum:
     # rows of y_pred) and at most SOFTMAX_MAX_BLOCK_ROWS rows.
     SOFTMAX_BLOCK_ELEMS = 2048
     SOFTMAX_MAX_BLOCK_ROWS = 256
+    # Fewer rows than this in a block: one row at a time, with exp and sum fused (the
+    # separate shift and sum passes of a block only pay off for short rows).
+    SOFTMAX_MIN_BLOCK_ROWS = 8
     # Rows of at most this many classes take their maxes across the rows (rows_max).
     SOFTMAX_ROWS_MAX_CLASSES = 32
 
@@ -127,7 +130,10 @@ cdef inline double categorical_logits_row(const RowParams* prm, const floating* 
     cdef floating keep = <floating>(1 - prm.label_smoothing)
     cdef floating spread = <floating>(prm.label_smoothing / C)
     cdef floating tc, k
-    cdef double dot = 0, total_t = 0, lse = <double>m + log_s, a_sum, value
+    # the row sums run in the element type (full vector width): their terms all have
+    # one sign, so they are accurate to float rounding; the per-row scalars are float64
+    cdef floating dot = 0, total_t = 0
+    cdef double lse = <double>m + log_s, a_sum, value
     cdef int bad = 0
     if cw == NULL:
         for c in range(C):
@@ -209,7 +215,7 @@ cdef inline double kl_logits_row(const RowParams* prm, const floating* x, floati
     """
     cdef Py_ssize_t c, C = prm.n_classes
     cdef floating p, lp, k
-    cdef double entropy = 0, dot = 0, p_sum = 0
+    cdef floating entropy = 0, dot = 0, p_sum = 0  # single-signed sums: as categorical
     cdef int bad = 0
     if prm.log_target:
         for c in range(C):
@@ -234,7 +240,7 @@ cdef inline double kl_logits_row(const RowParams* prm, const floating* x, floati
         k = <floating>(scale_row * p_sum * inv_s)
         for c in range(C):
             g[c] = k * g[c] - scale_row * t[c]
-    return sw * (entropy + p_sum * log_s - dot)
+    return sw * (<double>entropy + <double>p_sum * log_s - <double>dot)
 
 
 cdef inline floating probability_sum(const floating* p, Py_ssize_t n,
@@ -442,7 +448,9 @@ cdef double rows_chunk(const RowLoss* loss, const RowParams* prm, const floating
     cdef floating sw = 1
     cdef double acc = 0, v = 0
     if RowLoss is CategoricalLogits or RowLoss is KLLogits or RowLoss is SparseLogits:
-        block_rows = max(1, min(<Py_ssize_t>SOFTMAX_MAX_BLOCK_ROWS, SOFTMAX_BLOCK_ELEMS // C))
+        block_rows = min(<Py_ssize_t>SOFTMAX_MAX_BLOCK_ROWS, SOFTMAX_BLOCK_ELEMS // C)
+        if block_rows < SOFTMAX_MIN_BLOCK_ROWS:
+            block_rows = 1
     if grad == NULL:
         scratch = <floating*>malloc(block_rows * C * sizeof(floating))
         if scratch == NULL:
