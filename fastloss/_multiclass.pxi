@@ -88,7 +88,8 @@ cdef enum RowLossId:
 
 cdef struct RowParams:
     Py_ssize_t n_classes
-    double label_smoothing
+    double keep               # label smoothing eps: a label keeps 1 - eps
+    double spread             # and eps / C goes to every class
     double z_loss
     double margin
     int power                 # multi-margin p (1 or 2)
@@ -127,8 +128,8 @@ cdef inline double categorical_logits_row(const RowParams* prm, const floating* 
     small loss against logits of 1e4 in float32.)
     """
     cdef Py_ssize_t c, C = prm.n_classes
-    cdef floating keep = <floating>(1 - prm.label_smoothing)
-    cdef floating spread = <floating>(prm.label_smoothing / C)
+    cdef floating keep = <floating>prm.keep
+    cdef floating spread = <floating>prm.spread
     cdef floating tc, k
     # the row sums run in the element type (full vector width): their terms all have
     # one sign, so they are accurate to float rounding; the per-row scalars are float64
@@ -172,8 +173,8 @@ cdef inline double sparse_logits_row(const RowParams* prm, const floating* x, fl
     scalar part is computed in float64.
     """
     cdef Py_ssize_t c, C = prm.n_classes
-    cdef floating keep = <floating>(1 - prm.label_smoothing)
-    cdef floating spread = <floating>(prm.label_smoothing / C)
+    cdef floating keep = <floating>prm.keep
+    cdef floating spread = <floating>prm.spread
     cdef floating wy, k, b
     cdef double dot = 0, lse = <double>m + log_s, value
     if prm.has_ignore_index and y == prm.ignore_index:
@@ -267,8 +268,8 @@ cdef inline double categorical_probs_row(const RowParams* prm, const floating* x
     d/dx_j = (sum_{c unclipped} a_c - [j unclipped] a_j / q_j) / X.
     """
     cdef Py_ssize_t c, C = prm.n_classes
-    cdef floating keep = <floating>(1 - prm.label_smoothing)
-    cdef floating spread = <floating>(prm.label_smoothing / C)
+    cdef floating keep = <floating>prm.keep
+    cdef floating spread = <floating>prm.spread
     cdef floating total = probability_sum(x, C, flags)
     cdef floating passed = 0, q, a, k
     cdef double loss = 0
@@ -298,8 +299,8 @@ cdef inline double sparse_probs_row(const RowParams* prm, const floating* x, flo
     """categorical_probs_row with the one-hot target of label y (Keras
     sparse_categorical_crossentropy), smoothing and weights as torch; 0 if ignored."""
     cdef Py_ssize_t c, C = prm.n_classes
-    cdef floating keep = <floating>(1 - prm.label_smoothing)
-    cdef floating spread = <floating>(prm.label_smoothing / C)
+    cdef floating keep = <floating>prm.keep
+    cdef floating spread = <floating>prm.spread
     cdef floating total = probability_sum(x, C, flags)
     cdef floating passed, q, a, k, wy, qy
     cdef double loss
@@ -655,7 +656,8 @@ cdef RowParams row_params(cnp.ndarray y_pred, object class_weight, double label_
                           object ignore_index):
     cdef RowParams prm
     prm.n_classes = cnp.PyArray_DIMS(y_pred)[1]
-    prm.label_smoothing = label_smoothing
+    prm.keep = 1 - label_smoothing
+    prm.spread = label_smoothing / prm.n_classes
     prm.z_loss = z_loss
     prm.margin = margin
     prm.power = power
