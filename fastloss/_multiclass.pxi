@@ -8,8 +8,10 @@
 #     are shifted by their max and exponentiated into the gradient rows themselves (or a
 #     per-thread scratch of at most max(C, SOFTMAX_BLOCK_ELEMS) elements when no gradient is
 #     wanted), so there is never an N x C temporary.  Small C takes many rows per block, so
-#     the exp and log loops run over long contiguous stretches (per-row overhead dominates
-#     at C ~ 10); large C takes one row per block and a single fused exp(x - max) loop.
+#     the exp, log and 1/sum loops run over long contiguous stretches (per-row overhead
+#     dominates at C ~ 10), and for C <= 32 the maxes are taken across the rows; C > 256
+#     (fewer than 8 rows a block) goes one row at a time with exp and sum fused, so each
+#     row is read twice (max, exp) and its gradient finished while it is in L1.
 #   * The per-row function of each loss (``*_row``) turns exp(x - max) into the scaled
 #     gradient in place and returns the row's weighted loss.  ``scale_row`` is
 #     grad_scale * sample_weight[row]: the reduction's denominator is folded in.
