@@ -8,8 +8,10 @@
 #     are shifted by their max and exponentiated into the gradient rows themselves (or a
 #     per-thread scratch of at most max(C, SOFTMAX_BLOCK_ELEMS) elements when no gradient is
 #     wanted), so there is never an N x C temporary.  Small C takes many rows per block, so
-#     the exp and log loops run over long contiguous stretches (per-row overhead dominates
-#     at C ~ 10); large C takes one row per block and a single fused exp(x - max) loop.
+#     the exp, log and 1/sum loops run over long contiguous stretches (per-row overhead
+#     dominates at C ~ 10), and for C <= 32 the maxes are taken across the rows; C > 256
+#     (fewer than 8 rows a block) goes one row at a time with exp and sum fused, so each
+#     row is read twice (max, exp) and its gradient finished while it is in L1.
 #   * The per-row function of each loss (``*_row``) turns exp(x - max) into the scaled
 #     gradient in place and returns the row's weighted loss.  ``scale_row`` is
 #     grad_scale * sample_weight[row]: the reduction's denominator is folded in.
@@ -36,6 +38,11 @@ cdef enum:
     # rows of y_pred) and at most SOFTMAX_MAX_BLOCK_ROWS rows.
     SOFTMAX_BLOCK_ELEMS = 2048
     SOFTMAX_MAX_BLOCK_ROWS = 256
+    # Fewer rows than this in a block: one row at a time, with exp and sum fused (the
+    # separate shift and sum passes of a block only pay off for short rows).
+    SOFTMAX_MIN_BLOCK_ROWS = 8
+    # Rows of at most this many classes take their maxes across the rows (rows_max).
+    SOFTMAX_ROWS_MAX_CLASSES = 32
 
 cdef double KERAS_EPSILON = 1e-7   # keras.backend.epsilon(): probabilities clipped to it
 cdef double KL_LOG_FLOOR = -100    # log q of kl_divergence from probabilities is >= this
@@ -83,7 +90,8 @@ cdef enum RowLossId:
 
 cdef struct RowParams:
     Py_ssize_t n_classes
-    double label_smoothing
+    double keep               # label smoothing eps: a label keeps 1 - eps
+    double spread             # and eps / C goes to every class
     double z_loss
     double margin
     int power                 # multi-margin p (1 or 2)
@@ -106,15 +114,15 @@ cdef inline bint keras_unclipped(floating q) noexcept nogil:
 
 
 cdef inline double categorical_logits_row(const RowParams* prm, const floating* x,
-                                          floating* g, floating m, floating s,
+                                          floating* g, floating m, floating inv_s,
                                           floating log_s, const floating* t,
                                           const floating* cw, floating sw,
                                           floating scale_row, int* flags) noexcept nogil:
     """-sum_c a_c log_softmax(x)_c + z_loss T lse^2, a_c = w_c (t_c (1 - eps) + eps / C).
 
     torch cross_entropy with probability targets (label_smoothing, weight); T = sum_c w_c
-    t_c weighs the z-loss.  On entry ``g`` holds exp(x - m) with row sum ``s``; on exit
-    the gradient (A + 2 z T lse) softmax - a, times ``scale_row``.
+    t_c weighs the z-loss.  On entry ``g`` holds exp(x - m), whose row sum is 1 / ``inv_s``;
+    on exit the gradient (A + 2 z T lse) softmax - a, times ``scale_row``.
 
     The value is computed as A log_s - sum_c a_c (x_c - m), A = sum_c a_c: the shifted
     logit x_c - m only ever enters a product.  (Under -fassociative-math gcc may regroup
@@ -122,10 +130,13 @@ cdef inline double categorical_logits_row(const RowParams* prm, const floating* 
     small loss against logits of 1e4 in float32.)
     """
     cdef Py_ssize_t c, C = prm.n_classes
-    cdef floating keep = <floating>(1 - prm.label_smoothing)
-    cdef floating spread = <floating>(prm.label_smoothing / C)
+    cdef floating keep = <floating>prm.keep
+    cdef floating spread = <floating>prm.spread
     cdef floating tc, k
-    cdef double dot = 0, total_t = 0, lse = <double>m + log_s, a_sum, value
+    # the row sums run in the element type (full vector width): their terms all have
+    # one sign, so they are accurate to float rounding; the per-row scalars are float64
+    cdef floating dot = 0, total_t = 0
+    cdef double lse = <double>m + log_s, a_sum, value
     cdef int bad = 0
     if cw == NULL:
         for c in range(C):
@@ -142,7 +153,7 @@ cdef inline double categorical_logits_row(const RowParams* prm, const floating* 
     flags[0] |= bad * FLAG_TARGET_NOT_PROBABILITY
     a_sum = keep * total_t + spread * prm.class_weight_sum
     value = a_sum * log_s - dot + prm.z_loss * total_t * lse * lse
-    k = <floating>(scale_row * (a_sum + 2 * prm.z_loss * total_t * lse) / s)
+    k = <floating>(scale_row * (a_sum + 2 * prm.z_loss * total_t * lse) * inv_s)
     if cw == NULL:
         for c in range(C):
             g[c] = k * g[c] - scale_row * (t[c] * keep + spread)
@@ -153,7 +164,7 @@ cdef inline double categorical_logits_row(const RowParams* prm, const floating* 
 
 
 cdef inline double sparse_logits_row(const RowParams* prm, const floating* x, floating* g,
-                                     floating m, floating s, floating log_s, int64_t y,
+                                     floating m, floating inv_s, floating log_s, int64_t y,
                                      const floating* cw, floating sw, floating scale_row,
                                      int* flags) noexcept nogil:
     """torch cross_entropy with a class index: (1 - eps) w_y (-log p_y)
@@ -164,8 +175,8 @@ cdef inline double sparse_logits_row(const RowParams* prm, const floating* x, fl
     scalar part is computed in float64.
     """
     cdef Py_ssize_t c, C = prm.n_classes
-    cdef floating keep = <floating>(1 - prm.label_smoothing)
-    cdef floating spread = <floating>(prm.label_smoothing / C)
+    cdef floating keep = <floating>prm.keep
+    cdef floating spread = <floating>prm.spread
     cdef floating wy, k, b
     cdef double dot = 0, lse = <double>m + log_s, value
     if prm.has_ignore_index and y == prm.ignore_index:
@@ -183,7 +194,7 @@ cdef inline double sparse_logits_row(const RowParams* prm, const floating* x, fl
         value += spread * (prm.class_weight_sum * log_s - dot)
     value += prm.z_loss * wy * lse * lse
     k = <floating>(scale_row * (keep * wy + spread * prm.class_weight_sum
-                                + 2 * prm.z_loss * wy * lse) / s)
+                                + 2 * prm.z_loss * wy * lse) * inv_s)
     b = scale_row * spread
     if cw == NULL or spread == 0:
         for c in range(C):
@@ -196,7 +207,7 @@ cdef inline double sparse_logits_row(const RowParams* prm, const floating* x, fl
 
 
 cdef inline double kl_logits_row(const RowParams* prm, const floating* x, floating* g,
-                                 floating m, floating s, floating log_s,
+                                 floating m, floating inv_s, floating log_s,
                                  const floating* t, floating sw, floating scale_row,
                                  int* flags) noexcept nogil:
     """torch kl_div(log_softmax(x), p) summed over the row: sum_c p_c (log p_c - log q_c)
@@ -207,7 +218,7 @@ cdef inline double kl_logits_row(const RowParams* prm, const floating* x, floati
     """
     cdef Py_ssize_t c, C = prm.n_classes
     cdef floating p, lp, k
-    cdef double entropy = 0, dot = 0, p_sum = 0
+    cdef floating entropy = 0, dot = 0, p_sum = 0  # single-signed sums: as categorical
     cdef int bad = 0
     if prm.log_target:
         for c in range(C):
@@ -218,7 +229,7 @@ cdef inline double kl_logits_row(const RowParams* prm, const floating* x, floati
             entropy += p * lp
             dot += p * (x[c] - m)
         flags[0] |= bad * FLAG_TARGET_NOT_LOG_PROBABILITY
-        k = <floating>(scale_row * p_sum / s)
+        k = <floating>(scale_row * p_sum * inv_s)
         for c in range(C):
             g[c] = k * g[c] - scale_row * exp_(t[c])
     else:
@@ -229,10 +240,10 @@ cdef inline double kl_logits_row(const RowParams* prm, const floating* x, floati
             entropy += xlogx(p)
             dot += p * (x[c] - m)
         flags[0] |= bad * FLAG_TARGET_NOT_PROBABILITY
-        k = <floating>(scale_row * p_sum / s)
+        k = <floating>(scale_row * p_sum * inv_s)
         for c in range(C):
             g[c] = k * g[c] - scale_row * t[c]
-    return sw * (entropy + p_sum * log_s - dot)
+    return sw * (<double>entropy + <double>p_sum * log_s - <double>dot)
 
 
 cdef inline floating probability_sum(const floating* p, Py_ssize_t n,
@@ -259,8 +270,8 @@ cdef inline double categorical_probs_row(const RowParams* prm, const floating* x
     d/dx_j = (sum_{c unclipped} a_c - [j unclipped] a_j / q_j) / X.
     """
     cdef Py_ssize_t c, C = prm.n_classes
-    cdef floating keep = <floating>(1 - prm.label_smoothing)
-    cdef floating spread = <floating>(prm.label_smoothing / C)
+    cdef floating keep = <floating>prm.keep
+    cdef floating spread = <floating>prm.spread
     cdef floating total = probability_sum(x, C, flags)
     cdef floating passed = 0, q, a, k
     cdef double loss = 0
@@ -290,8 +301,8 @@ cdef inline double sparse_probs_row(const RowParams* prm, const floating* x, flo
     """categorical_probs_row with the one-hot target of label y (Keras
     sparse_categorical_crossentropy), smoothing and weights as torch; 0 if ignored."""
     cdef Py_ssize_t c, C = prm.n_classes
-    cdef floating keep = <floating>(1 - prm.label_smoothing)
-    cdef floating spread = <floating>(prm.label_smoothing / C)
+    cdef floating keep = <floating>prm.keep
+    cdef floating spread = <floating>prm.spread
     cdef floating total = probability_sum(x, C, flags)
     cdef floating passed, q, a, k, wy, qy
     cdef double loss
@@ -387,29 +398,35 @@ cdef inline double multi_margin_row(const RowParams* prm, const floating* x, flo
 # -- the loops -------------------------------------------------------------------------
 
 cdef inline void softmax_block(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_classes,
-                               floating* e, floating* maxes, floating* sums,
+                               floating* e, floating* maxes, floating* inv_sums,
                                floating* log_sums) noexcept nogil:
-    """For rows 0..n_rows-1 of x: e = exp(x - max(row)), maxes, sums of e and their logs."""
+    """For rows 0..n_rows-1 of x: e = exp(x - max(row)), the maxes, and 1 / sum and
+    log(sum) of each row of e (vectorised over the block: no division per row)."""
     cdef Py_ssize_t r, c
-    cdef floating m
+    cdef floating m, one = 1
     cdef const floating* row
     cdef floating* out
     if n_rows == 1:
         maxes[0] = row_max(x, n_classes)
-        exp_shifted(x, maxes[0], e, n_classes)
+        log_sums[0] = exp_shifted_sum(x, maxes[0], e, n_classes)
     else:
         # shift row by row (cheap), then one long exp loop over the whole block
+        if n_classes <= SOFTMAX_ROWS_MAX_CLASSES:
+            rows_max(x, n_rows, n_classes, maxes)
+        else:
+            for r in range(n_rows):
+                maxes[r] = row_max(x + r * n_classes, n_classes)
         for r in range(n_rows):
             row = x + r * n_classes
             out = e + r * n_classes
-            m = row_max(row, n_classes)
-            maxes[r] = m
+            m = maxes[r]
             for c in range(n_classes):
                 out[c] = row[c] - m
         exp_inplace(e, n_rows * n_classes)
-    for r in range(n_rows):
-        sums[r] = row_sum(e + r * n_classes, n_classes)
-        log_sums[r] = sums[r]
+        for r in range(n_rows):
+            log_sums[r] = row_sum(e + r * n_classes, n_classes)
+    for r in range(n_rows):  # log_sums holds the sums until here
+        inv_sums[r] = one / log_sums[r]
     log_inplace(log_sums, n_rows)
 
 
@@ -426,7 +443,7 @@ cdef double rows_chunk(const RowLoss* loss, const RowParams* prm, const floating
     cdef Py_ssize_t C = prm.n_classes
     cdef Py_ssize_t block_rows = 1, block, n_block, r, row
     cdef floating maxes[SOFTMAX_MAX_BLOCK_ROWS]
-    cdef floating sums[SOFTMAX_MAX_BLOCK_ROWS]
+    cdef floating inv_sums[SOFTMAX_MAX_BLOCK_ROWS]
     cdef floating log_sums[SOFTMAX_MAX_BLOCK_ROWS]
     cdef floating* scratch = NULL
     cdef floating* buf
@@ -434,7 +451,9 @@ cdef double rows_chunk(const RowLoss* loss, const RowParams* prm, const floating
     cdef floating sw = 1
     cdef double acc = 0, v = 0
     if RowLoss is CategoricalLogits or RowLoss is KLLogits or RowLoss is SparseLogits:
-        block_rows = max(1, min(<Py_ssize_t>SOFTMAX_MAX_BLOCK_ROWS, SOFTMAX_BLOCK_ELEMS // C))
+        block_rows = min(<Py_ssize_t>SOFTMAX_MAX_BLOCK_ROWS, SOFTMAX_BLOCK_ELEMS // C)
+        if block_rows < SOFTMAX_MIN_BLOCK_ROWS:
+            block_rows = 1
     if grad == NULL:
         scratch = <floating*>malloc(block_rows * C * sizeof(floating))
         if scratch == NULL:
@@ -445,21 +464,21 @@ cdef double rows_chunk(const RowLoss* loss, const RowParams* prm, const floating
         n_block = min(block_rows, stop - block)
         buf = scratch if grad == NULL else grad + block * C
         if RowLoss is CategoricalLogits or RowLoss is KLLogits or RowLoss is SparseLogits:
-            softmax_block(x + block * C, n_block, C, buf, maxes, sums, log_sums)
+            softmax_block(x + block * C, n_block, C, buf, maxes, inv_sums, log_sums)
         for r in range(n_block):
             row = block + r
             g = buf + r * C
             if sample_weight != NULL:
                 sw = sample_weight[row]
             if RowLoss is CategoricalLogits:
-                v = categorical_logits_row(prm, x + row * C, g, maxes[r], sums[r],
+                v = categorical_logits_row(prm, x + row * C, g, maxes[r], inv_sums[r],
                                            log_sums[r], target + row * C, class_weight,
                                            sw, scale * sw, flags)
             elif RowLoss is KLLogits:
-                v = kl_logits_row(prm, x + row * C, g, maxes[r], sums[r], log_sums[r],
+                v = kl_logits_row(prm, x + row * C, g, maxes[r], inv_sums[r], log_sums[r],
                                   target + row * C, sw, scale * sw, flags)
             elif RowLoss is SparseLogits:
-                v = sparse_logits_row(prm, x + row * C, g, maxes[r], sums[r], log_sums[r],
+                v = sparse_logits_row(prm, x + row * C, g, maxes[r], inv_sums[r], log_sums[r],
                                       labels[row], class_weight, sw, scale * sw, flags)
             elif RowLoss is CategoricalProbs:
                 v = categorical_probs_row(prm, x + row * C, g, target + row * C,
@@ -639,7 +658,8 @@ cdef RowParams row_params(cnp.ndarray y_pred, object class_weight, double label_
                           object ignore_index):
     cdef RowParams prm
     prm.n_classes = cnp.PyArray_DIMS(y_pred)[1]
-    prm.label_smoothing = label_smoothing
+    prm.keep = 1 - label_smoothing
+    prm.spread = label_smoothing / prm.n_classes
     prm.z_loss = z_loss
     prm.margin = margin
     prm.power = power

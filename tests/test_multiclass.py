@@ -538,12 +538,8 @@ def test_gradient_matches_finite_differences(loss, target_kind, pred_kind):
 
 # -- sizes and extreme inputs -----------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 2), (1, 7), (3, 2), (4, 32000), (300, 10)])
-def test_shapes_match_torch(dtype, shape):
-    rng = np.random.default_rng(15)
-    n, c = shape
-    x, probs, labels = random_problem(rng, n, c, dtype)
+def check_logits_losses(x, probs, labels):
+    """Sparse and categorical cross-entropy and KL divergence of logits against torch."""
     check_against(fl.SparseCategoricalCrossEntropy(from_logits=True, label_smoothing=0.1),
                   x, labels, lambda xt: F.cross_entropy(xt, torch.tensor(labels),
                                                         label_smoothing=0.1))
@@ -552,6 +548,38 @@ def test_shapes_match_torch(dtype, shape):
     check_against(fl.KLDivergence(from_logits=True), x, probs,
                   lambda xt: F.kl_div(F.log_softmax(xt, 1), as_tensor(probs),
                                       reduction="batchmean"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 2), (1, 7), (3, 2), (4, 32000), (300, 10)])
+def test_shapes_match_torch(dtype, shape):
+    rng = np.random.default_rng(15)
+    x, probs, labels = random_problem(rng, *shape, dtype)
+    check_logits_losses(x, probs, labels)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("c", [1, 31, 32, 33, 255, 256, 257, 1025])
+def test_softmax_paths_match_torch(dtype, c):
+    """Each way of the softmax pass: maxes taken across the rows of a block (C <= 32),
+    blocks of rows (C <= 256), one row at a time; the row count leaves a partial block."""
+    rng = np.random.default_rng(17)
+    x, probs, labels = random_problem(rng, 2048 // c + 3, c, dtype)
+    check_logits_losses(x, probs, labels)
+
+
+@pytest.mark.parametrize("c", [3, 40, 300])
+def test_nan_logit_anywhere_propagates_to_its_row_only(c):
+    rng = np.random.default_rng(18)
+    for position in sorted({0, 1, c // 2, c - 1}):
+        x = rng.normal(size=(2048 // c + 3, c))
+        x[1, position] = np.nan
+        labels = rng.integers(0, c, size=x.shape[0])
+        value, grad = fl.SparseCategoricalCrossEntropy(
+            from_logits=True, reduction="none").value_and_grad(x, labels)
+        assert np.isnan(value[1]) and np.all(np.isnan(grad[1])), position
+        others = np.arange(x.shape[0]) != 1
+        assert np.all(np.isfinite(value[others])) and np.all(np.isfinite(grad[others]))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
