@@ -49,7 +49,7 @@ SHAPES = {
 PEERS = ("torch", "numpy", "jax")
 PEER_TITLES = {"torch": "PyTorch", "numpy": "NumPy", "jax": "JAX"}
 #: default path of the issue-4 targets (a source checkout)
-TARGETS_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "targets.py"
+TARGETS_PATH = Path(__file__).resolve().parent / "_targets.py"  # benchmarks/targets.py too
 
 
 @dataclass(frozen=True)
@@ -421,7 +421,8 @@ class Result:
 
 
 def load_targets(path=None):
-    """The TARGETS dict of ``path`` (default: benchmarks/targets.py of the checkout)."""
+    """The TARGETS dict of ``path`` (default: fastloss/_targets.py, which
+    benchmarks/targets.py re-exports); None when ``path`` is not a file."""
     path = Path(path) if path else TARGETS_PATH
     if not path.is_file():
         return None
@@ -613,7 +614,8 @@ def add_arguments(parser):
     parser.add_argument("--plot", metavar="FILE.png",
                         help="plot time against size (log-log); needs matplotlib")
     parser.add_argument("--targets", metavar="FILE",
-                        help="targets file (default: benchmarks/targets.py of a checkout)")
+                        help="targets file defining TARGETS (default: the issue-4 targets "
+                             "shipped in fastloss/_targets.py)")
 
 
 def comma_list(text):
@@ -779,8 +781,7 @@ def run_cases(cases, threads, peers, timing, bandwidth, out=None, progress=None)
 
 def _print_targets(out, evaluations, path):
     if evaluations is None:
-        print(f"\ntargets: {path} not found (it is in a source checkout); none checked",
-              file=out)
+        print(f"\ntargets: {path} not found; none checked", file=out)
         return
     if not evaluations:
         print("\ntargets: none applies to these cases (targets are float32)", file=out)

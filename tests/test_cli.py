@@ -152,7 +152,7 @@ def test_bench_quick_json_and_markdown(tmp_path):
                                                        / r["seconds"]["fastloss"])
         assert r["bandwidth_fraction"] is None          # only large cases have one
     # the issue-4 targets of the checkout are evaluated on the float32 cases
-    assert document["targets"], "benchmarks/targets.py was not found"
+    assert document["targets"], "the shipped targets (fastloss/_targets.py) were not found"
     for evaluation in document["targets"]:
         assert set(evaluation) == {"loss", "size", "metric", "target", "measured", "met"}
         assert evaluation["met"] in (True, False, None)
@@ -214,9 +214,9 @@ def test_targets_evaluation():
     assert _bench.evaluate_targets([float64], targets) == []
 
 
-def test_checkout_targets_load():
+def test_shipped_targets_load():
     targets = _bench.load_targets()
-    assert targets is not None, "benchmarks/targets.py is missing"
+    assert targets is not None, "fastloss/_targets.py is missing"
     metrics = {metric for bounds in targets.values() for metric in bounds}
     assert metrics <= set(_bench.METRIC_TEXT)
 
