@@ -69,6 +69,18 @@ def matches(object a, cnp.ndarray like, bint writeable):
     return True
 
 
+def is_label_array(object a, Py_ssize_t n_rows):
+    """True for an exact 1-D ndarray of ``n_rows`` int32/int64 labels, C-contiguous,
+    aligned, native byte order: usable by a kernel as it is."""
+    if type(a) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray b = <cnp.ndarray>a
+    cdef int typenum = cnp.PyArray_TYPE(b)
+    return ((typenum == cnp.NPY_INT32 or typenum == cnp.NPY_INT64) and b.ndim == 1
+            and b.shape[0] == n_rows and cnp.PyArray_IS_C_CONTIGUOUS(b)
+            and cnp.PyArray_ISBEHAVED_RO(b))
+
+
 def build_info():
     """What this module was compiled with: a dict for fastloss.show_config()."""
     return {

@@ -12,7 +12,6 @@ from ._dispatch import kernels
 FLOAT32 = np.dtype(np.float32)
 FLOAT64 = np.dtype(np.float64)
 KERNEL_FLOATS = (FLOAT32, FLOAT64)
-LABEL_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
 
 class InvalidParameterError(ValueError, TypeError):
@@ -73,21 +72,22 @@ def prepare_labels(y_true, n_rows):
     Other integer dtypes are widened; float labels are accepted when integral (Keras
     passes labels as floats), anything else is a TypeError.
     """
-    if not (type(y_true) is np.ndarray and y_true.dtype in LABEL_DTYPES
-            and y_true.flags.c_contiguous):
-        if y_true is None:
-            raise TypeError("y_true: expected an array of integer labels, got None")
-        array = np.asarray(y_true)
-        kind = array.dtype.kind
-        if kind == "f":
-            integral = array == np.trunc(array)
-            if not np.all(integral & (np.abs(array) < 2.0 ** 62)):
-                bad = array[~integral][0] if not np.all(integral) else array.max()
-                raise TypeError(f"y_true: expected integer class labels, got dtype "
-                                f"{array.dtype} with the value {bad!r}")
-        elif kind not in "biu":
-            raise TypeError(f"y_true: expected integer class labels, got dtype {array.dtype}")
-        y_true = as_kernel_array(array, np.int64)
+    if kernels.is_label_array(y_true, n_rows):
+        return y_true
+    if y_true is None:
+        raise TypeError("y_true: expected an array of integer labels, got None")
+    array = np.asarray(y_true)
+    kind = array.dtype.kind
+    if kind == "f":
+        integral = array == np.trunc(array)
+        if not np.all(integral & (np.abs(array) < 2.0 ** 62)):
+            bad = array[~integral][0] if not np.all(integral) else array.max()
+            raise TypeError(f"y_true: expected integer class labels, got dtype "
+                            f"{array.dtype} with the value {bad!r}")
+    elif kind not in "biu":
+        raise TypeError(f"y_true: expected integer class labels, got dtype {array.dtype}")
+    is_int32 = kind == "i" and array.dtype.itemsize == 4  # any byte order
+    y_true = as_kernel_array(array, np.int32 if is_int32 else np.int64)
     if y_true.shape != (n_rows,):
         raise ValueError(f"y_true: expected labels of shape ({n_rows},) for y_pred with "
                          f"{n_rows} rows, got shape {y_true.shape}")
