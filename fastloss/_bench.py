@@ -487,7 +487,7 @@ def target_texts(evaluation):
     def fmt(x):
         if evaluation["metric"] == "bandwidth_fraction":
             return f"{x:.0%}"
-        return f"{x:.3g}{unit}"
+        return f"{x:.4g}{unit}"
     measured = evaluation["measured"]
     return (name, f"{relation} {fmt(evaluation['target'])}",
             "not measured" if measured is None else fmt(measured),
