@@ -1,6 +1,4 @@
 """value_and_grad of every loss: fastloss vs PyTorch forward+backward vs NumPy (vs JAX)."""
-import importlib.util
-
 import pytest
 
 from fastloss import _bench
@@ -11,7 +9,7 @@ LIBRARIES = ("fastloss",) + _bench.PEERS
 @pytest.mark.parametrize("library", LIBRARIES)
 def test_value_and_grad(benchmark, case_inputs, library):
     case, (pred, target) = case_inputs
-    if library != "fastloss" and importlib.util.find_spec(library) is None:
+    if library != "fastloss" and not _bench.importable(library):
         pytest.skip(f"{library} is not installed")
     calls = _bench.make_calls(case, pred, target,
                               peers=[] if library == "fastloss" else [library])

@@ -18,7 +18,9 @@ PyTorch when installed, the best of them, on arrays well beyond the last-level c
 measured in the same run gives the memory bandwidth the large cases are compared with:
 the fused kernel moves the same pattern, two arrays read and one written.
 """
+import contextlib
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -197,10 +199,13 @@ def jax_call(case, pred, target):
 PEER_CALLS = {"torch": torch_call, "numpy": numpy_call, "jax": jax_call}
 
 
+def importable(module):
+    return importlib.util.find_spec(module) is not None
+
+
 def available_peers():
     """The peers importable here, in PEERS order."""
-    import importlib.util
-    return [peer for peer in PEERS if importlib.util.find_spec(peer) is not None]
+    return [peer for peer in PEERS if importable(peer)]
 
 
 def make_calls(case, pred, target, peers, threads=None):
@@ -488,7 +493,7 @@ def target_texts(evaluation):
     def fmt(x):
         if evaluation["metric"] == "bandwidth_fraction":
             return f"{x:.0%}"
-        return f"{x:.3g}{unit}"
+        return f"{x:.4g}{unit}"
     measured = evaluation["measured"]
     return (name, f"{relation} {fmt(evaluation['target'])}",
             "not measured" if measured is None else fmt(measured),
@@ -650,7 +655,7 @@ def main(args, argv):
     if unknown:
         return _fail(f"unknown loss {unknown[0]!r}; available: {', '.join(fl.available())}")
     plot = args.plot
-    if plot and not _has_matplotlib():
+    if plot and not importable("matplotlib"):
         print("bench: --plot needs matplotlib, which is not installed "
               "(pip install matplotlib); no plot will be written", file=sys.stderr)
         plot = None
@@ -661,16 +666,16 @@ def main(args, argv):
     peers = [] if args.no_peers else available_peers()
     timing = QUICK_TIMING if args.quick else DEFAULT_TIMING
     cases = make_cases(losses, sizes, dtypes, args.scale)
+    table = Table(threads, peers, cases)
     out = sys.stdout
-    with _peer_threads(peers, threads[-1], dtypes) as peer_info:
+    with _peers_configured(peers, threads[-1], dtypes) as peer_info:
         _print_header(out, threads, dtypes, peer_info, timing,
                       [name for name in losses if name not in REFERENCES])
         bandwidth = _measure_bandwidth(out, threads[-1], timing, "torch" in peers)
         warm_up_threads(threads[-1], timing.warm_up)
-        results = run_cases(cases, threads, peers, timing, max(bandwidth.values()), out)
+        results = run_cases(cases, table, timing, max(bandwidth.values()), out)
     evaluations = evaluate_targets(results, targets) if targets else None
     _print_targets(out, evaluations, args.targets or TARGETS_PATH)
-    table = Table(threads, peers, cases)
     if args.json:
         _write_json(args.json, results, evaluations, threads, dtypes, bandwidth, peer_info)
     if args.markdown:
@@ -682,37 +687,27 @@ def main(args, argv):
     return 0
 
 
-def _has_matplotlib():
-    import importlib.util
-    return importlib.util.find_spec("matplotlib") is not None
-
-
-class _peer_threads:
-    """Give PyTorch the benchmark's thread count (restored on exit); enable float64 JAX."""
-
-    def __init__(self, peers, threads, dtypes):
-        self.peers, self.threads, self.dtypes = peers, threads, dtypes
-        self.saved = None
-
-    def __enter__(self):
-        info = {"numpy": np.__version__}
-        if "torch" in self.peers:
-            import torch
-            self.saved = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
-            info["torch"] = torch.__version__
-        if "jax" in self.peers:
-            import jax
-            if "float64" in self.dtypes:
-                jax.config.update("jax_enable_x64", True)
-            info["jax"] = jax.__version__
-        self.info = info
-        return info
-
-    def __exit__(self, *exc):
-        if self.saved is not None:
-            import torch
-            torch.set_num_threads(self.saved)
+@contextlib.contextmanager
+def _peers_configured(peers, threads, dtypes):
+    """Give PyTorch the benchmark's thread count (restored after) and JAX float64 when
+    timed; yields the peers' versions."""
+    info = {"numpy": np.__version__}
+    saved = None
+    if "torch" in peers:
+        import torch
+        saved = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        info["torch"] = torch.__version__
+    if "jax" in peers:
+        import jax
+        if "float64" in dtypes:
+            jax.config.update("jax_enable_x64", True)
+        info["jax"] = jax.__version__
+    try:
+        yield info
+    finally:
+        if saved is not None:
+            torch.set_num_threads(saved)
 
 
 def _print_header(out, threads, dtypes, peer_info, timing, no_reference):
@@ -749,10 +744,11 @@ def _measure_bandwidth(out, threads, timing, use_torch):
     return bandwidth
 
 
-def run_cases(cases, threads, peers, timing, bandwidth, out=None, progress=None):
-    """Time every case, printing each row as it is done; the list of Results."""
+def run_cases(cases, table, timing, bandwidth, out=None, progress=None):
+    """Time every case for the libraries of ``table``, printing each row as it is done
+    (to ``out``); the list of Results."""
+    threads = table.threads
     progress = progress or Progress()
-    table = Table(threads, peers, cases)
     results = []
     current_dtype = None
     for index, case in enumerate(cases, 1):
@@ -763,7 +759,7 @@ def run_cases(cases, threads, peers, timing, bandwidth, out=None, progress=None)
         label = f"[{index}/{len(cases)}] {case.title} {case.size_label} {case.dtype}"
         progress.show(f"{label}: preparing inputs")
         pred, target = case.inputs()
-        calls = make_calls(case, pred, target, peers, threads)
+        calls = make_calls(case, pred, target, table.peers, threads)
         saved = fl.get_num_threads()
         try:
             seconds = measure(calls, timing,
