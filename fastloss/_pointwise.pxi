@@ -133,7 +133,10 @@ cdef inline floating pointwise_term(const Pointwise* loss, floating p, floating 
         flags[0] |= ((t != 1) & (t != 0) & (t != -1)) * FLAG_LABEL_NOT_BINARY \
             | (t == 0) * FLAG_LABEL_ZERO | (t == -1) * FLAG_LABEL_MINUS_ONE
         s = 1 if t == 1 else -1
-        m = max_(one - s * p, <floating>0)
+        d = one - s * p
+        # max(d, 0) written as (d + |d|) / 2 (exact, NaN propagates): gcc turns
+        # "acc += max(d, 0)" into a conditional add that it cannot vectorise
+        m = half * (d + abs_(d))
         if Pointwise is Hinge:
             grad[0] = -s if m > 0 else 0
             return m
