@@ -68,7 +68,8 @@ class Loss:
     def _evaluate(self, y_pred, y_true, sample_weight, want_value, want_grad, out):
         pred, grad_dtype = v.prepare_pred(y_pred)
         target = self._prepare_target(y_true, pred)
-        weight, weight_block = v.prepare_sample_weight(sample_weight, pred)
+        weight, weight_block = (None, 1) if sample_weight is None else \
+            v.prepare_sample_weight(sample_weight, pred)
         grad = result = None
         if want_grad:
             grad, result = v.prepare_out(out, pred, grad_dtype)
@@ -78,7 +79,7 @@ class Loss:
         value = self._run(pred, target, weight, weight_block, grad, values, want_value)
         if values is not None:
             value = values
-        if want_grad:
+        if result is not grad:  # float16 input: the gradient goes back as float16
             result = v.finish_grad(grad, result, grad_dtype)
         return value, result
 

@@ -110,20 +110,15 @@ cdef inline floating pointwise_term(const Pointwise* loss, floating p, floating 
             return half * d * d
         return s * (a - half * s)
     elif Pointwise is PseudoHuber:
-        # r = sqrt(1 + a^2), a = |d| / delta, without overflow for huge a; the value
-        # d^2 / (r + 1) = delta^2 (r - 1) avoids the cancellation of r - 1 for small a.
+        # r = sqrt(1 + a^2), a = |d| / delta; beyond a = 1e8, r = a to float64 precision
+        # (and a^2 could overflow).  For a <= 1 the value d^2 / (r + 1) = delta^2 (r - 1)
+        # avoids the cancellation of r - 1.
         d = p - t
         s = <floating>loss.delta
-        a = abs_(d) / s
-        if a <= one:
-            r = sqrt_(one + a * a)
-            m = d * d / (r + one)
-        else:
-            m = one / a
-            r = a * sqrt_(one + m * m)
-            m = s * s * (r - one)
+        a = abs_(d) * <floating>(1.0 / loss.delta)
+        r = a if a > <floating>1e8 else sqrt_(one + a * a)
         grad[0] = d / r
-        return m
+        return s * s * (r - one) if a > one else d * d / (r + one)
     elif Pointwise is LogCosh:
         d = p - t
         grad[0] = tanh_(d)

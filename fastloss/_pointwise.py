@@ -39,10 +39,9 @@ class PointwiseLoss(Loss):
 
     def _run(self, pred, target, weight, weight_block, grad, values, want_value):
         n = pred.size
-        pos_weight = self._pos_weight(pred)
         total, flags = kernels.pointwise(
             self._kernel_id, self._kernel_param(), pred, target, grad, values, weight,
-            weight_block, pos_weight, want_value, self._mean_scale(n),
+            weight_block, self._pos_weight(pred), want_value, self._mean_scale(n),
             _threads.threads_for(n * self._cost))
         if flags:
             self._raise_for_flags(flags, pred, target)
