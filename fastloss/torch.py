@@ -268,19 +268,26 @@ def _elementwise(make_loss, input, target, reduction, torch_loss, weight=None,
     return result
 
 
+def _error_loss(cls, torch_function, input, target, size_average, reduce, reduction,
+                weight):
+    """mse_loss / l1_loss: fastloss ``cls``; torch's ``weight`` (same shape as input,
+    mean = sum(w l) / sum(w)) runs in the kernel when it is one weight per row."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    torch_loss = functools.partial(torch_function, reduction=reduction, weight=weight)
+    if weight is not None and weight.shape != input.shape:
+        return torch_loss(input, target)
+    return _elementwise(lambda r: _cached_loss(cls, reduction=r), input, target, reduction,
+                        torch_loss, weight, weight_mean="weight_sum")
+
+
 def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
     """Drop-in ``torch.nn.functional.mse_loss``: fastloss ``mse``.
 
     ``weight`` (torch: same shape as input; mean = sum(w l) / sum(w)) runs in the kernel
     when it is one weight per row, e.g. ``w[:, None].expand_as(input)``.
     """
-    reduction = _legacy_reduction(size_average, reduce, reduction)
-    torch_loss = functools.partial(F.mse_loss, reduction=reduction, weight=weight)
-    if weight is not None and weight.shape != input.shape:
-        return torch_loss(input, target)
-    return _elementwise(
-        lambda r: _cached_loss(fl.MeanSquaredError, reduction=r),
-        input, target, reduction, torch_loss, weight, weight_mean="weight_sum")
+    return _error_loss(fl.MeanSquaredError, F.mse_loss, input, target, size_average,
+                       reduce, reduction, weight)
 
 
 def l1_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
@@ -288,13 +295,8 @@ def l1_loss(input, target, size_average=None, reduce=None, reduction="mean", wei
 
     ``weight`` as for :func:`mse_loss`.
     """
-    reduction = _legacy_reduction(size_average, reduce, reduction)
-    torch_loss = functools.partial(F.l1_loss, reduction=reduction, weight=weight)
-    if weight is not None and weight.shape != input.shape:
-        return torch_loss(input, target)
-    return _elementwise(
-        lambda r: _cached_loss(fl.MeanAbsoluteError, reduction=r),
-        input, target, reduction, torch_loss, weight, weight_mean="weight_sum")
+    return _error_loss(fl.MeanAbsoluteError, F.l1_loss, input, target, size_average,
+                       reduce, reduction, weight)
 
 
 def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
