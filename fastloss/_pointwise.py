@@ -27,22 +27,22 @@ class PointwiseLoss(Loss):
     """
 
     _kernel_id = None
+    #: the kernel's one scalar parameter (delta, label smoothing), set by the constructor
+    _kernel_param = 0.0
+    #: per-class positive weights {dtype: array} (binary cross-entropy from logits)
+    _pos_weights = None
     #: time of one term relative to a squared error (measured, float32, AVX-512): the
     #: size at which threads start to pay off is PARALLEL_MIN_WORK / _cost elements
     _cost = 1
 
-    def _kernel_param(self):
-        return 0.0
-
-    def _pos_weight(self, pred):
-        return None
-
     def _run(self, pred, target, weight, weight_block, grad, values, want_value):
+        # the per-call path of every pointwise loss: kept to one kernel call and a few
+        # attribute reads (small arrays are dominated by it)
         n = pred.size
         total, flags = kernels.pointwise(
-            self._kernel_id, self._kernel_param(), pred, target, grad, values, weight,
-            weight_block, self._pos_weight(pred), want_value, self._mean_scale(n),
-            _threads.threads_for(n * self._cost))
+            self._kernel_id, self._kernel_param, pred, target, grad, values, weight,
+            weight_block, None if self._pos_weights is None else self._pos_weight(pred),
+            want_value, self._mean_scale(n), _threads.threads_for(n * self._cost))
         if flags:
             self._raise_for_flags(flags, pred, target)
         return self._reduce(total, n)
@@ -97,10 +97,7 @@ class MeanSquaredLogarithmicError(PointwiseLoss):
 class _DeltaLoss(PointwiseLoss):
     def __init__(self, delta=1.0, *, reduction="mean"):
         super().__init__(reduction=reduction)
-        self.delta = v.check_positive("delta", delta)
-
-    def _kernel_param(self):
-        return self.delta
+        self.delta = self._kernel_param = v.check_positive("delta", delta)
 
     def get_params(self):
         return {"delta": self.delta, **super().get_params()}
@@ -194,7 +191,8 @@ class BinaryCrossEntropy(PointwiseLoss):
                  reduction="mean"):
         super().__init__(reduction=reduction)
         self.from_logits = v.check_bool("from_logits", from_logits)
-        self.label_smoothing = v.check_fraction("label_smoothing", label_smoothing)
+        self.label_smoothing = self._kernel_param = v.check_fraction("label_smoothing",
+                                                                     label_smoothing)
         self._pos_weights = v.check_class_vector("pos_weight", pos_weight)
         if self._pos_weights is not None and not self.from_logits:
             raise v.InvalidParameterError(
@@ -211,9 +209,6 @@ class BinaryCrossEntropy(PointwiseLoss):
     def get_params(self):
         return {"from_logits": self.from_logits, "pos_weight": self.pos_weight,
                 "label_smoothing": self.label_smoothing, **super().get_params()}
-
-    def _kernel_param(self):
-        return self.label_smoothing
 
     def _pos_weight(self, pred):
         if self._pos_weights is None:
