@@ -7,6 +7,7 @@ the value, the gradient or both, and reduces.  Subclasses provide ``_run``.
 import numpy as np
 
 from . import _validation as v
+from ._dispatch import kernels
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -26,6 +27,8 @@ class Loss:
     name = None
     #: "none" returns one value per row (shape (N,)) rather than one per element
     per_row = False
+    #: y_true has y_pred's shape and dtype (the pointwise losses): enables the fast path
+    _same_shape_target = False
 
     def __init__(self, *, reduction="mean"):
         if reduction not in REDUCTIONS:
@@ -66,6 +69,17 @@ class Loss:
 
     # -- the shared call path --------------------------------------------------------
     def _evaluate(self, y_pred, y_true, sample_weight, want_value, want_grad, out):
+        if (self._same_shape_target and sample_weight is None
+                and kernels.is_ready_pair(y_pred, y_true, out)):
+            # the common case, checked by one C call: arrays used as they are
+            grad = None
+            if want_grad:
+                grad = np.empty_like(y_pred) if out is None else out
+            values = None
+            if want_value and self.reduction == "none":
+                values = np.empty_like(y_pred)
+            value = self._run(y_pred, y_true, None, 1, grad, values, want_value)
+            return (value if values is None else values), grad
         pred, grad_dtype = v.prepare_pred(y_pred)
         target = self._prepare_target(y_true, pred)
         weight, weight_block = (None, 1) if sample_weight is None else \

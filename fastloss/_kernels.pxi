@@ -69,6 +69,18 @@ def matches(object a, cnp.ndarray like, bint writeable):
     return True
 
 
+def is_ready_pair(object y_pred, object y_true, object out):
+    """True when a pointwise call can use its arrays as they are: ``y_pred`` a kernel
+    float array, ``y_true`` of its dtype and shape, ``out`` None or a writeable array of
+    its dtype and shape (all C-contiguous, aligned, native order).  One C call for the
+    whole per-call check of the common case."""
+    if not is_kernel_float_array(y_pred):
+        return False
+    if not matches(y_true, <cnp.ndarray>y_pred, False):
+        return False
+    return out is None or matches(out, <cnp.ndarray>y_pred, True)
+
+
 def is_label_array(object a, Py_ssize_t n_rows):
     """True for an exact 1-D ndarray of ``n_rows`` int32/int64 labels, C-contiguous,
     aligned, native byte order: usable by a kernel as it is."""

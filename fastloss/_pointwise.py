@@ -6,6 +6,8 @@ from . import _validation as v
 from ._base import Loss
 from ._dispatch import kernels
 
+NAN = float("nan")
+
 # Kernel ids: the PointwiseId enum of _pointwise.pxi.
 (SQUARED_ERROR, ABSOLUTE_ERROR, SQUARED_LOG_ERROR, HUBER, PSEUDO_HUBER, LOG_COSH, HINGE,
  SQUARED_HINGE, BINARY_CROSS_ENTROPY, BINARY_CROSS_ENTROPY_LOGITS, KL_DIV_LOG_INPUT,
@@ -26,6 +28,7 @@ class PointwiseLoss(Loss):
     (N,) weights the rows along the first axis.  ``"mean"`` divides by the element count.
     """
 
+    _same_shape_target = True
     _kernel_id = None
     #: the kernel's one scalar parameter (delta, label smoothing), set by the constructor
     _kernel_param = 0.0
@@ -39,13 +42,17 @@ class PointwiseLoss(Loss):
         # the per-call path of every pointwise loss: kept to one kernel call and a few
         # attribute reads (small arrays are dominated by it)
         n = pred.size
+        mean = self.reduction == "mean"
         total, flags = kernels.pointwise(
             self._kernel_id, self._kernel_param, pred, target, grad, values, weight,
             weight_block, None if self._pos_weights is None else self._pos_weight(pred),
-            want_value, self._mean_scale(n), _threads.threads_for(n * self._cost))
+            want_value, (1.0 / n if n else NAN) if mean else 1.0,
+            _threads.threads_for(n * self._cost))
         if flags:
             self._raise_for_flags(flags, pred, target)
-        return self._reduce(total, n)
+        if mean:
+            return total / n if n else NAN
+        return total
 
     def _raise_for_flags(self, flags, pred, target):
         """Raise the ValueError that the kernel's nonzero ``flags`` report, if they mean one."""
