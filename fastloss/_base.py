@@ -27,8 +27,7 @@ class Loss:
     name = None
     #: "none" returns one value per row (shape (N,)) rather than one per element
     per_row = False
-    #: y_true has y_pred's shape and dtype (the pointwise losses): enables the fast path
-    _same_shape_target = False
+
 
     def __init__(self, *, reduction="mean"):
         if reduction not in REDUCTIONS:
@@ -69,15 +68,14 @@ class Loss:
 
     # -- the shared call path --------------------------------------------------------
     def _evaluate(self, y_pred, y_true, sample_weight, want_value, want_grad, out):
-        if (self._same_shape_target and sample_weight is None
-                and kernels.is_ready_pair(y_pred, y_true, out)):
+        if sample_weight is None and self._ready(y_pred, y_true, out):
             # the common case, checked by one C call: arrays used as they are
             grad = None
             if want_grad:
                 grad = np.empty_like(y_pred) if out is None else out
             values = None
             if want_value and self.reduction == "none":
-                values = np.empty_like(y_pred)
+                values = np.empty(self._values_shape(y_pred), dtype=y_pred.dtype)
             value = self._run(y_pred, y_true, None, 1, grad, values, want_value)
             return (value if values is None else values), grad
         pred, grad_dtype = v.prepare_pred(y_pred)
@@ -96,6 +94,11 @@ class Loss:
         if result is not grad:  # float16 input: the gradient goes back as float16
             result = v.finish_grad(grad, result, grad_dtype)
         return value, result
+
+    def _ready(self, y_pred, y_true, out):
+        """Whether the arrays can go to the kernel as they are (no conversion, no check
+        left to do): the fast path of a call."""
+        return False
 
     def _prepare_target(self, y_true, pred):
         return v.prepare_target(y_true, pred)

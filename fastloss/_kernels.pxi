@@ -81,6 +81,22 @@ def is_ready_pair(object y_pred, object y_true, object out):
     return out is None or matches(out, <cnp.ndarray>y_pred, True)
 
 
+def is_ready_rows(object y_pred, object y_true, object out, bint labels):
+    """is_ready_pair for a row loss: ``y_pred`` of shape (N, C) with C >= 1, and
+    ``y_true`` its (N,) int32/int64 labels (``labels``) or an array like ``y_pred``."""
+    if not is_kernel_float_array(y_pred):
+        return False
+    cdef cnp.ndarray pred = <cnp.ndarray>y_pred
+    if pred.ndim != 2 or pred.shape[1] < 1:
+        return False
+    if labels:
+        if not is_label_array(y_true, pred.shape[0]):
+            return False
+    elif not matches(y_true, pred, False):
+        return False
+    return out is None or matches(out, pred, True)
+
+
 def is_label_array(object a, Py_ssize_t n_rows):
     """True for an exact 1-D ndarray of ``n_rows`` int32/int64 labels, C-contiguous,
     aligned, native byte order: usable by a kernel as it is."""

@@ -39,6 +39,10 @@ class RowLoss(Loss):
 
     per_row = True
     _kernel_id = None
+    #: y_true holds (N,) integer labels, else (N, C) floats like y_pred
+    _labels = False
+    #: per-class weights {dtype: array}, or None
+    _class_weights = None
     #: relative cost of one element (an exp or a log each), which sets the size at which
     #: threads start to pay off
     _cost = 8
@@ -54,9 +58,12 @@ class RowLoss(Loss):
     def _prepare_row_target(self, y_true, pred):
         return v.prepare_target(y_true, pred)
 
+    def _ready(self, y_pred, y_true, out):
+        return kernels.is_ready_rows(y_pred, y_true, out, self._labels)
+
     def _class_weight(self, pred):
         """The class weights in pred's dtype, checked against C, or None."""
-        weights = getattr(self, "_class_weights", None)
+        weights = self._class_weights
         if weights is None:
             return None
         weights = weights[pred.dtype]
@@ -215,6 +222,7 @@ class _SparseRowLoss(RowLoss):
 
     _ignore_index = None
     _weighted_mean = False
+    _labels = True
 
     def _prepare_row_target(self, y_true, pred):
         return v.prepare_labels(y_true, pred.shape[0])
@@ -226,11 +234,14 @@ class _SparseRowLoss(RowLoss):
     def _run(self, pred, labels, weight, weight_block, grad, values, want_value):
         n = pred.shape[0]
         smoothing, z_loss, margin, power = self._kernel_options()
-        weighted_mean = self._weighted_mean and self.reduction == "mean"
+        mean = self.reduction == "mean"
+        weighted_mean = self._weighted_mean and mean
         total, flags, denominator, bad_row = kernels.sparse_rows(
-            self._kernel_id, pred, labels, self._class_weight(pred), grad, values, weight,
-            smoothing, z_loss, self._ignore_index, margin, power, weighted_mean,
-            self._mean_scale(n), self._n_threads(pred))
+            self._kernel_id, pred, labels,
+            None if self._class_weights is None else self._class_weight(pred), grad, values,
+            weight, smoothing, z_loss, self._ignore_index, margin, power, weighted_mean,
+            (1.0 / n if n else math.nan) if mean else 1.0,
+            _threads.threads_for(pred.size * self._cost))
         if flags & FLAG_LABEL_OUT_OF_RANGE:
             ignore = ("" if self._ignore_index is None
                       else f" and is not ignore_index={self._ignore_index}")

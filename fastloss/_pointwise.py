@@ -28,7 +28,6 @@ class PointwiseLoss(Loss):
     (N,) weights the rows along the first axis.  ``"mean"`` divides by the element count.
     """
 
-    _same_shape_target = True
     _kernel_id = None
     #: the kernel's one scalar parameter (delta, label smoothing), set by the constructor
     _kernel_param = 0.0
@@ -37,6 +36,9 @@ class PointwiseLoss(Loss):
     #: time of one term relative to a squared error (measured, float32, AVX-512): the
     #: size at which threads start to pay off is PARALLEL_MIN_WORK / _cost elements
     _cost = 1
+
+    def _ready(self, y_pred, y_true, out):
+        return kernels.is_ready_pair(y_pred, y_true, out)
 
     def _run(self, pred, target, weight, weight_block, grad, values, want_value):
         # the per-call path of every pointwise loss: kept to one kernel call and a few
