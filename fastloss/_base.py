@@ -85,6 +85,9 @@ class Loss:
         grad = result = None
         if want_grad:
             grad, result = v.prepare_out(out, pred, grad_dtype)
+            if out is not None:
+                v.check_no_overlap(out, y_pred=y_pred, y_true=y_true,
+                                   sample_weight=sample_weight)
         values = None
         if want_value and self.reduction == "none":
             values = np.empty(self._values_shape(pred), dtype=pred.dtype)

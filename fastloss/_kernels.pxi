@@ -69,16 +69,28 @@ def matches(object a, cnp.ndarray like, bint writeable):
     return True
 
 
+cdef bint shares_memory(object a, object b):
+    """Whether the data of two ndarrays (either may be None) overlap."""
+    if a is None or b is None:
+        return False
+    cdef char* pa = <char*>cnp.PyArray_DATA(a)
+    cdef char* pb = <char*>cnp.PyArray_DATA(b)
+    cdef Py_ssize_t na = cnp.PyArray_NBYTES(a), nb = cnp.PyArray_NBYTES(b)
+    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
+
+
 def is_ready_pair(object y_pred, object y_true, object out):
     """True when a pointwise call can use its arrays as they are: ``y_pred`` a kernel
     float array, ``y_true`` of its dtype and shape, ``out`` None or a writeable array of
-    its dtype and shape (all C-contiguous, aligned, native order).  One C call for the
-    whole per-call check of the common case."""
+    its dtype and shape, not overlapping an input (all C-contiguous, aligned, native
+    order).  One C call for the whole per-call check of the common case."""
     if not is_kernel_float_array(y_pred):
         return False
     if not matches(y_true, <cnp.ndarray>y_pred, False):
         return False
-    return out is None or matches(out, <cnp.ndarray>y_pred, True)
+    return out is None or (matches(out, <cnp.ndarray>y_pred, True)
+                           and not shares_memory(out, y_pred)
+                           and not shares_memory(out, y_true))
 
 
 def is_ready_rows(object y_pred, object y_true, object out, bint labels):
@@ -94,7 +106,8 @@ def is_ready_rows(object y_pred, object y_true, object out, bint labels):
             return False
     elif not matches(y_true, pred, False):
         return False
-    return out is None or matches(out, pred, True)
+    return out is None or (matches(out, pred, True) and not shares_memory(out, y_pred)
+                           and not shares_memory(out, y_true))
 
 
 def is_label_array(object a, Py_ssize_t n_rows):

@@ -30,7 +30,6 @@ cdef enum:
     # _pointwise.pxi)
     FLAG_LABEL_OUT_OF_RANGE = 32          # a label outside [0, C), not ignore_index
     FLAG_OUT_OF_MEMORY = 64               # malloc of the per-thread scratch failed
-    FLAG_OUT_OVERLAPS_INPUT = 128         # the gradient buffer shares memory with an input
     FLAG_TARGET_NOT_LOG_PROBABILITY = 256 # kl_divergence(log_target=True): a log p > 0
 
 cdef enum:
@@ -643,16 +642,6 @@ cdef (double, int, double, Py_ssize_t) sparse_dispatch(
     return acc, flags, denominator, first_bad_row
 
 
-cdef bint shares_memory(object a, object b):
-    """Whether the data of two ndarrays (either may be None) overlap."""
-    if a is None or b is None:
-        return False
-    cdef char* pa = <char*>cnp.PyArray_DATA(a)
-    cdef char* pb = <char*>cnp.PyArray_DATA(b)
-    cdef Py_ssize_t na = cnp.PyArray_NBYTES(a), nb = cnp.PyArray_NBYTES(b)
-    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
-
-
 cdef RowParams row_params(cnp.ndarray y_pred, object class_weight, double label_smoothing,
                           double z_loss, double margin, int power, bint log_target,
                           object ignore_index):
@@ -685,9 +674,6 @@ def dense_rows(int loss_id, cnp.ndarray y_pred, cnp.ndarray y_true, object class
     The Python layer has checked shapes, dtypes, contiguity and the class-weight length.
     Returns ``(sum of the weighted row losses, flags)``.
     """
-    if (shares_memory(grad, y_pred) or shares_memory(grad, y_true)
-            or shares_memory(grad, sample_weight)):
-        return 0.0, FLAG_OUT_OVERLAPS_INPUT
     cdef RowParams prm = row_params(y_pred, class_weight, label_smoothing, z_loss, 0.0, 1,
                                     log_target, None)
     cdef Py_ssize_t n_rows = cnp.PyArray_DIMS(y_pred)[0]
@@ -722,9 +708,6 @@ def sparse_rows(int loss_id, cnp.ndarray y_pred, cnp.ndarray labels, object clas
     ``grad_scale``.  Returns ``(sum of the weighted row losses, flags, that denominator,
     first row with a bad label or -1)``; nothing is computed when a label is bad.
     """
-    if (shares_memory(grad, y_pred) or shares_memory(grad, labels)
-            or shares_memory(grad, sample_weight)):
-        return 0.0, FLAG_OUT_OVERLAPS_INPUT, 0.0, -1
     cdef RowParams prm = row_params(y_pred, class_weight, label_smoothing, z_loss, margin,
                                     power, False, ignore_index)
     cdef Py_ssize_t n_rows = cnp.PyArray_DIMS(y_pred)[0]

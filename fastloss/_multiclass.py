@@ -24,7 +24,6 @@ FLAG_PRED_NOT_PROBABILITY = 8
 FLAG_TARGET_NOT_PROBABILITY = 16
 FLAG_LABEL_OUT_OF_RANGE = 32
 FLAG_OUT_OF_MEMORY = 64
-FLAG_OUT_OVERLAPS_INPUT = 128
 FLAG_TARGET_NOT_LOG_PROBABILITY = 256
 
 INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
@@ -76,9 +75,6 @@ class RowLoss(Loss):
         return _threads.threads_for(pred.size * self._cost)
 
     def _raise_for_flags(self, flags, pred, target):
-        if flags & FLAG_OUT_OVERLAPS_INPUT:
-            raise ValueError("out: shares memory with an input (y_pred, y_true or "
-                             "sample_weight); pass a separate array")
         if flags & FLAG_OUT_OF_MEMORY:
             raise MemoryError(f"{self.name}: could not allocate the per-thread scratch "
                               f"of {pred.shape[1]} elements")

@@ -142,6 +142,14 @@ def prepare_out(out, pred, grad_dtype):
     return out, out
 
 
+def check_no_overlap(out, **inputs):
+    """``out`` must not share memory with an input: the kernels read the inputs while
+    they write the gradient, and inputs are never modified."""
+    for name, array in inputs.items():
+        if isinstance(array, np.ndarray) and np.may_share_memory(out, array):
+            raise ValueError(f"out: shares memory with {name}; pass a separate array")
+
+
 def finish_grad(buffer, result, grad_dtype):
     """Hand the gradient back in the caller's dtype (a cast only for float16 input)."""
     if result is None:

@@ -605,3 +605,27 @@ def test_pickle_and_deepcopy(loss_id, rng):
     for clone in (pickle.loads(pickle.dumps(loss)), copy.deepcopy(loss)):
         assert clone == loss and repr(clone) == repr(loss)
         assert clone(pred, target, weight) == loss(pred, target, weight)
+
+
+def test_out_sharing_memory_with_an_input_is_rejected():
+    """out= receives the gradient while the kernel reads the inputs: an overlap would
+    modify an input (never allowed), so it is a ValueError naming the input."""
+    pred = np.linspace(-1, 1, 12).reshape(3, 4)
+    target = np.zeros((3, 4))
+    kept = pred.copy()
+    loss = fl.MeanSquaredError()
+    with pytest.raises(ValueError, match="out: shares memory with y_pred"):
+        loss.value_and_grad(pred, target, out=pred)            # the one-call fast path
+    with pytest.raises(ValueError, match="out: shares memory with y_true"):
+        loss.grad(pred, target, out=target)
+    buffer = np.zeros((3, 4))
+    with pytest.raises(ValueError, match="out: shares memory with y_true"):
+        loss.grad(pred, buffer[:, ::-1], out=buffer)          # the converting path
+    with pytest.raises(ValueError, match="out: shares memory with sample_weight"):
+        flat = np.zeros(12)
+        loss.grad(pred.ravel(), target.ravel(), sample_weight=flat, out=flat)
+    np.testing.assert_array_equal(pred, kept)
+    rows = fl.get("sparse_categorical_cross_entropy", from_logits=True)
+    with pytest.raises(ValueError, match="out: shares memory with y_pred"):
+        rows.value_and_grad(pred, np.array([0, 1, 2]), np.ones(3), out=pred)
+    np.testing.assert_array_equal(pred, kept)
