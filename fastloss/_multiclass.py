@@ -42,6 +42,11 @@ class RowLoss(Loss):
     _labels = False
     #: per-class weights {dtype: array}, or None
     _class_weights = None
+
+    @property
+    def class_weight(self):
+        """The per-class weights (float64, read-only), or None."""
+        return None if self._class_weights is None else self._class_weights[v.FLOAT64]
     #: relative cost of one element (an exp or a log each), which sets the size at which
     #: threads start to pay off
     _cost = 8
@@ -159,10 +164,6 @@ class CategoricalCrossEntropy(_DenseRowLoss):
         self._class_weights = v.check_class_vector("class_weight", class_weight)
         self.z_loss = _check_z_loss(z_loss, self.from_logits)
         self._kernel_id = CATEGORICAL_LOGITS if self.from_logits else CATEGORICAL_PROBS
-
-    @property
-    def class_weight(self):
-        return None if self._class_weights is None else self._class_weights[v.FLOAT64]
 
     def get_params(self):
         return {"from_logits": self.from_logits, "label_smoothing": self.label_smoothing,
@@ -313,10 +314,6 @@ class SparseCategoricalCrossEntropy(_SparseRowLoss):
         self.z_loss = _check_z_loss(z_loss, self.from_logits)
         self._kernel_id = SPARSE_LOGITS if self.from_logits else SPARSE_PROBS
 
-    @property
-    def class_weight(self):
-        return None if self._class_weights is None else self._class_weights[v.FLOAT64]
-
     def get_params(self):
         return {"from_logits": self.from_logits, "label_smoothing": self.label_smoothing,
                 "class_weight": self.class_weight, "ignore_index": self.ignore_index,
@@ -361,10 +358,6 @@ class MultiMargin(_SparseRowLoss):
         self.p = int(p)
         self._class_weights = v.check_class_vector("class_weight", class_weight)
         self._kernel_id = MULTI_MARGIN
-
-    @property
-    def class_weight(self):
-        return None if self._class_weights is None else self._class_weights[v.FLOAT64]
 
     def get_params(self):
         return {"margin": self.margin, "p": self.p, "class_weight": self.class_weight,
