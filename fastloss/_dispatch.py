@@ -6,8 +6,11 @@ different ``-march`` levels.  ``FASTLOSS_ISA=baseline|x86_64_v3|x86_64_v4`` forc
 (for tests and benchmarks); an unsupported forced level is an ImportError, never a crash.
 """
 import importlib
+import importlib.machinery
+import importlib.util
 import os
 import platform
+import sys
 
 LEVELS = ("x86_64_v4", "x86_64_v3", "baseline")
 
@@ -39,6 +42,34 @@ def supported_levels():
             if level == "baseline" or _REQUIRED_FLAGS[level] <= flags]
 
 
+def _import_level(level):
+    """The kernel module of ``level``: this package's, or else an installed fastloss's.
+
+    Run from a source checkout (``python -m fastloss bench`` in the repository, where
+    ``-m`` puts the checkout first on sys.path), this package has no compiled modules;
+    the ones ``pip install .`` put in site-packages are then used.
+    """
+    name = f"fastloss._kernels_{level}"
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        pass
+    here = os.path.dirname(os.path.abspath(__file__))
+    for entry in sys.path:
+        directory = os.path.join(os.path.abspath(entry or os.curdir), "fastloss")
+        if directory == here or not os.path.isdir(directory):
+            continue
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(directory, f"_kernels_{level}{suffix}")
+            if os.path.isfile(path):
+                spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                sys.modules[name] = module
+                return module
+    raise ImportError(f"{name} is not built")
+
+
 def load_kernels():
     """Import and return the best kernel module (honouring FASTLOSS_ISA)."""
     forced = os.environ.get("FASTLOSS_ISA", "").strip()
@@ -47,13 +78,14 @@ def load_kernels():
             raise ImportError(f"FASTLOSS_ISA={forced!r}: expected one of {', '.join(LEVELS)}")
         if forced not in supported_levels():
             raise ImportError(f"FASTLOSS_ISA={forced!r}: this CPU does not support it")
-        return importlib.import_module(f"fastloss._kernels_{forced}")
+        return _import_level(forced)
     for level in supported_levels():
         try:
-            return importlib.import_module(f"fastloss._kernels_{level}")
+            return _import_level(level)
         except ImportError:
             continue  # that level was not built here (e.g. FASTLOSS_ONLY_BASELINE)
-    raise ImportError("no fastloss kernel module is built; reinstall fastloss")
+    raise ImportError("no fastloss kernel module is built: install fastloss "
+                      "(pip install .) or build in place (python setup.py build_ext --inplace)")
 
 
 kernels = load_kernels()

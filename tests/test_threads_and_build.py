@@ -414,3 +414,24 @@ def test_more_threads_than_work(n_threads, rng, set_threads, parallel_always):
         got = loss.value_and_grad(pred, target, weight)
         assert got[0] == pytest.approx(want[0], rel=1e-14)
         np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_source_checkout_without_compiled_kernels_uses_the_installed_ones(tmp_path):
+    """``python -m fastloss ...`` run in a source checkout puts the checkout first on
+    sys.path; its package has no compiled modules, and the installed ones are used."""
+    checkout = tmp_path / "fastloss"
+    checkout.mkdir()
+    for source in PACKAGE_DIR.glob("*.py"):
+        shutil.copy(source, checkout / source.name)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "FASTLOSS_ISA")}
+    env["PYTHONPATH"] = str(PROJECT_DIR)      # where the compiled fastloss is
+    code = ("import fastloss, numpy as np; print(fastloss.__file__); "
+            "print(fastloss._kernels.__file__); "
+            "print(fastloss.get('mse')(np.array([1.0, 3.0]), np.zeros(2)))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    package_file, kernels_file, value = result.stdout.split()
+    assert Path(package_file).parent == checkout
+    assert Path(kernels_file).parent == PACKAGE_DIR
+    assert float(value) == 5.0
