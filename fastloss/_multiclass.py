@@ -13,15 +13,13 @@ from . import _threads
 from . import _validation as v
 from ._base import Loss
 from ._dispatch import kernels
-from ._pointwise import _first_bad
+from ._pointwise import _first_bad, raise_for_probability_flags
 
 # Kernel ids: the RowLossId enum of _multiclass.pxi.
 (CATEGORICAL_LOGITS, CATEGORICAL_PROBS, KL_LOGITS, KL_PROBS, SPARSE_LOGITS, SPARSE_PROBS,
  MULTI_MARGIN) = range(7)
 
-# flag bits of _pointwise.pxi / _multiclass.pxi
-FLAG_PRED_NOT_PROBABILITY = 8
-FLAG_TARGET_NOT_PROBABILITY = 16
+# flag bits of _multiclass.pxi (8 and 16 are _pointwise.pxi's probability flags)
 FLAG_LABEL_OUT_OF_RANGE = 32
 FLAG_OUT_OF_MEMORY = 64
 FLAG_TARGET_NOT_LOG_PROBABILITY = 256
@@ -83,12 +81,7 @@ class RowLoss(Loss):
         if flags & FLAG_OUT_OF_MEMORY:
             raise MemoryError(f"{self.name}: could not allocate the per-thread scratch "
                               f"of {pred.shape[1]} elements")
-        if flags & FLAG_PRED_NOT_PROBABILITY:
-            raise ValueError(f"y_pred: probabilities must be in [0, 1], got "
-                             f"{_first_bad(pred, (pred < 0) | (pred > 1))}")
-        if flags & FLAG_TARGET_NOT_PROBABILITY:
-            raise ValueError(f"y_true: targets must be probabilities in [0, 1], got "
-                             f"{_first_bad(target, (target < 0) | (target > 1))}")
+        raise_for_probability_flags(flags, pred, target)
         if flags & FLAG_TARGET_NOT_LOG_PROBABILITY:
             raise ValueError(f"y_true: log_target=True expects log-probabilities <= 0, got "
                              f"{_first_bad(target, target > 0)}")

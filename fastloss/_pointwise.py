@@ -66,6 +66,17 @@ def _first_index(bad):
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
 
 
+def raise_for_probability_flags(flags, pred, target):
+    """The ValueError of FLAG_PRED/TARGET_NOT_PROBABILITY (shared by every loss that
+    takes probabilities), naming the first offending value; nothing for other flags."""
+    if flags & FLAG_PRED_NOT_PROBABILITY:
+        raise ValueError(f"y_pred: probabilities must be in [0, 1], got "
+                         f"{_first_bad(pred, (pred < 0) | (pred > 1))}")
+    if flags & FLAG_TARGET_NOT_PROBABILITY:
+        raise ValueError(f"y_true: targets must be probabilities in [0, 1], got "
+                         f"{_first_bad(target, (target < 0) | (target > 1))}")
+
+
 def _first_bad(array, bad):
     index = _first_index(bad)
     return f"{array[index].item()!r} at index {index}"
@@ -230,11 +241,7 @@ class BinaryCrossEntropy(PointwiseLoss):
         return pos_weight
 
     def _raise_for_flags(self, flags, pred, target):
-        if flags & FLAG_PRED_NOT_PROBABILITY:
-            raise ValueError(f"y_pred: probabilities must be in [0, 1], got "
-                             f"{_first_bad(pred, (pred < 0) | (pred > 1))}")
-        raise ValueError(f"y_true: targets must be in [0, 1], got "
-                         f"{_first_bad(target, (target < 0) | (target > 1))}")
+        raise_for_probability_flags(flags, pred, target)
 
 
 class PointwiseKLDivergence(PointwiseLoss):
