@@ -19,6 +19,7 @@ measured in the same run gives the memory bandwidth the large cases are compared
 the fused kernel moves the same pattern, two arrays read and one written.
 """
 import contextlib
+import dataclasses
 import gc
 import importlib.util
 import json
@@ -26,6 +27,7 @@ import math
 import os
 import platform
 import runpy
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -61,7 +63,8 @@ class Timing:
     ``rounds`` rounds of about ``round_time`` seconds each per measurement, fewer (down
     to ``min_rounds``) when that would exceed ``max_seconds``; the thread warm-up lasts
     at most ``warm_up`` seconds; the bandwidth is the best of ``bandwidth_rounds`` over
-    arrays of ``bandwidth_bytes`` (None: sized from the last-level cache).
+    arrays of ``bandwidth_bytes`` (None: sized from the last-level cache).  With
+    ``mean`` a measurement is the mean over every call rather than the best round.
     """
 
     rounds: int = 5
@@ -71,6 +74,7 @@ class Timing:
     warm_up: float = 1.0
     bandwidth_rounds: int = 5
     bandwidth_bytes: int = None
+    mean: bool = False
 
 
 DEFAULT_TIMING = Timing()
@@ -273,7 +277,9 @@ def warm_up_threads(threads, max_seconds=1.0):
 
 
 def measure(calls, timing=DEFAULT_TIMING, progress=None):
-    """Best seconds per call of each of ``calls`` ({column: (setup, call)})."""
+    """Seconds per call of each of ``calls`` ({column: (setup, call)}): the best round,
+    or the mean over all rounds with ``timing.mean`` (a busy machine, where the stalls
+    are what is measured)."""
     plan = {}
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -286,16 +292,38 @@ def measure(calls, timing=DEFAULT_TIMING, progress=None):
             affordable = int(timing.max_seconds / (repeat * per_call))
             plan[column] = repeat, max(timing.min_rounds, min(timing.rounds, affordable))
         best = dict.fromkeys(calls, math.inf)
+        total = dict.fromkeys(calls, 0.0)
+        count = dict.fromkeys(calls, 0)
         for round_index in range(max(rounds for _, rounds in plan.values())):
             for column, (setup, call) in calls.items():
                 repeat, rounds = plan[column]
                 if round_index < rounds:
                     setup()
-                    best[column] = min(best[column], _elapsed(call, repeat) / repeat)
+                    elapsed = _elapsed(call, repeat)
+                    best[column] = min(best[column], elapsed / repeat)
+                    total[column] += elapsed
+                    count[column] += repeat
     finally:
         if gc_was_enabled:
             gc.enable()
+    if timing.mean:
+        return {column: total[column] / count[column] for column in calls}
     return best
+
+
+@contextlib.contextmanager
+def busy_neighbours(count):
+    """``count`` processes spinning on the CPUs while the block runs: a machine shared
+    with data-loader workers or other jobs."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+        for spinner in spinners:
+            spinner.wait()
 
 
 # ----------------------------------------------------------------------------------
@@ -614,6 +642,10 @@ def add_arguments(parser):
                         help="float32, float64 or float32,float64 (default float32)")
     parser.add_argument("--no-peers", action="store_true",
                         help="time fastloss only")
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="run N processes spinning on the CPUs during the run (a busy "
+                             "machine); times are then means over every call, stalls "
+                             "included, not the best round")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")
     parser.add_argument("--plot", metavar="FILE.png",
@@ -663,12 +695,17 @@ def main(args, argv):
     if args.targets and targets is None:
         return _fail(f"--targets: no such file {args.targets!r}")
 
+    if args.busy < 0:
+        return _fail(f"--busy must be >= 0, got {args.busy}")
     peers = [] if args.no_peers else available_peers()
     timing = QUICK_TIMING if args.quick else DEFAULT_TIMING
+    if args.busy:
+        timing = dataclasses.replace(timing, mean=True)
     cases = make_cases(losses, sizes, dtypes, args.scale)
     table = Table(threads, peers, cases)
     out = sys.stdout
-    with _peers_configured(peers, threads[-1], dtypes) as peer_info:
+    with _peers_configured(peers, threads[-1], dtypes) as peer_info, \
+            busy_neighbours(args.busy):
         _print_header(out, threads, dtypes, peer_info, timing,
                       [name for name in losses if name not in REFERENCES])
         bandwidth = _measure_bandwidth(out, threads[-1], timing, "torch" in peers)

@@ -88,4 +88,22 @@ def load_kernels():
                       "(pip install .) or build in place (python setup.py build_ext --inplace)")
 
 
+def _openmp_inherited_from_parent():
+    """Whether this process is a multiprocessing child that already holds an OpenMP
+    runtime before fastloss is imported: a forked child can inherit the parent's libgomp
+    thread pool, whose threads do not exist in the child (GCC bug 60035: the first
+    parallel region waits for them forever).  fastloss's fork handler only marks
+    children forked after its import; this covers a worker that imports fastloss first.
+    Conservative: a spawned child that imported torch first runs serially too."""
+    mp = sys.modules.get("multiprocessing")
+    if mp is None or mp.parent_process() is None:
+        return False
+    try:
+        with open("/proc/self/maps") as fh:
+            return any("libgomp" in line for line in fh)
+    except OSError:
+        return True  # cannot tell: stay safe
+
+
+openmp_inherited_from_parent = _openmp_inherited_from_parent()
 kernels = load_kernels()

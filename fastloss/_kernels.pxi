@@ -3,12 +3,19 @@
 # setup.py compiles this file once per ISA level (fastloss/_kernels_<level>.pyx includes
 # it); fastloss._dispatch imports the best module the CPU runs.  Every loss lives in its
 # own included file; the shared numerics are in _numerics.pxd / _numerics.h.
+#
+# Pointer arguments of the loops are ``restrict``: the Python layer guarantees that no
+# output overlaps an input.  Without it gcc versions each vectorised loop on a runtime
+# overlap test whose conservative answer for nearby buffers picks a scalar loop, with
+# other rounding (scalar libm, another summation order): the same call would then give
+# other bits depending on where its buffers lie.
 
 cimport numpy as cnp
 from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 from cython cimport floating
+from libc.stdint cimport int64_t
 
 from fastloss._numerics cimport *
 
@@ -31,6 +38,136 @@ cdef extern from *:
     """
     int fastloss_openmp_enabled()
     int fastloss_omp_max_threads()
+
+
+cdef extern from "_parallel.h" nogil:
+    int64_t fastloss_now_ns()
+    int fastloss_team_size(int requested)
+    void fastloss_team_done(int team, int64_t start, int64_t first_done, int64_t end)
+    int fastloss_install_fork_handler()
+    int64_t fastloss_serial_process
+    int64_t fastloss_serial_until_ns
+    int64_t fastloss_backoff_ns
+    int64_t fastloss_late_regions
+
+if fastloss_install_fork_handler() != 0:
+    raise ImportError("fastloss: could not install its fork handler (pthread_atfork)")
+
+
+def serial_process():
+    """True in a process forked from the one that imported this module, or made serial
+    by ``make_process_serial``: every kernel then runs serially (libgomp cannot start
+    threads in a child forked after the parent used it, see _parallel.h)."""
+    return bool(fastloss_serial_process)
+
+
+def make_process_serial():
+    """Run every kernel of this process serially from now on."""
+    global fastloss_serial_process
+    fastloss_serial_process = 1
+
+
+def team_size(int requested):
+    """The threads a region asking for ``requested`` would get now (see _parallel.h)."""
+    return fastloss_team_size(requested)
+
+
+def load_state():
+    """The busy-machine back-off: a dict of ``serial_for`` (seconds left of running
+    serially), ``backoff`` (seconds the next late region adds) and ``late_regions``."""
+    return {"serial_for": max(0, fastloss_serial_until_ns - fastloss_now_ns()) * 1e-9,
+            "backoff": fastloss_backoff_ns * 1e-9,
+            "late_regions": fastloss_late_regions}
+
+
+def report_region(int team, double elapsed, double first_chunk):
+    """Tell the back-off about a region of ``team`` threads that took ``elapsed``
+    seconds, its first chunk ``first_chunk`` seconds (for tests of the mechanism)."""
+    cdef int64_t now = fastloss_now_ns()
+    fastloss_team_done(team, now - <int64_t>(elapsed * 1e9),
+                       now - <int64_t>((elapsed - first_chunk) * 1e9), now)
+
+
+def reset_load_state():
+    """Forget the back-off (for tests)."""
+    global fastloss_serial_until_ns, fastloss_backoff_ns
+    fastloss_serial_until_ns = 0
+    fastloss_backoff_ns = 10000000
+
+
+# -- blocks: the unit of parallel work ------------------------------------------------
+#
+# A call's items (elements or rows) are cut into blocks whose size depends only on the
+# call (its size and the loss's cost), never on the threads: each block's partial sum
+# is stored and the partials are added in block order.  So the value has the same bits
+# with 1 thread, 2 threads, a team cut short (busy machine, forked child, failed thread
+# start) or any schedule.
+
+cdef enum:
+    MAX_BLOCKS = 1024     # partial sums live on the stack: 8 KiB
+
+# Work (items x relative cost) of one block: large enough that the per-block call is
+# noise, small enough that 2 threads split 2 blocks' worth of work evenly.  Tests lower
+# it (set_min_block_work) to exercise the threaded path on small arrays.
+cdef Py_ssize_t min_block_work = 16384
+
+
+def set_min_block_work(Py_ssize_t work):
+    """Set the work of one block (default 16384); returns the previous value."""
+    global min_block_work
+    previous = min_block_work
+    min_block_work = max(work, 1)
+    return previous
+
+
+cdef inline Py_ssize_t block_size(Py_ssize_t n, Py_ssize_t item_cost,
+                                  Py_ssize_t multiple) noexcept nogil:
+    """Items per block for ``n`` items of cost ``item_cost``: about min_block_work of
+    work, at most MAX_BLOCKS blocks, rounded up to a ``multiple``."""
+    cdef Py_ssize_t b = max(min_block_work // max(item_cost, 1), 1)
+    b = max(b, (n + MAX_BLOCKS - 1) // MAX_BLOCKS)
+    return (b + multiple - 1) // multiple * multiple
+
+
+cdef inline Py_ssize_t block_count(Py_ssize_t n, Py_ssize_t block) noexcept nogil:
+    return (n + block - 1) // block
+
+
+cdef inline double ordered_sum(const double* partial, Py_ssize_t n) noexcept nogil:
+    cdef double total = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        total += partial[i]
+    return total
+
+
+cdef struct Team:
+    int size                  # threads running the blocks (1: serially, no region)
+    Py_ssize_t first_last     # the block after which the first thread is done
+    int64_t start             # when the region started (ns)
+    int64_t first_done        # when the first thread was done (ns)
+
+
+cdef inline Team team_for(Py_ssize_t n_blocks, int n_threads) noexcept nogil:
+    """The team that runs ``n_blocks`` blocks (static schedule) for a call allowed
+    ``n_threads`` threads; starts its clock (see fastloss_team_size)."""
+    cdef Team team
+    team.size = fastloss_team_size(n_threads) if n_blocks > 1 else 1
+    team.first_last = (n_blocks + team.size - 1) // team.size - 1
+    team.start = fastloss_now_ns() if team.size > 1 else 0
+    team.first_done = team.start
+    return team
+
+
+cdef inline void block_done(Team* team, Py_ssize_t block) noexcept nogil:
+    """Called by the thread that ran ``block``, inside the region."""
+    if block == team.first_last:
+        team.first_done = fastloss_now_ns()
+
+
+cdef inline void team_finished(const Team* team) noexcept nogil:
+    """After the region: report how punctual it was (see fastloss_team_done)."""
+    fastloss_team_done(team.size, team.start, team.first_done, fastloss_now_ns())
 
 
 cdef inline void* data_or_null(object array):
@@ -132,11 +269,6 @@ def build_info():
         "vector_exp_log": bool(FASTLOSS_VECTOR_EXP_LOG),
         "vector_log1p_tanh": bool(FASTLOSS_VECTOR_LOG1P_TANH),
     }
-
-
-def parallel_used():
-    """True once a kernel of this module has entered an OpenMP parallel region."""
-    return bool(fastloss_parallel_used)
 
 
 include "_pointwise.pxi"

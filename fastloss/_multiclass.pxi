@@ -112,16 +112,20 @@ cdef inline bint keras_unclipped(floating q) noexcept nogil:
     return (q >= <floating>KERAS_EPSILON) & (q <= <floating>(1.0 - KERAS_EPSILON))
 
 
-cdef inline double categorical_logits_row(const RowParams* prm, const floating* x,
-                                          floating* g, floating m, floating inv_s,
-                                          floating log_s, const floating* t,
-                                          const floating* cw, floating sw,
-                                          floating scale_row, int* flags) noexcept nogil:
-    """-sum_c a_c log_softmax(x)_c + z_loss T lse^2, a_c = w_c (t_c (1 - eps) + eps / C).
+cdef inline double categorical_logits_row(const RowParams* restrict prm,
+                                          const floating* restrict x, floating* restrict g,
+                                          floating m, floating inv_s, floating log_s,
+                                          const floating* restrict t,
+                                          const floating* restrict cw, floating sw,
+                                          floating scale_row,
+                                          int* restrict flags) noexcept nogil:
+    """-sum_c a_c log_softmax(x)_c + z_loss W lse^2, a_c = w_c (t_c (1 - eps) + eps / C).
 
-    torch cross_entropy with probability targets (label_smoothing, weight); T = sum_c w_c
-    t_c weighs the z-loss.  On entry ``g`` holds exp(x - m), whose row sum is 1 / ``inv_s``;
-    on exit the gradient (A + 2 z T lse) softmax - a, times ``scale_row``.
+    torch cross_entropy with probability targets (label_smoothing, weight).  The z-loss is
+    weighted by W = sum_c w_c t_c / sum_c t_c, the target-weighted mean class weight (1
+    without class weights, w_y for a one-hot row, 0 for a row whose targets sum to 0).
+    On entry ``g`` holds exp(x - m), whose row sum is 1 / ``inv_s``; on exit the gradient
+    (A + 2 z W lse) softmax - a, times ``scale_row``.
 
     The value is computed as A log_s - sum_c a_c (x_c - m), A = sum_c a_c: the shifted
     logit x_c - m only ever enters a product.  (Under -fassociative-math gcc may regroup
@@ -134,8 +138,8 @@ cdef inline double categorical_logits_row(const RowParams* prm, const floating* 
     cdef floating tc, k
     # the row sums run in the element type (full vector width): their terms all have
     # one sign, so they are accurate to float rounding; the per-row scalars are float64
-    cdef floating dot = 0, total_t = 0
-    cdef double lse = <double>m + log_s, a_sum, value
+    cdef floating dot = 0, total_t = 0, total_wt = 0
+    cdef double lse = <double>m + log_s, a_sum, value, z_weight
     cdef int bad = 0
     if cw == NULL:
         for c in range(C):
@@ -143,16 +147,19 @@ cdef inline double categorical_logits_row(const RowParams* prm, const floating* 
             bad |= (tc < 0) | (tc > 1)
             total_t += tc
             dot += (tc * keep + spread) * (x[c] - m)
+        total_wt = total_t
     else:
         for c in range(C):
             tc = t[c]
             bad |= (tc < 0) | (tc > 1)
-            total_t += cw[c] * tc
+            total_t += tc
+            total_wt += cw[c] * tc
             dot += cw[c] * (tc * keep + spread) * (x[c] - m)
     flags[0] |= bad * FLAG_TARGET_NOT_PROBABILITY
-    a_sum = keep * total_t + spread * prm.class_weight_sum
-    value = a_sum * log_s - dot + prm.z_loss * total_t * lse * lse
-    k = <floating>(scale_row * (a_sum + 2 * prm.z_loss * total_t * lse) * inv_s)
+    a_sum = keep * total_wt + spread * prm.class_weight_sum
+    z_weight = prm.z_loss * (total_wt / total_t if total_t != 0 else 0)
+    value = a_sum * log_s - dot + z_weight * lse * lse
+    k = <floating>(scale_row * (a_sum + 2 * z_weight * lse) * inv_s)
     if cw == NULL:
         for c in range(C):
             g[c] = k * g[c] - scale_row * (t[c] * keep + spread)
@@ -162,10 +169,11 @@ cdef inline double categorical_logits_row(const RowParams* prm, const floating* 
     return sw * value
 
 
-cdef inline double sparse_logits_row(const RowParams* prm, const floating* x, floating* g,
+cdef inline double sparse_logits_row(const RowParams* restrict prm,
+                                     const floating* restrict x, floating* restrict g,
                                      floating m, floating inv_s, floating log_s, int64_t y,
-                                     const floating* cw, floating sw, floating scale_row,
-                                     int* flags) noexcept nogil:
+                                     const floating* restrict cw, floating sw,
+                                     floating scale_row, int* restrict flags) noexcept nogil:
     """torch cross_entropy with a class index: (1 - eps) w_y (-log p_y)
     + eps / C sum_c w_c (-log p_c) + z_loss w_y lse^2; zero for an ignored row.
 
@@ -182,7 +190,7 @@ cdef inline double sparse_logits_row(const RowParams* prm, const floating* x, fl
         memset(g, 0, C * sizeof(floating))
         return 0
     wy = 1 if cw == NULL else cw[y]
-    value = keep * wy * (log_s - (<double>x[y] - <double>m))
+    value = keep * wy * (log_s - exactly(<double>x[y] - <double>m))
     if spread != 0:
         if cw == NULL:
             for c in range(C):
@@ -205,10 +213,10 @@ cdef inline double sparse_logits_row(const RowParams* prm, const floating* x, fl
     return sw * value
 
 
-cdef inline double kl_logits_row(const RowParams* prm, const floating* x, floating* g,
-                                 floating m, floating inv_s, floating log_s,
-                                 const floating* t, floating sw, floating scale_row,
-                                 int* flags) noexcept nogil:
+cdef inline double kl_logits_row(const RowParams* restrict prm, const floating* restrict x,
+                                 floating* restrict g, floating m, floating inv_s,
+                                 floating log_s, const floating* restrict t, floating sw,
+                                 floating scale_row, int* restrict flags) noexcept nogil:
     """torch kl_div(log_softmax(x), p) summed over the row: sum_c p_c (log p_c - log q_c)
     (0 log 0 = 0), or with log_target sum_c exp(lp_c) (lp_c - log q_c).
 
@@ -245,8 +253,8 @@ cdef inline double kl_logits_row(const RowParams* prm, const floating* x, floati
     return sw * (<double>entropy + <double>p_sum * log_s - <double>dot)
 
 
-cdef inline floating probability_sum(const floating* p, Py_ssize_t n,
-                                     int* flags) noexcept nogil:
+cdef inline floating probability_sum(const floating* restrict p, Py_ssize_t n,
+                                     int* restrict flags) noexcept nogil:
     """sum_c p_c, flagging any p_c outside [0, 1]."""
     cdef floating total = 0
     cdef int bad = 0
@@ -258,10 +266,12 @@ cdef inline floating probability_sum(const floating* p, Py_ssize_t n,
     return total
 
 
-cdef inline double categorical_probs_row(const RowParams* prm, const floating* x,
-                                         floating* g, const floating* t,
-                                         const floating* cw, floating sw,
-                                         floating scale_row, int* flags) noexcept nogil:
+cdef inline double categorical_probs_row(const RowParams* restrict prm,
+                                         const floating* restrict x, floating* restrict g,
+                                         const floating* restrict t,
+                                         const floating* restrict cw, floating sw,
+                                         floating scale_row,
+                                         int* restrict flags) noexcept nogil:
     """Keras categorical_crossentropy of probabilities: -sum_c a_c log clip(x_c / X),
     X = sum_c x_c, clip to [1e-7, 1 - 1e-7], a_c as in categorical_logits_row.
 
@@ -294,9 +304,10 @@ cdef inline double categorical_probs_row(const RowParams* prm, const floating* x
     return sw * loss
 
 
-cdef inline double sparse_probs_row(const RowParams* prm, const floating* x, floating* g,
-                                    int64_t y, const floating* cw, floating sw,
-                                    floating scale_row, int* flags) noexcept nogil:
+cdef inline double sparse_probs_row(const RowParams* restrict prm,
+                                    const floating* restrict x, floating* restrict g,
+                                    int64_t y, const floating* restrict cw, floating sw,
+                                    floating scale_row, int* restrict flags) noexcept nogil:
     """categorical_probs_row with the one-hot target of label y (Keras
     sparse_categorical_crossentropy), smoothing and weights as torch; 0 if ignored."""
     cdef Py_ssize_t c, C = prm.n_classes
@@ -331,9 +342,10 @@ cdef inline double sparse_probs_row(const RowParams* prm, const floating* x, flo
     return sw * loss
 
 
-cdef inline double kl_probs_row(const RowParams* prm, const floating* x, floating* g,
-                                const floating* t, floating sw, floating scale_row,
-                                int* flags) noexcept nogil:
+cdef inline double kl_probs_row(const RowParams* restrict prm, const floating* restrict x,
+                                floating* restrict g, const floating* restrict t,
+                                floating sw, floating scale_row,
+                                int* restrict flags) noexcept nogil:
     """kl_div(log q, p) with q = x given as probabilities: log q floored at -100 (as torch
     binary_cross_entropy floors its logs), gradient -p / q where the floor is not active."""
     cdef Py_ssize_t c, C = prm.n_classes
@@ -360,8 +372,9 @@ cdef inline double kl_probs_row(const RowParams* prm, const floating* x, floatin
     return sw * loss
 
 
-cdef inline double multi_margin_row(const RowParams* prm, const floating* x, floating* g,
-                                    int64_t y, const floating* cw, floating sw,
+cdef inline double multi_margin_row(const RowParams* restrict prm,
+                                    const floating* restrict x, floating* restrict g,
+                                    int64_t y, const floating* restrict cw, floating sw,
                                     floating scale_row) noexcept nogil:
     """torch multi_margin_loss: w_y / C sum_{c != y} max(0, margin - x_y + x_c)^p.
 
@@ -370,13 +383,14 @@ cdef inline double multi_margin_row(const RowParams* prm, const floating* x, flo
     """
     cdef Py_ssize_t c, C = prm.n_classes
     cdef floating wy = 1 if cw == NULL else cw[y]
-    cdef floating xy = x[y], margin = <floating>prm.margin
+    # torch's grouping of margin - x_y + x_c, which decides the value at large scores
+    cdef floating shift = exactly(<floating>prm.margin - x[y])
     cdef floating coef = scale_row * wy / C
     cdef floating g_sum = 0, z, h, gc
     cdef double total = 0
     if prm.power == 1:
         for c in range(C):
-            z = margin - xy + x[c]
+            z = shift + x[c]
             h = z if (z > 0) & (c != y) else 0
             gc = coef if h > 0 else 0
             total += h
@@ -384,7 +398,7 @@ cdef inline double multi_margin_row(const RowParams* prm, const floating* x, flo
             g[c] = gc
     else:
         for c in range(C):
-            z = margin - xy + x[c]
+            z = shift + x[c]
             h = z if (z > 0) & (c != y) else 0
             gc = 2 * coef * h
             total += h * h
@@ -396,9 +410,10 @@ cdef inline double multi_margin_row(const RowParams* prm, const floating* x, flo
 
 # -- the loops -------------------------------------------------------------------------
 
-cdef inline void softmax_block(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_classes,
-                               floating* e, floating* maxes, floating* inv_sums,
-                               floating* log_sums) noexcept nogil:
+cdef inline void softmax_block(const floating* restrict x, Py_ssize_t n_rows,
+                               Py_ssize_t n_classes, floating* restrict e,
+                               floating* restrict maxes, floating* restrict inv_sums,
+                               floating* restrict log_sums) noexcept nogil:
     """For rows 0..n_rows-1 of x: e = exp(x - max(row)), the maxes, and 1 / sum and
     log(sum) of each row of e (vectorised over the block: no division per row)."""
     cdef Py_ssize_t r, c
@@ -429,11 +444,12 @@ cdef inline void softmax_block(const floating* x, Py_ssize_t n_rows, Py_ssize_t 
     log_inplace(log_sums, n_rows)
 
 
-cdef double rows_chunk(const RowLoss* loss, const RowParams* prm, const floating* x,
-                       const floating* target, const label_t* labels,
-                       const floating* class_weight, const floating* sample_weight,
-                       floating* grad, floating* values, floating scale,
-                       Py_ssize_t start, Py_ssize_t stop, int* flags) noexcept nogil:
+cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict prm,
+                       const floating* restrict x, const floating* restrict target,
+                       const label_t* restrict labels, const floating* restrict class_weight,
+                       const floating* restrict sample_weight, floating* restrict grad,
+                       floating* restrict values, floating scale, Py_ssize_t start,
+                       Py_ssize_t stop, int* restrict flags) noexcept nogil:
     """Rows start..stop-1: returns the sum of their weighted losses.
 
     ``grad`` (may be NULL: then a scratch buffer receives the unused gradient) gets the
@@ -499,29 +515,34 @@ cdef double rows_chunk(const RowLoss* loss, const RowParams* prm, const floating
     return acc
 
 
-cdef double rows_run(const RowLoss* loss, const RowParams* prm, const floating* x,
-                     const floating* target, const label_t* labels,
-                     const floating* class_weight, const floating* sample_weight,
-                     floating* grad, floating* values, floating scale, Py_ssize_t n_rows,
-                     int n_threads, int* flags) noexcept nogil:
-    """All rows: one serial call, or ``n_threads`` contiguous chunks of rows."""
-    cdef double acc = 0
-    cdef int f = 0, chunk_flags
-    cdef Py_ssize_t c, chunk
-    if n_threads <= 1 or n_rows < 2:
-        return rows_chunk(loss, prm, x, target, labels, class_weight, sample_weight, grad,
-                          values, scale, 0, n_rows, flags)
-    global fastloss_parallel_used
-    fastloss_parallel_used = 1
-    chunk = (n_rows + n_threads - 1) // n_threads
-    for c in prange(n_threads, nogil=True, schedule="static", num_threads=n_threads):
-        chunk_flags = 0
-        acc += rows_chunk(loss, prm, x, target, labels, class_weight, sample_weight, grad,
-                          values, scale, min(c * chunk, n_rows),
-                          min((c + 1) * chunk, n_rows), &chunk_flags)
-        f |= chunk_flags
+cdef double rows_run(const RowLoss* restrict loss, const RowParams* restrict prm,
+                     const floating* restrict x, const floating* restrict target,
+                     const label_t* restrict labels, const floating* restrict class_weight,
+                     const floating* restrict sample_weight, floating* restrict grad,
+                     floating* restrict values, floating scale, Py_ssize_t n_rows,
+                     int n_threads, Py_ssize_t block, int* restrict flags) noexcept nogil:
+    """All rows, in blocks of ``block`` rows (see _kernels.pxi): serially, or by a team
+    of up to ``n_threads`` threads."""
+    cdef double partial[MAX_BLOCKS]
+    cdef Py_ssize_t b, n_blocks = block_count(n_rows, block)
+    cdef Team team = team_for(n_blocks, n_threads)
+    cdef int f = 0, block_flags
+    if team.size <= 1:
+        for b in range(n_blocks):
+            partial[b] = rows_chunk(loss, prm, x, target, labels, class_weight,
+                                    sample_weight, grad, values, scale, b * block,
+                                    min((b + 1) * block, n_rows), flags)
+        return ordered_sum(partial, n_blocks)
+    for b in prange(n_blocks, nogil=True, schedule="static", num_threads=team.size):
+        block_flags = 0
+        partial[b] = rows_chunk(loss, prm, x, target, labels, class_weight, sample_weight,
+                                grad, values, scale, b * block,
+                                min((b + 1) * block, n_rows), &block_flags)
+        f |= block_flags
+        block_done(&team, b)
+    team_finished(&team)
     flags[0] |= f
-    return acc
+    return ordered_sum(partial, n_blocks)
 
 
 # -- labels ----------------------------------------------------------------------------
@@ -550,22 +571,28 @@ cdef double label_weights_chunk(const label_t* labels, const RowParams* prm,
 
 cdef double label_weights(const label_t* labels, const RowParams* prm,
                           const floating* class_weight, Py_ssize_t n_rows, int n_threads,
-                          Py_ssize_t* first_bad_row) noexcept nogil:
+                          Py_ssize_t block, Py_ssize_t* first_bad_row) noexcept nogil:
     """The pass over the labels before the main pass: returns the denominator of the
     sparse cross-entropy mean (torch: summed weights of the non-ignored targets) and sets
-    ``first_bad_row`` to the first row with a bad label (-1 if none)."""
-    cdef double total = 0
-    cdef Py_ssize_t n_bad = 0, chunk_bad, c, chunk, i
+    ``first_bad_row`` to the first row with a bad label (-1 if none).  Blocks and their
+    ordered sum as in rows_run."""
+    cdef double partial[MAX_BLOCKS]
+    cdef Py_ssize_t b, n_blocks = block_count(n_rows, block)
+    cdef Team team = team_for(n_blocks, n_threads)
+    cdef Py_ssize_t n_bad = 0, block_bad, i
     cdef int64_t y
-    if n_threads <= 1 or n_rows < 2:
-        total = label_weights_chunk(labels, prm, class_weight, 0, n_rows, &n_bad)
+    if team.size <= 1:
+        for b in range(n_blocks):
+            partial[b] = label_weights_chunk(labels, prm, class_weight, b * block,
+                                             min((b + 1) * block, n_rows), &n_bad)
     else:
-        chunk = (n_rows + n_threads - 1) // n_threads
-        for c in prange(n_threads, nogil=True, schedule="static", num_threads=n_threads):
-            chunk_bad = 0
-            total += label_weights_chunk(labels, prm, class_weight, min(c * chunk, n_rows),
-                                         min((c + 1) * chunk, n_rows), &chunk_bad)
-            n_bad += chunk_bad
+        for b in prange(n_blocks, nogil=True, schedule="static", num_threads=team.size):
+            block_bad = 0
+            partial[b] = label_weights_chunk(labels, prm, class_weight, b * block,
+                                             min((b + 1) * block, n_rows), &block_bad)
+            n_bad += block_bad
+            block_done(&team, b)
+        team_finished(&team)
     first_bad_row[0] = -1
     if n_bad:
         for i in range(n_rows):  # the error path only
@@ -574,7 +601,7 @@ cdef double label_weights(const label_t* labels, const RowParams* prm,
                                                      and y == prm.ignore_index):
                 first_bad_row[0] = i
                 break
-    return total
+    return ordered_sum(partial, n_blocks)
 
 
 # -- entry points ----------------------------------------------------------------------
@@ -583,7 +610,7 @@ cdef (double, int) dense_dispatch(int loss_id, const RowParams* prm, const float
                                   const floating* target, const floating* class_weight,
                                   const floating* sample_weight, floating* grad,
                                   floating* values, double grad_scale, Py_ssize_t n_rows,
-                                  int n_threads) noexcept nogil:
+                                  int n_threads, Py_ssize_t block) noexcept nogil:
     cdef int flags = 0
     cdef double acc = 0
     cdef CategoricalLogits categorical_logits
@@ -594,16 +621,20 @@ cdef (double, int) dense_dispatch(int loss_id, const RowParams* prm, const float
     cdef floating scale = <floating>grad_scale
     if loss_id == ID_CATEGORICAL_LOGITS:
         acc = rows_run(&categorical_logits, prm, x, target, no_labels, class_weight,
-                       sample_weight, grad, values, scale, n_rows, n_threads, &flags)
+                       sample_weight, grad, values, scale, n_rows, n_threads, block,
+                       &flags)
     elif loss_id == ID_CATEGORICAL_PROBS:
         acc = rows_run(&categorical_probs, prm, x, target, no_labels, class_weight,
-                       sample_weight, grad, values, scale, n_rows, n_threads, &flags)
+                       sample_weight, grad, values, scale, n_rows, n_threads, block,
+                       &flags)
     elif loss_id == ID_KL_LOGITS:
         acc = rows_run(&kl_logits, prm, x, target, no_labels, class_weight,
-                       sample_weight, grad, values, scale, n_rows, n_threads, &flags)
+                       sample_weight, grad, values, scale, n_rows, n_threads, block,
+                       &flags)
     elif loss_id == ID_KL_PROBS:
         acc = rows_run(&kl_probs, prm, x, target, no_labels, class_weight,
-                       sample_weight, grad, values, scale, n_rows, n_threads, &flags)
+                       sample_weight, grad, values, scale, n_rows, n_threads, block,
+                       &flags)
     return acc, flags
 
 
@@ -611,7 +642,7 @@ cdef (double, int, double, Py_ssize_t) sparse_dispatch(
         int loss_id, const RowParams* prm, const floating* x, const label_t* labels,
         const floating* class_weight, const floating* sample_weight, floating* grad,
         floating* values, bint weighted_mean, double grad_scale, Py_ssize_t n_rows,
-        int n_threads) noexcept nogil:
+        int n_threads, Py_ssize_t block) noexcept nogil:
     cdef int flags = 0
     cdef double acc = 0, denominator
     cdef Py_ssize_t first_bad_row
@@ -619,7 +650,7 @@ cdef (double, int, double, Py_ssize_t) sparse_dispatch(
     cdef SparseProbs sparse_probs
     cdef MultiMarginRows multi_margin
     cdef const floating* no_target = NULL
-    denominator = label_weights(labels, prm, class_weight, n_rows, n_threads,
+    denominator = label_weights(labels, prm, class_weight, n_rows, n_threads, block,
                                 &first_bad_row)
     if first_bad_row >= 0:
         return 0.0, FLAG_LABEL_OUT_OF_RANGE, denominator, first_bad_row
@@ -630,15 +661,15 @@ cdef (double, int, double, Py_ssize_t) sparse_dispatch(
     if loss_id == ID_SPARSE_LOGITS:
         acc = rows_run(&sparse_logits, prm, x, no_target, labels, class_weight,
                        sample_weight, grad, values, <floating>grad_scale, n_rows,
-                       n_threads, &flags)
+                       n_threads, block, &flags)
     elif loss_id == ID_SPARSE_PROBS:
         acc = rows_run(&sparse_probs, prm, x, no_target, labels, class_weight,
                        sample_weight, grad, values, <floating>grad_scale, n_rows,
-                       n_threads, &flags)
+                       n_threads, block, &flags)
     elif loss_id == ID_MULTI_MARGIN:
         acc = rows_run(&multi_margin, prm, x, no_target, labels, class_weight,
                        sample_weight, grad, values, <floating>grad_scale, n_rows,
-                       n_threads, &flags)
+                       n_threads, block, &flags)
     return acc, flags, denominator, first_bad_row
 
 
@@ -668,11 +699,13 @@ cdef RowParams row_params(cnp.ndarray y_pred, object class_weight, double label_
 
 def dense_rows(int loss_id, cnp.ndarray y_pred, cnp.ndarray y_true, object class_weight,
                object grad, object values, object sample_weight, double label_smoothing,
-               double z_loss, bint log_target, double grad_scale, int n_threads):
+               double z_loss, bint log_target, double grad_scale, int n_threads,
+               int cost):
     """Run a row loss with (N, C) float targets over C-contiguous arrays of one dtype.
 
     The Python layer has checked shapes, dtypes, contiguity and the class-weight length.
-    Returns ``(sum of the weighted row losses, flags)``.
+    ``cost`` is the work of one element (sets the block size); up to ``n_threads``
+    threads run the blocks.  Returns ``(sum of the weighted row losses, flags)``.
     """
     cdef RowParams prm = row_params(y_pred, class_weight, label_smoothing, z_loss, 0.0, 1,
                                     log_target, None)
@@ -683,30 +716,32 @@ def dense_rows(int loss_id, cnp.ndarray y_pred, cnp.ndarray y_true, object class
     cdef void* sw = data_or_null(sample_weight)
     cdef void* g = data_or_null(grad)
     cdef void* v = data_or_null(values)
+    cdef Py_ssize_t block = block_size(n_rows, cost * prm.n_classes, 1)
     cdef (double, int) result
     if cnp.PyArray_TYPE(y_pred) == cnp.NPY_FLOAT:
         with nogil:
             result = dense_dispatch(loss_id, &prm, <float*>x, <float*>t, <float*>cw,
                                     <float*>sw, <float*>g, <float*>v, grad_scale, n_rows,
-                                    n_threads)
+                                    n_threads, block)
     else:
         with nogil:
             result = dense_dispatch(loss_id, &prm, <double*>x, <double*>t, <double*>cw,
                                     <double*>sw, <double*>g, <double*>v, grad_scale,
-                                    n_rows, n_threads)
+                                    n_rows, n_threads, block)
     return result
 
 
 def sparse_rows(int loss_id, cnp.ndarray y_pred, cnp.ndarray labels, object class_weight,
                 object grad, object values, object sample_weight, double label_smoothing,
                 double z_loss, object ignore_index, double margin, int power,
-                bint weighted_mean, double grad_scale, int n_threads):
+                bint weighted_mean, double grad_scale, int n_threads, int cost):
     """Run a row loss with (N,) int32/int64 labels over C-contiguous arrays.
 
     ``ignore_index`` is an int or None.  With ``weighted_mean`` the gradient is scaled by
     1 / (summed class weights, or count, of the non-ignored rows), else by
     ``grad_scale``.  Returns ``(sum of the weighted row losses, flags, that denominator,
     first row with a bad label or -1)``; nothing is computed when a label is bad.
+    ``cost`` and ``n_threads`` as for dense_rows.
     """
     cdef RowParams prm = row_params(y_pred, class_weight, label_smoothing, z_loss, margin,
                                     power, False, ignore_index)
@@ -719,22 +754,23 @@ def sparse_rows(int loss_id, cnp.ndarray y_pred, cnp.ndarray labels, object clas
     cdef void* v = data_or_null(values)
     cdef bint single = cnp.PyArray_TYPE(y_pred) == cnp.NPY_FLOAT
     cdef bint int32_labels = cnp.PyArray_TYPE(labels) == cnp.NPY_INT32
+    cdef Py_ssize_t block = block_size(n_rows, cost * prm.n_classes, 1)
     cdef (double, int, double, Py_ssize_t) result
     with nogil:
         if single and int32_labels:
             result = sparse_dispatch(loss_id, &prm, <float*>x, <int32_t*>y, <float*>cw,
                                      <float*>sw, <float*>g, <float*>v, weighted_mean,
-                                     grad_scale, n_rows, n_threads)
+                                     grad_scale, n_rows, n_threads, block)
         elif single:
             result = sparse_dispatch(loss_id, &prm, <float*>x, <int64_t*>y, <float*>cw,
                                      <float*>sw, <float*>g, <float*>v, weighted_mean,
-                                     grad_scale, n_rows, n_threads)
+                                     grad_scale, n_rows, n_threads, block)
         elif int32_labels:
             result = sparse_dispatch(loss_id, &prm, <double*>x, <int32_t*>y, <double*>cw,
                                      <double*>sw, <double*>g, <double*>v, weighted_mean,
-                                     grad_scale, n_rows, n_threads)
+                                     grad_scale, n_rows, n_threads, block)
         else:
             result = sparse_dispatch(loss_id, &prm, <double*>x, <int64_t*>y, <double*>cw,
                                      <double*>sw, <double*>g, <double*>v, weighted_mean,
-                                     grad_scale, n_rows, n_threads)
+                                     grad_scale, n_rows, n_threads, block)
     return result

@@ -110,7 +110,8 @@ class _DenseRowLoss(RowLoss):
         smoothing, z_loss, log_target = self._kernel_options()
         total, flags = kernels.dense_rows(
             self._kernel_id, pred, target, self._class_weight(pred), grad, values, weight,
-            smoothing, z_loss, log_target, self._mean_scale(n), self._n_threads(pred))
+            smoothing, z_loss, log_target, self._mean_scale(n), self._n_threads(pred),
+            self._cost)
         if flags:
             self._raise_for_flags(flags, pred, target)
         return self._reduce(total, n)
@@ -122,8 +123,9 @@ class CategoricalCrossEntropy(_DenseRowLoss):
     Logits (``from_logits=True``): ``-sum_c w_c t'_c log_softmax(x)_c`` with the smoothed
     target ``t' = t (1 - ε) + ε / C``: ``torch.nn.functional.cross_entropy(x, t, weight=w,
     label_smoothing=ε)`` with probability targets, so ``"mean"`` divides by N even with
-    class weights.  ``z_loss`` z adds ``z T logsumexp(x)^2`` per row, T = sum_c w_c t_c
-    (1 for normalised targets without class weights), so a row is weighted as its loss.
+    class weights.  ``z_loss`` z adds ``z W logsumexp(x)^2`` per row, with W = sum_c w_c
+    t_c / sum_c t_c the target-weighted mean class weight (1 without class weights, w_y
+    for a one-hot row, so that it equals the sparse result; 0 for a row of zero targets).
 
     Probabilities (``from_logits=False``): Keras ``categorical_crossentropy``: each row is
     renormalised to sum 1 and clipped to [1e-7, 1 - 1e-7] before the log; the gradient
@@ -131,7 +133,7 @@ class CategoricalCrossEntropy(_DenseRowLoss):
     and smoothing enter as above.  ``y_pred`` must lie in [0, 1].
 
     Targets must lie in [0, 1] (they need not sum to 1).  The gradient with respect to
-    logits is ``(A + 2 z T lse) softmax(x) - w t'``, A = sum_c w_c t'_c.
+    logits is ``(A + 2 z W lse) softmax(x) - w t'``, A = sum_c w_c t'_c.
 
     Parameters
     ----------
@@ -231,7 +233,7 @@ class _SparseRowLoss(RowLoss):
             None if self._class_weights is None else self._class_weight(pred), grad, values,
             weight, smoothing, z_loss, self._ignore_index, margin, power, weighted_mean,
             (1.0 / n if n else math.nan) if mean else 1.0,
-            _threads.threads_for(pred.size * self._cost))
+            self._n_threads(pred), self._cost)
         if flags & FLAG_LABEL_OUT_OF_RANGE:
             ignore = ("" if self._ignore_index is None
                       else f" and is not ignore_index={self._ignore_index}")

@@ -7,7 +7,8 @@
  *    Each variant is <= 4 ulp (glibc's documented bound for libmvec).  Without glibc,
  *    or on an older one, the plain scalar libm is used: slower, same results.
  *
- * 2. Thread bookkeeping shared by every kernel module (fork safety).
+ * 2. Numerical helpers that must be written in C (a vectorised row max, an opaque copy).
+ *    When and how many threads run is in _parallel.h.
  */
 #ifndef FASTLOSS_NUMERICS_H
 #define FASTLOSS_NUMERICS_H
@@ -55,9 +56,18 @@ extern float tanhf(float) FASTLOSS_SIMD_DECL;
 FASTLOSS_DEFINE_ROW_MAX(fastloss_row_max_float, float)
 FASTLOSS_DEFINE_ROW_MAX(fastloss_row_max_double, double)
 
-/* Set by a kernel the first time it enters an OpenMP parallel region.  libgomp cannot
- * start a parallel region in a child forked after the parent used one (GCC bug 60035),
- * so the Python layer forces the serial path in such children. */
-static int fastloss_parallel_used = 0;
+/* An opaque copy of x.  The kernels are compiled with -fassociative-math so that gcc
+ * vectorises their reductions; that flag also lets gcc regroup any sum, e.g.
+ * log_s - (x_y - m) into (log_s + m) - x_y, which loses every digit of a small loss
+ * against logits of 1e12.  An expression whose grouping matters passes its inner part
+ * through this barrier: gcc cannot see through an asm statement, so it keeps the value
+ * as computed.  It costs nothing but the register move. */
+#if defined(__GNUC__) || defined(__clang__)
+static inline double fastloss_opaque_double(double x) { __asm__("" : "+g"(x)); return x; }
+static inline float fastloss_opaque_float(float x) { __asm__("" : "+g"(x)); return x; }
+#else
+static inline double fastloss_opaque_double(double x) { volatile double v = x; return v; }
+static inline float fastloss_opaque_float(float x) { volatile float v = x; return v; }
+#endif
 
 #endif

@@ -9,7 +9,6 @@ from cython cimport floating
 cdef extern from "_numerics.h" nogil:
     int FASTLOSS_VECTOR_EXP_LOG
     int FASTLOSS_VECTOR_LOG1P_TANH
-    int fastloss_parallel_used
     double exp(double)
     float expf(float)
     double log(double)
@@ -22,6 +21,8 @@ cdef extern from "_numerics.h" nogil:
     float sqrtf(float)
     double fabs(double)
     float fabsf(float)
+    double fastloss_opaque_double(double x)
+    float fastloss_opaque_float(float x)
     float fastloss_row_max_float(const float* x, Py_ssize_t n)
     double fastloss_row_max_double(const double* x, Py_ssize_t n)
 
@@ -66,6 +67,16 @@ cdef inline floating abs_(floating x) noexcept nogil:
         return fabsf(x)
     else:
         return fabs(x)
+
+
+cdef inline floating exactly(floating x) noexcept nogil:
+    """``x`` as computed: a sum containing it is never regrouped across it (see
+    fastloss_opaque_double in _numerics.h).  For the few places where the grouping of a
+    sum decides its accuracy, e.g. log_s - exactly(x_y - m)."""
+    if floating is float:
+        return fastloss_opaque_float(x)
+    else:
+        return fastloss_opaque_double(x)
 
 
 # Ternaries, not fmax/fmin: gcc vectorises these, not the libm calls.  NaN in ``a``

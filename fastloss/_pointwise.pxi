@@ -28,6 +28,7 @@ cdef struct Huber:
     double delta
 cdef struct PseudoHuber:
     double delta
+    double inv_delta          # 1 / delta (inf for delta < 1 / DBL_MAX)
 cdef struct LogCosh:
     char unused
 cdef struct Hinge:
@@ -72,13 +73,15 @@ cdef enum PointwiseId:
     ID_KL_DIV_LOG_INPUT = 10
     ID_KL_DIV_LOG_INPUT_LOG_TARGET = 11
 
+from libc.math cimport INFINITY
+
 cdef double MSLE_EPSILON = 1e-7      # Keras backend epsilon
 cdef double BCE_GRAD_EPSILON = 1e-12 # PyTorch binary_cross_entropy_backward
 
 
-cdef inline floating pointwise_term(const Pointwise* loss, floating p, floating t,
+cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, floating t,
                                     floating pos_weight, floating* grad,
-                                    int* flags) noexcept nogil:
+                                    int* restrict flags) noexcept nogil:
     """Return l(p, t) and store dl/dp in ``grad[0]``.
 
     ``pos_weight`` only matters for BinaryCrossEntropyLogits (1 elsewhere).
@@ -110,15 +113,23 @@ cdef inline floating pointwise_term(const Pointwise* loss, floating p, floating 
             return half * d * d
         return s * (a - half * s)
     elif Pointwise is PseudoHuber:
-        # r = sqrt(1 + a^2), a = |d| / delta; beyond a = 1e8, r = a to float64 precision
-        # (and a^2 could overflow).  For a <= 1 the value d^2 / (r + 1) = delta^2 (r - 1)
-        # avoids the cancellation of r - 1.
+        # a = |d| / delta and r = sqrt(1 + a^2): the value delta^2 (r - 1), the gradient
+        # d / r.  Beyond a = 1e8, r = a to float64 precision (a^2 and a itself may
+        # overflow): value delta (|d| - delta), gradient delta sign(d).  For a <= 1 the
+        # value d^2 / (r + 1) avoids the cancellation of r - 1; above it delta (delta
+        # (r - 1)) keeps delta^2 from underflowing (tiny delta) or overflowing (huge).
+        # 1 / delta is multiplied in (a division is 2x slower) unless it overflows the
+        # element type; the branch is the same for every element, so gcc unswitches it.
         d = p - t
         s = <floating>loss.delta
-        a = abs_(d) * <floating>(1.0 / loss.delta)
-        r = a if a > <floating>1e8 else sqrt_(one + a * a)
+        e = <floating>loss.inv_delta
+        a = abs_(d) * e if e < <floating>INFINITY else abs_(d) / s
+        r = sqrt_(one + a * a)
+        if a > <floating>1e8:
+            grad[0] = s if d > 0 else -s
+            return s * (abs_(d) - s)
         grad[0] = d / r
-        return s * s * (r - one) if a > one else d * d / (r + one)
+        return s * (s * (r - one)) if a > one else d * d / (r + one)
     elif Pointwise is LogCosh:
         d = p - t
         grad[0] = tanh_(d)
@@ -198,12 +209,14 @@ ctypedef fused Weights:
     ElementWeights
 
 
-cdef inline double pointwise_loop(const Pointwise* loss, const Outputs* outputs,
-                                  const Weights* weights, const floating* y_pred,
-                                  const floating* y_true, Py_ssize_t n,
-                                  const floating* weight, floating one_weight,
-                                  floating* grad, floating* values, floating grad_scale,
-                                  int* flags) noexcept nogil:
+cdef inline double pointwise_loop(const Pointwise* restrict loss,
+                                  const Outputs* restrict outputs,
+                                  const Weights* restrict weights,
+                                  const floating* restrict y_pred,
+                                  const floating* restrict y_true, Py_ssize_t n,
+                                  const floating* restrict weight, floating one_weight,
+                                  floating* restrict grad, floating* restrict values,
+                                  floating grad_scale, int* restrict flags) noexcept nogil:
     """The tight loop over n elements: returns the sum of the weighted terms.
 
     The weight of element i is ``weight[i]`` (ElementWeights) or ``one_weight``;
@@ -234,12 +247,14 @@ cdef inline double pointwise_loop(const Pointwise* loss, const Outputs* outputs,
     return acc
 
 
-cdef inline double pointwise_stretch(const Pointwise* loss, const Weights* weights,
-                                     const floating* y_pred, const floating* y_true,
-                                     Py_ssize_t n, const floating* weight,
-                                     floating one_weight, floating* grad, floating* values,
+cdef inline double pointwise_stretch(const Pointwise* restrict loss,
+                                     const Weights* restrict weights,
+                                     const floating* restrict y_pred,
+                                     const floating* restrict y_true, Py_ssize_t n,
+                                     const floating* restrict weight, floating one_weight,
+                                     floating* restrict grad, floating* restrict values,
                                      bint want_value, floating grad_scale,
-                                     int* flags) noexcept nogil:
+                                     int* restrict flags) noexcept nogil:
     """pointwise_loop specialised for the outputs asked for (pointers may be NULL)."""
     cdef SumOnly sum_only
     cdef SumAndGrad sum_and_grad
@@ -262,12 +277,16 @@ cdef inline double pointwise_stretch(const Pointwise* loss, const Weights* weigh
                           one_weight, grad, values, grad_scale, flags)
 
 
-cdef inline double pointwise_general(const Pointwise* loss, const floating* y_pred,
-                                     const floating* y_true, Py_ssize_t start,
-                                     Py_ssize_t stop, floating* grad, floating* values,
-                                     const floating* sample_weight, Py_ssize_t weight_block,
-                                     const floating* pos_weight, Py_ssize_t pos_len,
-                                     floating grad_scale, int* flags) noexcept nogil:
+cdef inline double pointwise_general(const Pointwise* restrict loss,
+                                     const floating* restrict y_pred,
+                                     const floating* restrict y_true, Py_ssize_t start,
+                                     Py_ssize_t stop, floating* restrict grad,
+                                     floating* restrict values,
+                                     const floating* restrict sample_weight,
+                                     Py_ssize_t weight_block,
+                                     const floating* restrict pos_weight, Py_ssize_t pos_len,
+                                     floating grad_scale,
+                                     int* restrict flags) noexcept nogil:
     """Every option at once, elements start..stop-1: the path of ``pos_weight``.
 
     ``values`` (may be NULL) receives the weighted term of each element (reduction
@@ -304,12 +323,14 @@ cdef inline double pointwise_general(const Pointwise* loss, const floating* y_pr
     return acc
 
 
-cdef double pointwise_chunk(const Pointwise* loss, const floating* y_pred,
-                            const floating* y_true, Py_ssize_t start, Py_ssize_t stop,
-                            floating* grad, floating* values,
-                            const floating* sample_weight, Py_ssize_t weight_block,
-                            const floating* pos_weight, Py_ssize_t pos_len,
-                            bint want_value, floating grad_scale, int* flags) noexcept nogil:
+cdef double pointwise_chunk(const Pointwise* restrict loss, const floating* restrict y_pred,
+                            const floating* restrict y_true, Py_ssize_t start,
+                            Py_ssize_t stop, floating* restrict grad,
+                            floating* restrict values,
+                            const floating* restrict sample_weight, Py_ssize_t weight_block,
+                            const floating* restrict pos_weight, Py_ssize_t pos_len,
+                            bint want_value, floating grad_scale,
+                            int* restrict flags) noexcept nogil:
     """Elements start..stop-1, through a tight vectorisable loop whenever one applies."""
     cdef OneWeight one_weight
     cdef ElementWeights element_weights
@@ -348,34 +369,37 @@ cdef inline floating* offset(floating* array, Py_ssize_t start) noexcept nogil:
     return NULL if array == NULL else array + start
 
 
-cdef double pointwise_run(const Pointwise* loss, const floating* y_pred,
-                          const floating* y_true, Py_ssize_t n, floating* grad,
-                          floating* values, const floating* sample_weight,
-                          Py_ssize_t weight_block, const floating* pos_weight,
-                          Py_ssize_t pos_len, bint want_value, floating grad_scale,
-                          int n_threads, int* flags) noexcept nogil:
-    """All n elements: a plain serial call, or ``n_threads`` contiguous chunks."""
-    cdef double acc = 0
-    cdef int f = 0, chunk_flags
-    cdef Py_ssize_t c, n_chunks, chunk
-    if n_threads <= 1 or n < 2:
-        return pointwise_chunk(loss, y_pred, y_true, 0, n, grad, values, sample_weight,
-                               weight_block, pos_weight, pos_len, want_value, grad_scale,
-                               flags)
-    global fastloss_parallel_used
-    fastloss_parallel_used = 1
-    n_chunks = n_threads
-    # chunk boundaries on a multiple of 16 elements keep every chunk's loop aligned
-    chunk = ((n + n_chunks - 1) // n_chunks + 15) // 16 * 16
-    for c in prange(n_chunks, nogil=True, schedule="static", num_threads=n_threads):
-        chunk_flags = 0
-        acc += pointwise_chunk(loss, y_pred, y_true, min(c * chunk, n),
-                               min((c + 1) * chunk, n), grad, values, sample_weight,
-                               weight_block, pos_weight, pos_len, want_value, grad_scale,
-                               &chunk_flags)
-        f |= chunk_flags
+cdef double pointwise_run(const Pointwise* restrict loss, const floating* restrict y_pred,
+                          const floating* restrict y_true, Py_ssize_t n,
+                          floating* restrict grad, floating* restrict values,
+                          const floating* restrict sample_weight, Py_ssize_t weight_block,
+                          const floating* restrict pos_weight, Py_ssize_t pos_len,
+                          bint want_value, floating grad_scale, int n_threads,
+                          Py_ssize_t block, int* restrict flags) noexcept nogil:
+    """All n elements, in blocks of ``block`` (see _kernels.pxi): serially, or by a team
+    of up to ``n_threads`` threads."""
+    cdef double partial[MAX_BLOCKS]
+    cdef Py_ssize_t b, n_blocks = block_count(n, block)
+    cdef Team team = team_for(n_blocks, n_threads)
+    cdef int f = 0, block_flags
+    if team.size <= 1:
+        for b in range(n_blocks):
+            partial[b] = pointwise_chunk(loss, y_pred, y_true, b * block,
+                                         min((b + 1) * block, n), grad, values,
+                                         sample_weight, weight_block, pos_weight, pos_len,
+                                         want_value, grad_scale, flags)
+        return ordered_sum(partial, n_blocks)
+    for b in prange(n_blocks, nogil=True, schedule="static", num_threads=team.size):
+        block_flags = 0
+        partial[b] = pointwise_chunk(loss, y_pred, y_true, b * block,
+                                     min((b + 1) * block, n), grad, values, sample_weight,
+                                     weight_block, pos_weight, pos_len, want_value,
+                                     grad_scale, &block_flags)
+        f |= block_flags
+        block_done(&team, b)
+    team_finished(&team)
     flags[0] |= f
-    return acc
+    return ordered_sum(partial, n_blocks)
 
 
 cdef (double, int) pointwise_dispatch(floating* y_pred, floating* y_true, Py_ssize_t n,
@@ -383,7 +407,8 @@ cdef (double, int) pointwise_dispatch(floating* y_pred, floating* y_true, Py_ssi
                                       floating* sample_weight, Py_ssize_t weight_block,
                                       floating* pos_weight, Py_ssize_t pos_len,
                                       bint want_value, double grad_scale, int n_threads,
-                                      int loss_id, double param) noexcept nogil:
+                                      Py_ssize_t block, int loss_id,
+                                      double param) noexcept nogil:
     """Run the loss ``loss_id`` (a PointwiseId) with its one parameter ``param``."""
     cdef int flags = 0
     cdef double acc = 0
@@ -391,7 +416,7 @@ cdef (double, int) pointwise_dispatch(floating* y_pred, floating* y_true, Py_ssi
     cdef AbsoluteError absolute_error
     cdef SquaredLogError squared_log_error
     cdef Huber huber = Huber(delta=param)
-    cdef PseudoHuber pseudo_huber = PseudoHuber(delta=param)
+    cdef PseudoHuber pseudo_huber = PseudoHuber(delta=param, inv_delta=1.0 / param)
     cdef LogCosh log_cosh_loss
     cdef Hinge hinge
     cdef SquaredHinge squared_hinge
@@ -403,60 +428,63 @@ cdef (double, int) pointwise_dispatch(floating* y_pred, floating* y_true, Py_ssi
     if loss_id == ID_SQUARED_ERROR:
         acc = pointwise_run(&squared_error, y_pred, y_true, n, grad, values, sample_weight,
                             weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            &flags)
+                            block, &flags)
     elif loss_id == ID_ABSOLUTE_ERROR:
         acc = pointwise_run(&absolute_error, y_pred, y_true, n, grad, values, sample_weight,
                             weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            &flags)
+                            block, &flags)
     elif loss_id == ID_SQUARED_LOG_ERROR:
         acc = pointwise_run(&squared_log_error, y_pred, y_true, n, grad, values,
                             sample_weight, weight_block, pos_weight, pos_len, want_value,
-                            scale, n_threads, &flags)
+                            scale, n_threads, block, &flags)
     elif loss_id == ID_HUBER:
         acc = pointwise_run(&huber, y_pred, y_true, n, grad, values, sample_weight,
                             weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            &flags)
+                            block, &flags)
     elif loss_id == ID_PSEUDO_HUBER:
         acc = pointwise_run(&pseudo_huber, y_pred, y_true, n, grad, values, sample_weight,
                             weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            &flags)
+                            block, &flags)
     elif loss_id == ID_LOG_COSH:
         acc = pointwise_run(&log_cosh_loss, y_pred, y_true, n, grad, values, sample_weight,
                             weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            &flags)
+                            block, &flags)
     elif loss_id == ID_HINGE:
         acc = pointwise_run(&hinge, y_pred, y_true, n, grad, values, sample_weight,
                             weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            &flags)
+                            block, &flags)
     elif loss_id == ID_SQUARED_HINGE:
         acc = pointwise_run(&squared_hinge, y_pred, y_true, n, grad, values, sample_weight,
                             weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            &flags)
+                            block, &flags)
     elif loss_id == ID_BINARY_CROSS_ENTROPY:
         acc = pointwise_run(&bce, y_pred, y_true, n, grad, values, sample_weight,
                             weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            &flags)
+                            block, &flags)
     elif loss_id == ID_BINARY_CROSS_ENTROPY_LOGITS:
         acc = pointwise_run(&bce_logits, y_pred, y_true, n, grad, values, sample_weight,
                             weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            &flags)
+                            block, &flags)
     elif loss_id == ID_KL_DIV_LOG_INPUT:
         acc = pointwise_run(&kl_div, y_pred, y_true, n, grad, values, sample_weight,
                             weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            &flags)
+                            block, &flags)
     elif loss_id == ID_KL_DIV_LOG_INPUT_LOG_TARGET:
         acc = pointwise_run(&kl_div_log_target, y_pred, y_true, n, grad, values,
                             sample_weight, weight_block, pos_weight, pos_len, want_value,
-                            scale, n_threads, &flags)
+                            scale, n_threads, block, &flags)
     return acc, flags
 
 
 def pointwise(int loss_id, double param, cnp.ndarray y_pred, cnp.ndarray y_true,
               object grad, object values, object sample_weight, Py_ssize_t weight_block,
-              object pos_weight, bint want_value, double grad_scale, int n_threads):
+              object pos_weight, bint want_value, double grad_scale, int n_threads,
+              int cost):
     """Run a pointwise loss over C-contiguous arrays of one float dtype.
 
-    The Python layer has checked shapes, dtypes and contiguity.  Returns
+    The Python layer has checked shapes, dtypes and contiguity.  ``cost`` is the loss's
+    work per element relative to a squared error (sets the block size); up to
+    ``n_threads`` threads run the blocks.  Returns
     ``(sum of the weighted terms, flags)``; ``grad`` and ``values`` (or None) are written.
     Without ``want_value`` a gradient-only pass skips the value (the sum returned is 0).
     """
@@ -469,16 +497,19 @@ def pointwise(int loss_id, double param, cnp.ndarray y_pred, cnp.ndarray y_true,
     cdef void* sw = data_or_null(sample_weight)
     cdef void* pw = data_or_null(pos_weight)
     cdef (double, int) result
+    cdef Py_ssize_t block = block_size(n, cost, 16)  # 16: every block's loop aligned
     weight_block = max(weight_block, 1)
     pos_len = max(pos_len, 1)
     if cnp.PyArray_TYPE(y_pred) == cnp.NPY_FLOAT:
         with nogil:
             result = pointwise_dispatch(<float*>p, <float*>t, n, <float*>g, <float*>v,
                                         <float*>sw, weight_block, <float*>pw, pos_len,
-                                        want_value, grad_scale, n_threads, loss_id, param)
+                                        want_value, grad_scale, n_threads, block, loss_id,
+                                        param)
     else:
         with nogil:
             result = pointwise_dispatch(<double*>p, <double*>t, n, <double*>g, <double*>v,
                                         <double*>sw, weight_block, <double*>pw, pos_len,
-                                        want_value, grad_scale, n_threads, loss_id, param)
+                                        want_value, grad_scale, n_threads, block, loss_id,
+                                        param)
     return result

@@ -49,7 +49,7 @@ class PointwiseLoss(Loss):
             self._kernel_id, self._kernel_param, pred, target, grad, values, weight,
             weight_block, None if self._pos_weights is None else self._pos_weight(pred),
             want_value, (1.0 / n if n else NAN) if mean else 1.0,
-            _threads.threads_for(n * self._cost))
+            _threads.threads_for(n * self._cost), self._cost)
         if flags:
             self._raise_for_flags(flags, pred, target)
         if mean:

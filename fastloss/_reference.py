@@ -466,6 +466,7 @@ def _renormalised_ce(p, weighted_target):
 
 def _cce(x, t, scale, from_logits=False, label_smoothing=0.0, class_weight=None,
          z_loss=0.0):
+    z_weight = _z_loss_row_weight(t, class_weight, x)
     if label_smoothing:
         t = t * (1 - label_smoothing) + label_smoothing / x.shape[1]
     wt = t if class_weight is None else t * _as(class_weight, x)
@@ -476,10 +477,19 @@ def _cce(x, t, scale, from_logits=False, label_smoothing=0.0, class_weight=None,
     terms = -(wt * logp).sum(axis=1)
     grad = softmax * wt.sum(axis=1, keepdims=True) - wt
     if z_loss:
-        terms += z_loss * lse[:, 0] ** 2
-        grad += (2 * z_loss) * lse * softmax
+        terms += z_loss * z_weight * lse[:, 0] ** 2
+        grad += (2 * z_loss) * (z_weight[:, None] * lse) * softmax
     grad *= scale
     return terms, grad
+
+
+def _z_loss_row_weight(t, class_weight, like):
+    """W = sum_c w_c t_c / sum_c t_c per row (0 where the targets sum to 0): the
+    target-weighted mean class weight that multiplies a dense row's z-loss term."""
+    total = t.sum(axis=1)
+    weighted = total if class_weight is None else (t * _as(class_weight, like)).sum(axis=1)
+    safe = np.where(total != 0, total, 1)
+    return np.where(total != 0, weighted / safe, 0)
 
 
 def _label_weights(x, labels, class_weight, ignore_index):
@@ -581,7 +591,8 @@ def _t_cce(x, t, reduction, from_logits=False, label_smoothing=0.0, class_weight
     if from_logits:
         terms = _F().cross_entropy(x, t, weight=weight, label_smoothing=label_smoothing,
                                    reduction="none")
-        terms = terms + z_loss * x.logsumexp(dim=1) ** 2
+        z_weight = _as_tensor(_z_loss_row_weight(t.detach().numpy(), class_weight, t.detach().numpy()), x)
+        terms = terms + z_loss * z_weight * x.logsumexp(dim=1) ** 2
     else:
         if label_smoothing:
             t = t * (1 - label_smoothing) + label_smoothing / x.shape[1]

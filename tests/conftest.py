@@ -1,9 +1,11 @@
 """Shared fixtures of the fastloss test suite."""
+import importlib
+
 import numpy as np
 import pytest
 
 import fastloss
-from fastloss import _threads
+from fastloss import _dispatch, _threads
 
 
 @pytest.fixture
@@ -24,7 +26,24 @@ def set_threads():
 def parallel_always(monkeypatch):
     """Make every call, however small, take the threaded path (with >= 2 threads set).
 
-    The kernels only split work larger than ``PARALLEL_MIN_WORK``; lowering it lets small
-    arrays exercise the OpenMP chunking instead of needing huge inputs.
+    The kernels only split work larger than ``PARALLEL_MIN_WORK`` into blocks of about
+    half of it; lowering both lets small arrays exercise the OpenMP blocks instead of
+    needing huge inputs.
     """
     monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", 0)
+    modules = list(kernel_modules().values())
+    saved = [module.set_min_block_work(16) for module in modules]
+    yield
+    for module, work in zip(modules, saved):
+        module.set_min_block_work(work)
+
+
+def kernel_modules():
+    """Every kernel module built here and runnable on this CPU, by ISA level."""
+    modules = {}
+    for level in _dispatch.supported_levels():
+        try:
+            modules[level] = importlib.import_module(f"fastloss._kernels_{level}")
+        except ImportError:
+            continue
+    return modules

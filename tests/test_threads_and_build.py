@@ -139,7 +139,6 @@ def test_fork_after_threaded_call_works():
         target = rng.normal(size=(400, 500)).astype(np.float32)
         loss = fastloss.LogCosh()
         parent_value = loss(pred, target)          # 200,000 elements: threaded
-        assert _dispatch.kernels.parallel_used()
 
         def work(queue):
             value, grad = loss.value_and_grad(pred, target)
@@ -166,7 +165,9 @@ def test_fork_after_threaded_call_works():
     assert out.strip() == "ok"
 
 
-def test_fork_before_any_threaded_call_keeps_threads():
+def test_a_forked_child_runs_serially_even_before_any_threaded_call():
+    """The parent's OpenMP use may be another library's, unseen by fastloss: a forked
+    child is always serial."""
     out = run_python("""
         import multiprocessing as mp
         import fastloss
@@ -175,10 +176,10 @@ def test_fork_before_any_threaded_call_keeps_threads():
         queue = ctx.Queue()
         child = ctx.Process(target=lambda: queue.put(fastloss.get_num_threads()), daemon=True)
         child.start()
-        print(queue.get(timeout=30))
+        print(queue.get(timeout=30), fastloss.get_num_threads())
         child.join(timeout=30)
     """)
-    assert int(out) == 2
+    assert out.split() == ["1", "2"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -205,6 +206,7 @@ def test_import_and_kernels_leave_subnormals_alone():
             except ImportError:
                 continue
             fastloss._pointwise.kernels = fastloss._multiclass.kernels = module
+            module.set_min_block_work(16)
             pred = np.full(1000, 0.25)
             scores = np.full((100, 10), 0.1)
             labels = np.arange(100) % 10

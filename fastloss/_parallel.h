@@ -1,0 +1,184 @@
+/* When the kernels may run threaded, and how many threads they get.
+ *
+ * Every OpenMP region of the kernels asks fastloss_team_size() for its team first and
+ * reports to fastloss_team_done() after.  Three hazards of OpenMP are handled here, once:
+ *
+ * 1. Fork.  libgomp cannot start a parallel region in a child forked after the parent
+ *    ran one (GCC bug 60035: the child waits forever for the parent's pool threads).
+ *    The parent's use may be anyone's: fastloss's, PyTorch's, another library's sharing
+ *    the one libgomp.  A pthread_atfork child handler marks every forked child, which
+ *    then runs every kernel serially.
+ *
+ * 2. Thread creation failure.  libgomp ends the process ("Thread creation failed") when
+ *    it cannot start a thread (address-space or process limits).  Before a calling thread
+ *    first asks for a team larger than any it had, fastloss starts and joins that many
+ *    threads itself, with libgomp's stack size; if some fail, the team is capped at half
+ *    of those that started (libgomp then needs no more than that) or runs serially.
+ *
+ * 3. A busy machine.  A region waits at its closing barrier for every worker; when the
+ *    OS has not scheduled a worker (another process on the core), a call that takes
+ *    0.3 ms serially can take 15 ms.  A region whose end came far later than its first
+ *    chunk's end (elapsed > 2 x first chunk + 50 us) reports a late worker: the kernels
+ *    then run serially for a while (10 ms, doubling on each late region up to 1 s,
+ *    halved again by each punctual one) and probe with threads again after it.
+ */
+#ifndef FASTLOSS_PARALLEL_H
+#define FASTLOSS_PARALLEL_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <ctype.h>
+
+#if defined(_WIN32)
+#  include <windows.h>
+#  define FASTLOSS_THREAD_LOCAL __declspec(thread)
+#else
+#  include <pthread.h>
+#  include <time.h>
+#  define FASTLOSS_THREAD_LOCAL __thread
+#  define FASTLOSS_HAVE_PTHREAD 1
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#  define FASTLOSS_LOAD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#  define FASTLOSS_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#else
+#  define FASTLOSS_LOAD(p) (*(volatile int64_t*)(p))
+#  define FASTLOSS_STORE(p, v) (*(volatile int64_t*)(p) = (v))
+#endif
+
+/* Monotonic time in nanoseconds. */
+static inline int64_t fastloss_now_ns(void) {
+#if defined(_WIN32)
+    LARGE_INTEGER count, frequency;
+    QueryPerformanceCounter(&count);
+    QueryPerformanceFrequency(&frequency);
+    return (int64_t)((double)count.QuadPart * 1e9 / (double)frequency.QuadPart);
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+#endif
+}
+
+/* -- 1. fork ------------------------------------------------------------------------ */
+
+/* Set in a forked child, and by the Python layer in a process that inherited an
+ * OpenMP runtime from its parent before fastloss was imported. */
+static int64_t fastloss_serial_process = 0;
+
+static void fastloss_mark_forked_child(void) { fastloss_serial_process = 1; }
+
+/* Called once when the module is imported; 0 on success. */
+static int fastloss_install_fork_handler(void) {
+#if defined(FASTLOSS_HAVE_PTHREAD)
+    return pthread_atfork(NULL, NULL, fastloss_mark_forked_child);
+#else
+    return 0;  /* no fork() on this system */
+#endif
+}
+
+/* -- 2. thread creation ------------------------------------------------------------- */
+
+/* The largest team a calling thread has probed, and the team it may start; per calling
+ * thread, as libgomp keeps one pool of workers per thread that starts regions. */
+static FASTLOSS_THREAD_LOCAL int fastloss_probed_team = 1;
+static FASTLOSS_THREAD_LOCAL int fastloss_team_cap = 1 << 30;
+
+#if defined(FASTLOSS_HAVE_PTHREAD)
+/* libgomp's worker stack size: OMP_STACKSIZE / GOMP_STACKSIZE ("<n>[B|K|M|G]", K when
+ * no unit), else the system default.  0 means the default. */
+static size_t fastloss_omp_stack_size(void) {
+    const char* names[2] = {"OMP_STACKSIZE", "GOMP_STACKSIZE"};
+    for (int i = 0; i < 2; i++) {
+        const char* text = getenv(names[i]);
+        char* end;
+        unsigned long long size;
+        if (text == NULL) continue;
+        while (isspace((unsigned char)*text)) text++;
+        size = strtoull(text, &end, 10);
+        if (end == text) continue;
+        while (isspace((unsigned char)*end)) end++;
+        switch (toupper((unsigned char)*end)) {
+            case 'B': break;
+            case 'M': size <<= 20; break;
+            case 'G': size <<= 30; break;
+            default: size <<= 10; break;  /* 'K' or no unit */
+        }
+        return (size_t)size;
+    }
+    return 0;
+}
+
+static void* fastloss_probe_thread_main(void* unused) { (void)unused; return NULL; }
+
+/* Start ``n - 1`` threads at once (as libgomp would for a team of n) and join them;
+ * returns 1 + how many started. */
+static int fastloss_probe_team(int n) {
+    pthread_t* threads = (pthread_t*)malloc((size_t)(n - 1) * sizeof(pthread_t));
+    pthread_attr_t attr;
+    size_t stack_size = fastloss_omp_stack_size();
+    int started = 0;
+    if (threads == NULL) return 1;
+    if (pthread_attr_init(&attr) != 0) { free(threads); return 1; }
+    if (stack_size) pthread_attr_setstacksize(&attr, stack_size);
+    while (started < n - 1
+           && pthread_create(&threads[started], &attr, fastloss_probe_thread_main, NULL) == 0)
+        started++;
+    for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
+    pthread_attr_destroy(&attr);
+    free(threads);
+    return started + 1;
+}
+#else
+static int fastloss_probe_team(int n) { return n; }
+#endif
+
+/* -- 3. a busy machine -------------------------------------------------------------- */
+
+#define FASTLOSS_BACKOFF_MIN_NS ((int64_t)10000000)     /* 10 ms */
+#define FASTLOSS_BACKOFF_MAX_NS ((int64_t)1000000000)   /* 1 s */
+#define FASTLOSS_LATE_SLACK_NS ((int64_t)50000)         /* 50 us */
+
+static int64_t fastloss_serial_until_ns = 0;
+static int64_t fastloss_backoff_ns = FASTLOSS_BACKOFF_MIN_NS;
+static int64_t fastloss_late_regions = 0;  /* how many late regions were seen */
+
+/* Whether a region of ``team`` threads that started at ``start``, whose first chunk was
+ * done at ``first_done`` and which ended at ``end`` (ns) waited for a late worker; if
+ * so, the kernels run serially for the back-off time. */
+static void fastloss_team_done(int team, int64_t start, int64_t first_done, int64_t end) {
+    int64_t backoff = FASTLOSS_LOAD(&fastloss_backoff_ns);
+    if (team <= 1) return;
+    if (end - start > 2 * (first_done - start) + FASTLOSS_LATE_SLACK_NS) {
+        FASTLOSS_STORE(&fastloss_serial_until_ns, end + backoff);
+        FASTLOSS_STORE(&fastloss_backoff_ns, backoff * 2 < FASTLOSS_BACKOFF_MAX_NS
+                                             ? backoff * 2 : FASTLOSS_BACKOFF_MAX_NS);
+        FASTLOSS_STORE(&fastloss_late_regions, FASTLOSS_LOAD(&fastloss_late_regions) + 1);
+    } else if (backoff > FASTLOSS_BACKOFF_MIN_NS) {
+        FASTLOSS_STORE(&fastloss_backoff_ns, backoff / 2);
+    }
+}
+
+/* -- the team of a region ----------------------------------------------------------- */
+
+/* The threads a region asking for ``requested`` gets now: 1 in a forked child and while
+ * backing off from a busy machine; else ``requested``, capped by what this calling
+ * thread was able to start. */
+static int fastloss_team_size(int requested) {
+    int started;
+    if (requested <= 1 || FASTLOSS_LOAD(&fastloss_serial_process)) return 1;
+    if (fastloss_now_ns() < FASTLOSS_LOAD(&fastloss_serial_until_ns)) return 1;
+    if (requested > fastloss_probed_team) {
+        started = fastloss_probe_team(requested);
+        if (started < requested)
+            fastloss_team_cap = started / 2 > 1 ? started / 2 : 1;
+        else
+            fastloss_team_cap = 1 << 30;
+        fastloss_probed_team = requested;
+    }
+    return requested < fastloss_team_cap ? requested : fastloss_team_cap;
+}
+
+#endif
