@@ -48,6 +48,7 @@ cdef extern from "_parallel.h" nogil:
     int64_t fastloss_serial_process
     int64_t fastloss_serial_until_ns
     int64_t fastloss_backoff_ns
+    int64_t fastloss_punctual_streak
     int64_t fastloss_late_regions
 
 if fastloss_install_fork_handler() != 0:
@@ -90,9 +91,10 @@ def report_region(int team, double elapsed, double first_chunk):
 
 def reset_load_state():
     """Forget the back-off (for tests)."""
-    global fastloss_serial_until_ns, fastloss_backoff_ns
+    global fastloss_serial_until_ns, fastloss_backoff_ns, fastloss_punctual_streak
     fastloss_serial_until_ns = 0
     fastloss_backoff_ns = 10000000
+    fastloss_punctual_streak = 0
 
 
 # -- blocks: the unit of parallel work ------------------------------------------------

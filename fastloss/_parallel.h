@@ -18,9 +18,13 @@
  * 3. A busy machine.  A region waits at its closing barrier for every worker; when the
  *    OS has not scheduled a worker (another process on the core), a call that takes
  *    0.3 ms serially can take 15 ms.  A region whose end came far later than its first
- *    chunk's end (elapsed > 2 x first chunk + 50 us) reports a late worker: the kernels
- *    then run serially for a while (10 ms, doubling on each late region up to 1 s,
- *    halved again by each punctual one) and probe with threads again after it.
+ *    thread's (elapsed > 2 x first thread + 50 us) reports a late worker: the kernels
+ *    then run serially for a while and try threads again after it.  The while starts at
+ *    10 ms and grows 4x with each late region, up to 2 s; it shrinks by half only after
+ *    16 punctual regions in a row.  The asymmetry is the cost: one late region loses a
+ *    scheduler time slice (4-50 ms), one punctual region gains half a call (~0.1 ms),
+ *    so under steady load a probe is rare enough to cost a few percent, and on a quiet
+ *    machine no region is ever late and nothing changes.
  */
 #ifndef FASTLOSS_PARALLEL_H
 #define FASTLOSS_PARALLEL_H
@@ -138,27 +142,38 @@ static int fastloss_probe_team(int n) { return n; }
 /* -- 3. a busy machine -------------------------------------------------------------- */
 
 #define FASTLOSS_BACKOFF_MIN_NS ((int64_t)10000000)     /* 10 ms */
-#define FASTLOSS_BACKOFF_MAX_NS ((int64_t)1000000000)   /* 1 s */
+#define FASTLOSS_BACKOFF_MAX_NS ((int64_t)2000000000)   /* 2 s */
+#define FASTLOSS_BACKOFF_GROWTH 4
+#define FASTLOSS_PUNCTUAL_TO_SHRINK 16
 #define FASTLOSS_LATE_SLACK_NS ((int64_t)50000)         /* 50 us */
 
 static int64_t fastloss_serial_until_ns = 0;
 static int64_t fastloss_backoff_ns = FASTLOSS_BACKOFF_MIN_NS;
+static int64_t fastloss_punctual_streak = 0;
 static int64_t fastloss_late_regions = 0;  /* how many late regions were seen */
 
-/* Whether a region of ``team`` threads that started at ``start``, whose first chunk was
- * done at ``first_done`` and which ended at ``end`` (ns) waited for a late worker; if
- * so, the kernels run serially for the back-off time. */
+/* Whether a region of ``team`` threads that started at ``start``, whose first thread
+ * was done at ``first_done`` and which ended at ``end`` (ns) waited for a late worker;
+ * if so, the kernels run serially for the back-off time. */
 static void fastloss_team_done(int team, int64_t start, int64_t first_done, int64_t end) {
     int64_t backoff = FASTLOSS_LOAD(&fastloss_backoff_ns);
+    int64_t streak;
     if (team <= 1) return;
     if (end - start > 2 * (first_done - start) + FASTLOSS_LATE_SLACK_NS) {
         FASTLOSS_STORE(&fastloss_serial_until_ns, end + backoff);
-        FASTLOSS_STORE(&fastloss_backoff_ns, backoff * 2 < FASTLOSS_BACKOFF_MAX_NS
-                                             ? backoff * 2 : FASTLOSS_BACKOFF_MAX_NS);
+        backoff *= FASTLOSS_BACKOFF_GROWTH;
+        FASTLOSS_STORE(&fastloss_backoff_ns, backoff < FASTLOSS_BACKOFF_MAX_NS
+                                             ? backoff : FASTLOSS_BACKOFF_MAX_NS);
+        FASTLOSS_STORE(&fastloss_punctual_streak, 0);
         FASTLOSS_STORE(&fastloss_late_regions, FASTLOSS_LOAD(&fastloss_late_regions) + 1);
-    } else if (backoff > FASTLOSS_BACKOFF_MIN_NS) {
-        FASTLOSS_STORE(&fastloss_backoff_ns, backoff / 2);
+        return;
     }
+    streak = FASTLOSS_LOAD(&fastloss_punctual_streak) + 1;
+    if (streak >= FASTLOSS_PUNCTUAL_TO_SHRINK && backoff > FASTLOSS_BACKOFF_MIN_NS) {
+        FASTLOSS_STORE(&fastloss_backoff_ns, backoff / 2);
+        streak = 0;
+    }
+    FASTLOSS_STORE(&fastloss_punctual_streak, streak);
 }
 
 /* -- the team of a region ----------------------------------------------------------- */

@@ -267,9 +267,14 @@ def test_repeated_late_regions_back_off_longer_and_punctual_ones_recover(
     backoff = kernels.load_state()["backoff"]
     for _ in range(3):
         kernels.report_region(2, 0.016, 0.0003)
-    assert kernels.load_state()["backoff"] == pytest.approx(8 * backoff)
-    for _ in range(3):
+    assert kernels.load_state()["backoff"] == pytest.approx(64 * backoff)
+    for _ in range(15):
         kernels.report_region(2, 0.0005, 0.0003)   # punctual: within 2x the chunk
+    assert kernels.load_state()["backoff"] == pytest.approx(64 * backoff)
+    kernels.report_region(2, 0.0005, 0.0003)       # 16 in a row halve it
+    assert kernels.load_state()["backoff"] == pytest.approx(32 * backoff)
+    for _ in range(5 * 16):
+        kernels.report_region(2, 0.0005, 0.0003)
     assert kernels.load_state()["backoff"] == pytest.approx(backoff)
 
 
@@ -291,7 +296,7 @@ def test_results_while_backing_off_have_the_bits_of_threaded_ones(
              (fl.CategoricalCrossEntropy(from_logits=True), t / t.sum(1, keepdims=True))]
     set_threads(2)
     threaded = [loss.value_and_grad(x, y) for loss, y in cases]
-    for _ in range(6):                               # serial for the next 320 ms
+    for _ in range(4):                               # serial for the next 640 ms
         fresh_load_state.report_region(2, 10.0, 0.001)
     assert fresh_load_state.team_size(2) == 1
     serial = [loss.value_and_grad(x, y) for loss, y in cases]
