@@ -271,23 +271,27 @@ def check_no_overlap(out, *inputs):
     """``out`` must not share memory with an input: the kernels read the inputs while
     they write the gradient, and inputs are never modified.
 
-    Each input is a tuple (name, the caller's argument, the array the kernel reads: the
-    argument itself, a view of it or a copy).  Both arrays are checked, so an argument
-    that is not an ndarray but exposes its memory (a torch tensor) is covered too.
+    Each input is a tuple (name, the caller's argument, the array the kernel reads).  For
+    an ndarray argument that array is the argument or a copy of it; for anything else
+    (a torch tensor, a memmap, a buffer) it may be a view of the argument's memory, so
+    it is checked too.
     """
     for name, given, used in inputs:
-        if used is not given and used is not None and np.may_share_memory(out, used):
-            raise ValueError(f"out: shares memory with {name}; pass a separate array")
+        if given is None:
+            continue
+        arrays = (given,)
         if type(given) is not np.ndarray:
-            if is_torch_tensor(given):
+            arrays = (used,)
+            if isinstance(given, np.ndarray):
+                arrays = (given, used)
+            elif is_torch_tensor(given):
                 try:
-                    given = np.asarray(given)  # a view of the tensor's memory
+                    arrays = (np.asarray(given), used)  # a view of the tensor's memory
                 except Exception:
-                    continue
-            elif not isinstance(given, np.ndarray):
-                continue
-        if np.may_share_memory(out, given):
-            raise ValueError(f"out: shares memory with {name}; pass a separate array")
+                    pass
+        for array in arrays:
+            if np.may_share_memory(out, array):
+                raise ValueError(f"out: shares memory with {name}; pass a separate array")
 
 
 def finish_grad(buffer, result, grad_dtype):
