@@ -45,11 +45,24 @@ class Loss:
         """d(loss)/d(y_pred), shaped like ``y_pred`` (written into ``out`` if given).
 
         For ``reduction="none"`` it is the derivative of the sum of the terms.
+
+        ``out``, if given, is a writeable C-contiguous ndarray of ``y_pred``'s shape and of
+        the gradient's dtype (float16 for float16 ``y_pred``) that shares no memory with an
+        input; the gradient is written into it and ``out`` itself is returned.  When the
+        call raises, ``out`` is untouched if the error was found before the gradient pass
+        (a wrong type, shape, dtype or layout, shared memory, a class label outside
+        [0, C)); after a ValueError about a value found during the pass (a probability
+        outside [0, 1], a hinge label, a log-target > 0), the contents of ``out`` are
+        unspecified, as with NumPy's ufuncs.  The inputs are never modified.
         """
         return self._evaluate(y_pred, y_true, sample_weight, False, True, out)[1]
 
     def value_and_grad(self, y_pred, y_true, sample_weight=None, out=None):
-        """``(value, grad)`` from one fused pass over the data."""
+        """``(value, grad)`` from one fused pass over the data.
+
+        ``out`` as for :meth:`grad`: untouched when the call fails before the pass, its
+        contents unspecified after a ValueError about a value found during the pass.
+        """
         return self._evaluate(y_pred, y_true, sample_weight, True, True, out)
 
     def __repr__(self):
@@ -86,15 +99,19 @@ class Loss:
         if want_grad:
             grad, result = v.prepare_out(out, pred, grad_dtype)
             if out is not None:
-                v.check_no_overlap(out, y_pred=y_pred, y_true=y_true,
-                                   sample_weight=sample_weight)
+                v.check_no_overlap(out, ("y_pred", y_pred, pred),
+                                   ("y_true", y_true, target),
+                                   ("sample_weight", sample_weight, weight))
         values = None
         if want_value and self.reduction == "none":
             values = np.empty(self._values_shape(pred), dtype=pred.dtype)
+        # out (or its buffer) is written from here on; what can still raise: the check of
+        # per-class weights against C (before the kernel), a label out of range (found by
+        # the kernel before its pass) and the values the pass finds out of their domain
         value = self._run(pred, target, weight, weight_block, grad, values, want_value)
         if values is not None:
             value = values
-        if result is not grad:  # float16 input: the gradient goes back as float16
+        if result is not grad:  # float16 gradient, or an out the kernel could not write
             result = v.finish_grad(grad, result, grad_dtype)
         return value, result
 

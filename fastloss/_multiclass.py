@@ -24,7 +24,7 @@ FLAG_LABEL_OUT_OF_RANGE = 32
 FLAG_OUT_OF_MEMORY = 64
 FLAG_TARGET_NOT_LOG_PROBABILITY = 256
 
-INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
+INT64_MIN, INT64_MAX = v.INT64_MIN, v.INT64_MAX
 
 
 class RowLoss(Loss):
@@ -54,7 +54,7 @@ class RowLoss(Loss):
             what = "a 2-D array" if pred.ndim != 2 else "at least one class (C >= 1)"
             raise ValueError(f"y_pred: {self.name} expects scores of shape (N, C) with "
                              f"{what}, got y_pred shape {pred.shape} (y_true shape "
-                             f"{np.shape(y_true)})")
+                             f"{v.shape_of(y_true)})")
         return self._prepare_row_target(y_true, pred)
 
     def _prepare_row_target(self, y_true, pred):
@@ -217,7 +217,8 @@ class _SparseRowLoss(RowLoss):
     _labels = True
 
     def _prepare_row_target(self, y_true, pred):
-        return v.prepare_labels(y_true, pred.shape[0])
+        return v.prepare_labels(y_true, pred.shape[0], pred.shape[1],
+                                self._ignore_index)
 
     def _kernel_options(self):
         """(label_smoothing, z_loss, margin, p) for the kernel."""
@@ -235,11 +236,8 @@ class _SparseRowLoss(RowLoss):
             (1.0 / n if n else math.nan) if mean else 1.0,
             self._n_threads(pred), self._cost)
         if flags & FLAG_LABEL_OUT_OF_RANGE:
-            ignore = ("" if self._ignore_index is None
-                      else f" and is not ignore_index={self._ignore_index}")
-            raise ValueError(f"y_true: label {labels[bad_row].item()} at row {bad_row} is "
-                             f"outside [0, {pred.shape[1]}) (y_pred has {pred.shape[1]} "
-                             f"classes){ignore}")
+            raise v.label_out_of_range(labels[bad_row].item(), bad_row, pred.shape[1],
+                                       self._ignore_index)
         if flags:
             self._raise_for_flags(flags, pred, labels)
         if weighted_mean:

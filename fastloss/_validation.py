@@ -1,7 +1,9 @@
 """Per-call input checks and conversions, shared by every loss.
 
 The fast path (a C-contiguous float32/float64 ndarray) is one C-level check; any other
-input is converted once (``as_kernel_array``), never modified.
+input is read by ``as_array`` (which names the argument in its errors) and converted once
+(``as_kernel_array``), never modified.  The kernels only ever see aligned, native-order,
+C-contiguous arrays.
 """
 import numbers
 
@@ -16,6 +18,87 @@ KERNEL_FLOATS = (FLOAT32, FLOAT64)
 
 class InvalidParameterError(ValueError, TypeError):
     """A bad loss parameter (unknown name, wrong type or out of its domain)."""
+
+
+INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
+
+
+def as_array(name, value):
+    """``value`` (argument ``name``) as an ndarray, for the general path of a call.
+
+    What ``np.asarray`` would misread, or fail on with a message that does not say which
+    argument is wrong, is an error naming ``name``: None, a masked array (its mask would be
+    dropped), a torch tensor NumPy cannot read (one that requires grad, a bfloat16 or GPU
+    tensor) and a ragged nested sequence.  torch is never imported: a tensor is recognised
+    by its type's name and module.
+    """
+    if type(value) is np.ndarray:
+        return value
+    if value is None:
+        raise TypeError(f"{name}: expected an array, got None")
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(_masked_message(name))
+    if is_torch_tensor(value):
+        return _tensor_as_array(name, value)
+    try:
+        return np.asarray(value)
+    except ValueError as error:  # a ragged nested sequence
+        raise ValueError(f"{name}: cannot be read as an array of numbers (nested sequences "
+                         f"must all have the same length): {error}") from None
+    except TypeError as error:
+        raise TypeError(f"{name}: cannot be read as an array: {error}") from None
+
+
+def _masked_message(name):
+    if name == "out":
+        return "out: a numpy.ma.MaskedArray is not supported; pass a plain numpy.ndarray"
+    if name == "sample_weight":
+        return ("sample_weight: a numpy.ma.MaskedArray is not supported (its mask would be "
+                "ignored); pass sample_weight.filled(0), a weight of 0 leaves a sample out")
+    return (f"{name}: a numpy.ma.MaskedArray is not supported (its mask would be ignored); "
+            f"pass {name}.filled(...) and leave the masked samples out with a "
+            f"sample_weight of 0")
+
+
+def is_torch_tensor(value):
+    """Whether ``value`` is a torch.Tensor (or a subclass), without importing torch."""
+    return any(cls.__name__ == "Tensor" and cls.__module__ == "torch"
+               for cls in type(value).__mro__)
+
+
+def _tensor_as_array(name, tensor):
+    """A CPU tensor of a NumPy dtype that needs no gradient, as an ndarray (a view)."""
+    if tensor.requires_grad:
+        raise TypeError(f"{name}: got a torch.Tensor that requires grad, which the NumPy "
+                        f"API cannot differentiate: pass {name}.detach(), or use "
+                        f"fastloss.torch (whose losses take part in autograd)")
+    try:
+        return np.asarray(tensor)
+    except Exception as error:  # torch's TypeError (bfloat16, ...) or RuntimeError
+        if tensor.device.type != "cpu":
+            fix = f"move it to the CPU with {name}.cpu()"
+        else:
+            fix = f"convert it with {name}.float() (or .double())"
+        raise TypeError(f"{name}: cannot read a torch.Tensor of dtype {tensor.dtype} on "
+                        f"{tensor.device} as a NumPy array ({error}): {fix}, or use "
+                        f"fastloss.torch") from None
+
+
+def _out_type_message(out):
+    if is_torch_tensor(out):
+        return (f"out: expected a numpy.ndarray, got a torch.Tensor (dtype {out.dtype}, "
+                f"requires_grad={out.requires_grad}): pass a NumPy array of the gradient's "
+                f"dtype (t.detach().numpy() is one sharing a CPU float32/float64 tensor "
+                f"t's memory), or use fastloss.torch, which takes tensors")
+    return f"out: expected a numpy.ndarray, got {type(out).__name__}"
+
+
+def shape_of(value):
+    """``np.shape(value)`` for an error message, or a description if it has none."""
+    try:
+        return np.shape(value)
+    except Exception:
+        return f"unreadable ({type(value).__name__})"
 
 
 def as_kernel_array(array, dtype):
@@ -41,9 +124,7 @@ def prepare_pred(y_pred):
     """Return (y_pred as a C-contiguous float32/float64 array, dtype of its gradient)."""
     if kernels.is_kernel_float_array(y_pred):
         return y_pred, y_pred.dtype
-    if y_pred is None:
-        raise TypeError("y_pred: expected an array, got None")
-    array = np.asarray(y_pred)
+    array = as_array("y_pred", y_pred)
     dtype = compute_dtype(array.dtype)
     is_half = array.dtype.kind == "f" and array.dtype.itemsize == 2  # any byte order
     grad_dtype = np.dtype(np.float16) if is_half else dtype
@@ -54,9 +135,7 @@ def prepare_target(y_true, pred):
     """y_true as a C-contiguous array of pred's dtype and shape."""
     if kernels.matches(y_true, pred, False):
         return y_true
-    if y_true is None:
-        raise TypeError("y_true: expected an array, got None")
-    array = np.asarray(y_true)
+    array = as_array("y_true", y_true)
     if array.dtype.kind not in "biuf":
         raise TypeError(f"y_true: expected a real-valued array, got dtype {array.dtype}")
     y_true = as_kernel_array(array, pred.dtype)
@@ -66,32 +145,73 @@ def prepare_target(y_true, pred):
     return y_true
 
 
-def prepare_labels(y_true, n_rows):
+def prepare_labels(y_true, n_rows, n_classes, ignore_index=None):
     """Integer class labels of shape (n_rows,): int32 or int64, C-contiguous.
 
     Other integer dtypes are widened; float labels are accepted when integral (Keras
-    passes labels as floats), anything else is a TypeError.
+    passes labels as floats), any other float label is a TypeError naming it and its row.
+    A label beyond the int64 range (uint64, or an integral float) cannot be converted: it
+    is the ValueError of a label outside [0, n_classes), as the kernel reports the labels
+    it checks.  ``ignore_index`` (an int, or None) is only used for that message.
     """
     if kernels.is_label_array(y_true, n_rows):
         return y_true
     if y_true is None:
         raise TypeError("y_true: expected an array of integer labels, got None")
-    array = np.asarray(y_true)
+    array = as_array("y_true", y_true)
     kind = array.dtype.kind
-    if kind == "f":
-        integral = array == np.trunc(array)
-        if not np.all(integral & (np.abs(array) < 2.0 ** 62)):
-            bad = array[~integral][0] if not np.all(integral) else array.max()
-            raise TypeError(f"y_true: expected integer class labels, got dtype "
-                            f"{array.dtype} with the value {bad!r}")
-    elif kind not in "biu":
+    if kind not in "biuf":
         raise TypeError(f"y_true: expected integer class labels, got dtype {array.dtype}")
-    is_int32 = kind == "i" and array.dtype.itemsize == 4  # any byte order
-    y_true = as_kernel_array(array, np.int32 if is_int32 else np.int64)
-    if y_true.shape != (n_rows,):
+    if array.shape != (n_rows,):
         raise ValueError(f"y_true: expected labels of shape ({n_rows},) for y_pred with "
-                         f"{n_rows} rows, got shape {y_true.shape}")
-    return y_true
+                         f"{n_rows} rows, got shape {array.shape}")
+    if kind == "f":
+        return _float_labels(array, n_classes, ignore_index)
+    if kind == "u" and array.dtype.itemsize == 8 and array.size \
+            and array.max() > INT64_MAX:
+        # int64 would wrap these (2**64 - 100 would become -100, the default ignore_index)
+        bad = array >= n_classes
+        if ignore_index is not None and ignore_index >= 0:
+            bad &= array != ignore_index
+        raise _first_label_out_of_range(array, bad, n_classes, ignore_index)
+    is_int32 = kind == "i" and array.dtype.itemsize == 4  # any byte order
+    return as_kernel_array(array, np.int32 if is_int32 else np.int64)
+
+
+def _float_labels(array, n_classes, ignore_index):
+    """Float labels as int64: they must be integral, finite and within int64."""
+    if array.size == 0:
+        return as_kernel_array(array, np.int64)
+    # min and max are nan when a label is: in range, the cast is exact and warns of nothing
+    if -2.0 ** 63 <= float(array.min()) and float(array.max()) < 2.0 ** 63:
+        labels = as_kernel_array(array, np.int64)
+        if (labels == array).all():  # no fraction was cut off
+            return labels
+    not_integer = np.trunc(array) != array  # nan
+    not_integer |= np.isinf(array)
+    if np.any(not_integer):
+        row = int(np.argmax(not_integer))
+        raise TypeError(f"y_true: expected integer class labels, got dtype {array.dtype} "
+                        f"with the value {array[row].item()!r} at row {row}")
+    bad = (array < 0) | (array >= n_classes)  # the labels out of range, as the kernel's
+    if ignore_index is not None:
+        bad &= array != ignore_index
+    raise _first_label_out_of_range(array, bad, n_classes, ignore_index)
+
+
+def _first_label_out_of_range(labels, bad, n_classes, ignore_index):
+    row = int(np.argmax(bad))
+    label = labels[row].item()
+    if isinstance(label, float) and abs(label) < 2.0 ** 63:
+        label = int(label)  # an integral float label: shown as the kernel shows labels
+    return label_out_of_range(label, row, n_classes, ignore_index)
+
+
+def label_out_of_range(label, row, n_classes, ignore_index):
+    """The ValueError of a label outside [0, n_classes) that is not ``ignore_index``."""
+    ignore = "" if ignore_index is None else f" and is not ignore_index={ignore_index}"
+    return ValueError(f"y_true: label {label} at row {row} is outside [0, {n_classes}) "
+                      f"(y_pred has {n_classes} classes){ignore}")
 
 
 def prepare_sample_weight(sample_weight, pred):
@@ -100,9 +220,10 @@ def prepare_sample_weight(sample_weight, pred):
         return None, 1
     if pred.ndim == 0:
         raise ValueError("sample_weight: y_pred is a scalar (0-d), it has no samples")
-    if not (type(sample_weight) is np.ndarray and sample_weight.dtype == pred.dtype
-            and sample_weight.flags.c_contiguous):
-        array = np.asarray(sample_weight)
+    if not (kernels.is_kernel_float_array(sample_weight)
+            and sample_weight.dtype == pred.dtype):
+        # anything else (other dtype or layout, misaligned, byte-swapped) is copied
+        array = as_array("sample_weight", sample_weight)
         if array.dtype.kind not in "biuf":
             raise TypeError(f"sample_weight: expected a real-valued array, "
                             f"got dtype {array.dtype}")
@@ -117,17 +238,21 @@ def prepare_sample_weight(sample_weight, pred):
 def prepare_out(out, pred, grad_dtype):
     """The gradient buffer: ``out`` checked, or a new array.
 
-    Returns (buffer the kernel writes, array handed back to the caller); they differ only
-    when the gradient's dtype is not a kernel dtype (float16 input), where the result is
-    cast into ``out`` after the kernel ran.
+    Returns (buffer the kernel writes, array handed back to the caller); they differ when
+    the kernel cannot write ``out`` itself: a gradient dtype that is not a kernel dtype
+    (float16 input), or an ``out`` that is not aligned.  The kernel then writes a new
+    aligned buffer, copied into ``out`` once it succeeded (``finish_grad``).
     """
     if out is None:
         buffer = np.empty(pred.shape, dtype=pred.dtype)
         return buffer, (buffer if grad_dtype == pred.dtype else None)
     if grad_dtype is pred.dtype and kernels.matches(out, pred, True):
         return out, out
-    if type(out) is not np.ndarray and not isinstance(out, np.ndarray):
-        raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
+    if type(out) is not np.ndarray:
+        if isinstance(out, np.ma.MaskedArray):
+            raise TypeError(_masked_message("out"))
+        if not isinstance(out, np.ndarray):
+            raise TypeError(_out_type_message(out))
     if out.shape != pred.shape:
         raise ValueError(f"out: shape {out.shape} does not match y_pred shape {pred.shape}")
     if out.dtype != grad_dtype:
@@ -137,21 +262,41 @@ def prepare_out(out, pred, grad_dtype):
         raise ValueError("out: must be C-contiguous")
     if not out.flags.writeable:
         raise ValueError("out: is read-only")
-    if grad_dtype != pred.dtype:
+    if grad_dtype != pred.dtype or not out.flags.aligned:
         return np.empty(pred.shape, dtype=pred.dtype), out
     return out, out
 
 
-def check_no_overlap(out, **inputs):
+def check_no_overlap(out, *inputs):
     """``out`` must not share memory with an input: the kernels read the inputs while
-    they write the gradient, and inputs are never modified."""
-    for name, array in inputs.items():
-        if isinstance(array, np.ndarray) and np.may_share_memory(out, array):
-            raise ValueError(f"out: shares memory with {name}; pass a separate array")
+    they write the gradient, and inputs are never modified.
+
+    Each input is a tuple (name, the caller's argument, the array the kernel reads).  For
+    an ndarray argument that array is the argument or a copy of it; for anything else
+    (a torch tensor, a memmap, a buffer) it may be a view of the argument's memory, so
+    it is checked too.
+    """
+    for name, given, used in inputs:
+        if given is None:
+            continue
+        arrays = (given,)
+        if type(given) is not np.ndarray:
+            arrays = (used,)
+            if isinstance(given, np.ndarray):
+                arrays = (given, used)
+            elif is_torch_tensor(given):
+                try:
+                    arrays = (np.asarray(given), used)  # a view of the tensor's memory
+                except Exception:
+                    pass
+        for array in arrays:
+            if np.may_share_memory(out, array):
+                raise ValueError(f"out: shares memory with {name}; pass a separate array")
 
 
 def finish_grad(buffer, result, grad_dtype):
-    """Hand the gradient back in the caller's dtype (a cast only for float16 input)."""
+    """Hand the gradient back in the caller's dtype and array: ``buffer`` copied into
+    ``result`` (``out``) when they differ, or cast to a new float16 array."""
     if result is None:
         return buffer.astype(grad_dtype)
     if result is not buffer:
