@@ -5,6 +5,7 @@ micro-architecture level into its own extension module; ``fastloss._dispatch``
 imports the best one the running CPU supports.  Elsewhere only the baseline
 module is built.
 """
+import importlib.util
 import os
 import platform
 import sys
@@ -34,6 +35,18 @@ if IS_X86_64 and os.environ.get("FASTLOSS_ONLY_BASELINE", "") in ("", "0"):
     ISA_LEVELS["x86_64_v4"] = ["-march=x86-64-v4", "-mtune=generic", "-mprefer-vector-width=512"]
 
 
+def load_source_hash():
+    """fastloss/_source_hash.py, loaded by path: fastloss itself is not built yet."""
+    spec = importlib.util.spec_from_file_location(
+        "fastloss_source_hash", os.path.join("fastloss", "_source_hash.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.kernel_source_hash("fastloss")
+
+
+SOURCE_HASH = load_source_hash()
+
+
 def kernel_extension(level, flags):
     name = f"fastloss._kernels_{level}"
     return Extension(
@@ -43,6 +56,7 @@ def kernel_extension(level, flags):
         define_macros=[
             ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
             ("FASTLOSS_ISA_LEVEL", f'"{level}"'),
+            ("FASTLOSS_SOURCE_HASH", f'"{SOURCE_HASH}"'),
             ("FASTLOSS_COMPILE_FLAGS", '"' + " ".join(MATH_FLAGS + [OPENMP_FLAG] + flags) + '"'),
         ],
         extra_compile_args=MATH_FLAGS + [OPENMP_FLAG] + flags,

@@ -8,11 +8,11 @@ Not part of the default ``pytest`` run (testpaths is tests/).  Run it with::
 
 Each case (loss, size, dtype) is one benchmark group, so pytest-benchmark prints the
 libraries side by side.  The cases, inputs and timed calls are those of
-``python -m fastloss bench`` (fastloss._bench).
+``python -m fastloss bench`` (fastloss._tools.bench).
 """
 import pytest
 
-from fastloss import _bench
+from fastloss._tools import bench as _bench
 
 
 def pytest_addoption(parser):

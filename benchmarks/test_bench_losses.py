@@ -1,7 +1,7 @@
 """value_and_grad of every loss: fastloss vs PyTorch forward+backward vs NumPy (vs JAX)."""
 import pytest
 
-from fastloss import _bench
+from fastloss._tools import bench as _bench
 
 LIBRARIES = ("fastloss",) + _bench.PEERS
 

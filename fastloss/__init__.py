@@ -6,7 +6,7 @@
 """
 from ._base import Loss
 from ._dispatch import kernels as _kernels
-from ._multiclass import (MULTICLASS_LOSSES, CategoricalCrossEntropy, KLDivergence,
+from ._rows import (ROW_LOSSES, CategoricalCrossEntropy, KLDivergence,
                           MultiMargin, SparseCategoricalCrossEntropy)
 from ._pointwise import (POINTWISE_LOSSES, BinaryCrossEntropy, Hinge, Huber, LogCosh,
                          MeanAbsoluteError, MeanSquaredError, MeanSquaredLogarithmicError,
@@ -16,7 +16,7 @@ from ._validation import InvalidParameterError
 
 __version__ = "0.1.0"
 
-_REGISTRY = {cls.name: cls for cls in POINTWISE_LOSSES + MULTICLASS_LOSSES}
+_REGISTRY = {cls.name: cls for cls in POINTWISE_LOSSES + ROW_LOSSES}
 
 
 def available():
@@ -59,6 +59,7 @@ def config():
     from ._dispatch import supported_levels
     info = dict(_kernels.build_info())
     info["kernel_module"] = _kernels.__name__
+    info["kernel_file"] = _kernels.__file__
     info["cpu_levels"] = ", ".join(supported_levels())
     info["num_threads"] = get_num_threads()
     return info
@@ -66,4 +67,4 @@ def config():
 
 __all__ = ["Loss", "available", "get", "show_config", "config", "set_num_threads",
            "get_num_threads", "InvalidParameterError"] + [
-               c.__name__ for c in POINTWISE_LOSSES + MULTICLASS_LOSSES]
+               c.__name__ for c in POINTWISE_LOSSES + ROW_LOSSES]

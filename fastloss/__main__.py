@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from . import _bench
+from ._tools import bench
 
 
 def build_parser():
@@ -18,16 +18,16 @@ def build_parser():
                     "differences in float64, the NumPy reference and PyTorch (when "
                     "installed), in float32 and float64, with 1 and 2 threads. Exits "
                     "non-zero on any failure.")
-    check.add_argument("--losses", type=_bench.comma_list, metavar="NAMES",
+    check.add_argument("--losses", type=bench.comma_list, metavar="NAMES",
                        help="comma-separated loss names (default: all)")
     check.add_argument("--no-torch", action="store_true",
                        help="skip the comparison with PyTorch")
     check.add_argument("-v", "--verbose", action="store_true",
                        help="print every comparison, not only the failed ones")
 
-    _bench.add_arguments(commands.add_parser(
+    bench.add_arguments(commands.add_parser(
         "bench", help="time fastloss against PyTorch, NumPy and JAX",
-        description=_bench.DESCRIPTION,
+        description=bench.DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
@@ -36,9 +36,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.command == "check":
-        from . import _check
-        return _check.run(args.losses, verbose=args.verbose, use_torch=not args.no_torch)
-    return _bench.main(args, argv)
+        from ._tools import check
+        return check.run(args.losses, verbose=args.verbose, use_torch=not args.no_torch)
+    return bench.main(args, argv)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,12 @@ class Loss:
         """The constructor parameters, as a dict."""
         return {"reduction": self.reduction}
 
+    def __reduce__(self):
+        # pickle and copy rebuild through the constructor, so every parameter is
+        # validated again and per-class weights come back as the loss's own read-only
+        # arrays (a copy of the internal state could be written to)
+        return _rebuild, (type(self), self.get_params())
+
     def __eq__(self, other):
         return type(self) is type(other) and _params_equal(self.get_params(),
                                                            other.get_params())
@@ -134,6 +140,23 @@ class Loss:
         """
         raise NotImplementedError
 
+    def _raise_for_flags(self, flags, pred, target):
+        """Raise the error that a kernel's nonzero ``flags`` report (some flags only
+        inform, e.g. which label convention hinge labels follow, and raise nothing)."""
+        if flags & kernels.Flag.UNKNOWN_KERNEL:
+            raise RuntimeError(
+                f"{self.name}: kernel {self._kernel_id!r} is unknown to "
+                f"{kernels.__file__}: the compiled kernels do not belong to this fastloss "
+                f"(reinstall it, or rebuild: python setup.py build_ext --inplace)")
+        if flags & kernels.Flag.OUT_OF_MEMORY:
+            raise MemoryError(f"{self.name}: could not allocate a scratch buffer")
+        self._raise_for_input_flags(flags, pred, target)
+
+    def _raise_for_input_flags(self, flags, pred, target):
+        """Raise the ValueError of the input flags (bad labels or probabilities) of this
+        loss; the kernel raised no other."""
+        raise RuntimeError(f"{self.name}: unexpected kernel flags {flags}")
+
     def _mean_scale(self, count):
         """The factor turning a sum of ``count`` terms into this reduction."""
         if self.reduction == "mean":
@@ -144,6 +167,11 @@ class Loss:
         if self.reduction == "mean":
             return total / count if count else float("nan")
         return total
+
+
+def _rebuild(cls, params):
+    """``cls(**params)``: how a pickled or copied loss is made again."""
+    return cls(**params)
 
 
 def _params_equal(a, b):

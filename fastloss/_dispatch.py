@@ -12,6 +12,8 @@ import os
 import platform
 import sys
 
+from ._source_hash import kernel_source_hash
+
 LEVELS = ("x86_64_v4", "x86_64_v3", "baseline")
 
 # CPU flags (as /proc/cpuinfo spells them) that gcc's -march=x86-64-vN may use.
@@ -42,18 +44,20 @@ def supported_levels():
             if level == "baseline" or _REQUIRED_FLAGS[level] <= flags]
 
 
-def _import_level(level):
-    """The kernel module of ``level``: this package's, or else an installed fastloss's.
+def _import_own(level):
+    """This package's kernel module of ``level`` (ImportError when it is not built)."""
+    return importlib.import_module(f"fastloss._kernels_{level}")
+
+
+def _import_installed(level):
+    """The kernel module of ``level`` of another fastloss on sys.path, or None.
 
     Run from a source checkout (``python -m fastloss bench`` in the repository, where
-    ``-m`` puts the checkout first on sys.path), this package has no compiled modules;
-    the ones ``pip install .`` put in site-packages are then used.
+    ``-m`` puts the checkout first on sys.path), this package may have no compiled
+    modules; the ones ``pip install .`` put in site-packages are then used, if they were
+    built from these very sources (checked by the caller).
     """
     name = f"fastloss._kernels_{level}"
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        pass
     here = os.path.dirname(os.path.abspath(__file__))
     for entry in sys.path:
         directory = os.path.join(os.path.abspath(entry or os.curdir), "fastloss")
@@ -67,25 +71,45 @@ def _import_level(level):
                 spec.loader.exec_module(module)
                 sys.modules[name] = module
                 return module
-    raise ImportError(f"{name} is not built")
+    return None
+
+
+def _checked(module):
+    """``module`` if it was built from the kernel sources of this package."""
+    expected = kernel_source_hash()
+    built = module.build_info().get("source_hash")
+    if expected is not None and built != expected:
+        raise ImportError(
+            f"{module.__file__} was built from other kernel sources than this fastloss "
+            f"({os.path.dirname(os.path.abspath(__file__))}; stamp {built}, sources "
+            f"{expected}): rebuild it (python setup.py build_ext --inplace) or reinstall "
+            f"fastloss (pip install .)")
+    return module
 
 
 def load_kernels():
-    """Import and return the best kernel module (honouring FASTLOSS_ISA)."""
+    """Import and return the best kernel module (honouring FASTLOSS_ISA): this package's
+    own at the best level built, else another installation's built from these sources."""
     forced = os.environ.get("FASTLOSS_ISA", "").strip()
     if forced:
         if forced not in LEVELS:
             raise ImportError(f"FASTLOSS_ISA={forced!r}: expected one of {', '.join(LEVELS)}")
         if forced not in supported_levels():
             raise ImportError(f"FASTLOSS_ISA={forced!r}: this CPU does not support it")
-        return _import_level(forced)
-    for level in supported_levels():
+    levels = [forced] if forced else supported_levels()
+    for level in levels:
         try:
-            return _import_level(level)
+            module = _import_own(level)
         except ImportError:
-            continue  # that level was not built here (e.g. FASTLOSS_ONLY_BASELINE)
+            continue  # not built here (e.g. FASTLOSS_ONLY_BASELINE)
+        return _checked(module)
+    for level in levels:
+        module = _import_installed(level)
+        if module is not None:
+            return _checked(module)
     raise ImportError("no fastloss kernel module is built: install fastloss "
-                      "(pip install .) or build in place (python setup.py build_ext --inplace)")
+                      "(pip install .) or build in place (python setup.py build_ext --inplace)"
+                      + (f" (FASTLOSS_ISA={forced})" if forced else ""))
 
 
 def _openmp_inherited_from_parent():

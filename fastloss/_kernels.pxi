@@ -24,6 +24,7 @@ cnp.import_array()
 cdef extern from "_numerics.h":
     const char* FASTLOSS_ISA_LEVEL
     const char* FASTLOSS_COMPILE_FLAGS
+    const char* FASTLOSS_SOURCE_HASH
 
 cdef extern from *:
     """
@@ -38,6 +39,20 @@ cdef extern from *:
     """
     int fastloss_openmp_enabled()
     int fastloss_omp_max_threads()
+
+
+cpdef enum Flag:
+    # Bits a kernel raises in its ``flags`` (OR-reduced over the loop): the Python layer
+    # turns them into errors after the call, so no separate validation pass is needed.
+    LABEL_NOT_BINARY = 1             # hinge: a label outside {-1, 0, 1}
+    LABEL_ZERO = 2                   # hinge: a label 0 seen (labels in {0, 1})
+    LABEL_MINUS_ONE = 4              # hinge: a label -1 seen (labels in {-1, 1})
+    PRED_NOT_PROBABILITY = 8         # y_pred outside [0, 1]
+    TARGET_NOT_PROBABILITY = 16      # y_true outside [0, 1]
+    LABEL_OUT_OF_RANGE = 32          # a label outside [0, C), not ignore_index
+    OUT_OF_MEMORY = 64               # malloc of a scratch buffer failed
+    TARGET_NOT_LOG_PROBABILITY = 128 # kl_divergence(log_target=True): a log p > 0
+    UNKNOWN_KERNEL = 256             # a kernel id no dispatch knows (an internal error)
 
 
 cdef extern from "_parallel.h" nogil:
@@ -265,6 +280,7 @@ def build_info():
     """What this module was compiled with: a dict for fastloss.show_config()."""
     return {
         "isa_level": FASTLOSS_ISA_LEVEL.decode(),
+        "source_hash": FASTLOSS_SOURCE_HASH.decode(),
         "compile_flags": FASTLOSS_COMPILE_FLAGS.decode(),
         "openmp": bool(fastloss_openmp_enabled()),
         "openmp_max_threads": fastloss_omp_max_threads(),
@@ -274,4 +290,4 @@ def build_info():
 
 
 include "_pointwise.pxi"
-include "_multiclass.pxi"
+include "_rows.pxi"

@@ -1,77 +1,82 @@
 # Pointwise losses: one term per element of y_pred, l(p, t), and its derivative dl/dp.
 #
-# Each loss is a tag type (a struct holding its parameters) and one branch of
-# ``pointwise_term``; the loops below are written once and specialised by Cython for every
-# (loss, dtype) pair, so the term is inlined into each loop and gcc can vectorise it.
+# Each loss is an entry of the kernel table below and one branch of ``pointwise_term``;
+# the loops are written once and specialised by Cython for every (loss, dtype) pair, so
+# the term is inlined into each loop and gcc can vectorise it.
 #
 # Conventions of every loop: the loss value is accumulated in float64; ``grad_scale`` folds
 # the reduction's 1/N into the gradient; a term may raise bits in ``flags`` (an invalid
 # label or probability), reduced with OR over the loop and turned into a ValueError by the
 # Python layer, so no separate validation pass is needed.
 
-cdef enum:
-    # bits of ``flags``
-    FLAG_LABEL_NOT_BINARY = 1        # hinge: a label outside {-1, 0, 1}
-    FLAG_LABEL_ZERO = 2              # hinge: a label 0 seen (labels in {0, 1})
-    FLAG_LABEL_MINUS_ONE = 4         # hinge: a label -1 seen (labels in {-1, 1})
-    FLAG_PRED_NOT_PROBABILITY = 8    # y_pred outside [0, 1]
-    FLAG_TARGET_NOT_PROBABILITY = 16 # y_true outside [0, 1]
+# -- the kernel table ---------------------------------------------------------------
+#
+# One entry per loss: its id (the Python layer reads this enum: kernels.PointwiseKernel),
+# its tag type (selects the loss's specialisation of the loops) and its branch of
+# ``pointwise_term``; ``pointwise_dispatch`` maps the id to the tag in one line.
+
+cpdef enum PointwiseKernel:
+    MEAN_SQUARED_ERROR
+    MEAN_ABSOLUTE_ERROR
+    MEAN_SQUARED_LOGARITHMIC_ERROR
+    HUBER
+    PSEUDO_HUBER
+    LOG_COSH
+    HINGE
+    SQUARED_HINGE
+    BINARY_CROSS_ENTROPY_FROM_PROBABILITIES
+    BINARY_CROSS_ENTROPY_FROM_LOGITS
+    POINTWISE_KL_DIVERGENCE
+    POINTWISE_KL_DIVERGENCE_LOG_TARGET
 
 
-cdef struct SquaredError:
-    char unused
-cdef struct AbsoluteError:
-    char unused
-cdef struct SquaredLogError:
-    char unused
+cdef struct PointwiseParams:
+    # the parameters of every pointwise loss; each reads its own
+    double delta              # huber, pseudo_huber
+    double inv_delta          # pseudo_huber: 1 / delta (inf for delta < 1 / DBL_MAX)
+    double label_smoothing    # binary_cross_entropy
+
+# Tag types, named after the public losses.  Each holds the parameters as its only
+# member, so a PointwiseParams* converts to any tag pointer (C: a pointer to a struct
+# points to its first member and back).
+cdef struct MeanSquaredError:
+    PointwiseParams params
+cdef struct MeanAbsoluteError:
+    PointwiseParams params
+cdef struct MeanSquaredLogarithmicError:
+    PointwiseParams params
 cdef struct Huber:
-    double delta
+    PointwiseParams params
 cdef struct PseudoHuber:
-    double delta
-    double inv_delta          # 1 / delta (inf for delta < 1 / DBL_MAX)
+    PointwiseParams params
 cdef struct LogCosh:
-    char unused
+    PointwiseParams params
 cdef struct Hinge:
-    char unused
+    PointwiseParams params
 cdef struct SquaredHinge:
-    char unused
-cdef struct BinaryCrossEntropy:
-    double label_smoothing
-cdef struct BinaryCrossEntropyLogits:
-    double label_smoothing
-cdef struct KLDivLogInput:
-    char unused
-cdef struct KLDivLogInputLogTarget:
-    char unused
+    PointwiseParams params
+cdef struct BinaryCrossEntropyFromProbabilities:
+    PointwiseParams params
+cdef struct BinaryCrossEntropyFromLogits:
+    PointwiseParams params
+cdef struct PointwiseKLDivergence:
+    PointwiseParams params
+cdef struct PointwiseKLDivergenceLogTarget:
+    PointwiseParams params
 
 ctypedef fused Pointwise:
-    SquaredError
-    AbsoluteError
-    SquaredLogError
+    MeanSquaredError
+    MeanAbsoluteError
+    MeanSquaredLogarithmicError
     Huber
     PseudoHuber
     LogCosh
     Hinge
     SquaredHinge
-    BinaryCrossEntropy
-    BinaryCrossEntropyLogits
-    KLDivLogInput
-    KLDivLogInputLogTarget
-
-# Loss ids of the Python layer (fastloss/_losses.py), in the order of the fused type.
-cdef enum PointwiseId:
-    ID_SQUARED_ERROR = 0
-    ID_ABSOLUTE_ERROR = 1
-    ID_SQUARED_LOG_ERROR = 2
-    ID_HUBER = 3
-    ID_PSEUDO_HUBER = 4
-    ID_LOG_COSH = 5
-    ID_HINGE = 6
-    ID_SQUARED_HINGE = 7
-    ID_BINARY_CROSS_ENTROPY = 8
-    ID_BINARY_CROSS_ENTROPY_LOGITS = 9
-    ID_KL_DIV_LOG_INPUT = 10
-    ID_KL_DIV_LOG_INPUT_LOG_TARGET = 11
+    BinaryCrossEntropyFromProbabilities
+    BinaryCrossEntropyFromLogits
+    PointwiseKLDivergence
+    PointwiseKLDivergenceLogTarget
 
 from libc.math cimport INFINITY
 
@@ -90,15 +95,15 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
     # Typed constants: Cython writes a bare literal as a C double, which would turn the
     # float32 kernels' arithmetic into float64 arithmetic (half the vector width).
     cdef floating one = 1, two = 2, half = 0.5
-    if Pointwise is SquaredError:
+    if Pointwise is MeanSquaredError:
         d = p - t
         grad[0] = two * d
         return d * d
-    elif Pointwise is AbsoluteError:
+    elif Pointwise is MeanAbsoluteError:
         d = p - t
         grad[0] = (d > 0) - (d < 0)          # subgradient 0 at 0, as torch.sign
         return abs_(d)
-    elif Pointwise is SquaredLogError:
+    elif Pointwise is MeanSquaredLogarithmicError:
         # Keras: (log(max(p, eps) + 1) - log(max(t, eps) + 1))^2; no gradient where clipped
         a = max_(p, <floating>MSLE_EPSILON)
         d = log_(a + one) - log_(max_(t, <floating>MSLE_EPSILON) + one)
@@ -107,7 +112,7 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
     elif Pointwise is Huber:
         d = p - t
         a = abs_(d)
-        s = <floating>loss.delta
+        s = <floating>loss.params.delta
         grad[0] = min_(max_(d, -s), s)   # clamp(d, -delta, delta); NaN propagates
         if a <= s:
             return half * d * d
@@ -121,8 +126,8 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
         # 1 / delta is multiplied in (a division is 2x slower) unless it overflows the
         # element type; the branch is the same for every element, so gcc unswitches it.
         d = p - t
-        s = <floating>loss.delta
-        e = <floating>loss.inv_delta
+        s = <floating>loss.params.delta
+        e = <floating>loss.params.inv_delta
         a = abs_(d) * e if e < <floating>INFINITY else abs_(d) / s
         r = sqrt_(one + a * a)
         if a > <floating>1e8:
@@ -136,8 +141,8 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
         return log_cosh(d)
     elif Pointwise is Hinge or Pointwise is SquaredHinge:
         # labels in {-1, 1} or in {0, 1} (0 means -1); anything else is flagged
-        flags[0] |= ((t != 1) & (t != 0) & (t != -1)) * FLAG_LABEL_NOT_BINARY \
-            | (t == 0) * FLAG_LABEL_ZERO | (t == -1) * FLAG_LABEL_MINUS_ONE
+        flags[0] |= ((t != 1) & (t != 0) & (t != -1)) * LABEL_NOT_BINARY \
+            | (t == 0) * LABEL_ZERO | (t == -1) * LABEL_MINUS_ONE
         s = 1 if t == 1 else -1
         d = one - s * p
         # max(d, 0) written as (d + |d|) / 2 (exact, NaN propagates): gcc turns
@@ -149,29 +154,29 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
         else:
             grad[0] = -two * s * m
             return m * m
-    elif Pointwise is BinaryCrossEntropy:
-        flags[0] |= ((p < 0) | (p > 1)) * FLAG_PRED_NOT_PROBABILITY \
-            | ((t < 0) | (t > 1)) * FLAG_TARGET_NOT_PROBABILITY
-        t = t * <floating>(1 - loss.label_smoothing) + <floating>(0.5 * loss.label_smoothing)
+    elif Pointwise is BinaryCrossEntropyFromProbabilities:
+        flags[0] |= ((p < 0) | (p > 1)) * PRED_NOT_PROBABILITY \
+            | ((t < 0) | (t > 1)) * TARGET_NOT_PROBABILITY
+        t = t * <floating>(1 - loss.params.label_smoothing) + <floating>(0.5 * loss.params.label_smoothing)
         grad[0] = (p - t) / max_((one - p) * p, <floating>BCE_GRAD_EPSILON)
         return -(t * clamped_log(p, <floating>-100)
                  + (one - t) * max_(log1p_(-p), <floating>-100))
-    elif Pointwise is BinaryCrossEntropyLogits:
+    elif Pointwise is BinaryCrossEntropyFromLogits:
         # PyTorch binary_cross_entropy_with_logits:
         # (1 - t) x + (1 + (pw - 1) t) softplus(-x)
-        flags[0] |= ((t < 0) | (t > 1)) * FLAG_TARGET_NOT_PROBABILITY
-        t = t * <floating>(1 - loss.label_smoothing) + <floating>(0.5 * loss.label_smoothing)
+        flags[0] |= ((t < 0) | (t > 1)) * TARGET_NOT_PROBABILITY
+        t = t * <floating>(1 - loss.params.label_smoothing) + <floating>(0.5 * loss.params.label_smoothing)
         lw = one + (pos_weight - one) * t
         e = exp_(-abs_(p))
         r = one / (one + e)
         neg_sigmoid = e * r if p >= 0 else r          # sigmoid(-p)
         grad[0] = (one - t) - lw * neg_sigmoid
         return (one - t) * p + lw * (log1p_unit(e) + max_(-p, <floating>0))
-    elif Pointwise is KLDivLogInput:
+    elif Pointwise is PointwiseKLDivergence:
         # torch kl_div(input=log q, target=p), elementwise: xlogy(p, p) - p log q
         grad[0] = -t
         return (t * log_(t) if t != 0 else t) - t * p
-    elif Pointwise is KLDivLogInputLogTarget:
+    elif Pointwise is PointwiseKLDivergenceLogTarget:
         # torch kl_div(log_target=True): exp(lp) (lp - log q)
         e = exp_(t)
         grad[0] = -e
@@ -402,114 +407,104 @@ cdef double pointwise_run(const Pointwise* restrict loss, const floating* restri
     return ordered_sum(partial, n_blocks)
 
 
-cdef (double, int) pointwise_dispatch(floating* y_pred, floating* y_true, Py_ssize_t n,
-                                      floating* grad, floating* values,
-                                      floating* sample_weight, Py_ssize_t weight_block,
-                                      floating* pos_weight, Py_ssize_t pos_len,
-                                      bint want_value, double grad_scale, int n_threads,
-                                      Py_ssize_t block, int loss_id,
-                                      double param) noexcept nogil:
-    """Run the loss ``loss_id`` (a PointwiseId) with its one parameter ``param``."""
-    cdef int flags = 0
-    cdef double acc = 0
-    cdef SquaredError squared_error
-    cdef AbsoluteError absolute_error
-    cdef SquaredLogError squared_log_error
-    cdef Huber huber = Huber(delta=param)
-    cdef PseudoHuber pseudo_huber = PseudoHuber(delta=param, inv_delta=1.0 / param)
-    cdef LogCosh log_cosh_loss
-    cdef Hinge hinge
-    cdef SquaredHinge squared_hinge
-    cdef BinaryCrossEntropy bce = BinaryCrossEntropy(label_smoothing=param)
-    cdef BinaryCrossEntropyLogits bce_logits = BinaryCrossEntropyLogits(label_smoothing=param)
-    cdef KLDivLogInput kl_div
-    cdef KLDivLogInputLogTarget kl_div_log_target
-    cdef floating scale = <floating>grad_scale
-    if loss_id == ID_SQUARED_ERROR:
-        acc = pointwise_run(&squared_error, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            block, &flags)
-    elif loss_id == ID_ABSOLUTE_ERROR:
-        acc = pointwise_run(&absolute_error, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            block, &flags)
-    elif loss_id == ID_SQUARED_LOG_ERROR:
-        acc = pointwise_run(&squared_log_error, y_pred, y_true, n, grad, values,
-                            sample_weight, weight_block, pos_weight, pos_len, want_value,
-                            scale, n_threads, block, &flags)
-    elif loss_id == ID_HUBER:
-        acc = pointwise_run(&huber, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            block, &flags)
-    elif loss_id == ID_PSEUDO_HUBER:
-        acc = pointwise_run(&pseudo_huber, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            block, &flags)
-    elif loss_id == ID_LOG_COSH:
-        acc = pointwise_run(&log_cosh_loss, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            block, &flags)
-    elif loss_id == ID_HINGE:
-        acc = pointwise_run(&hinge, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            block, &flags)
-    elif loss_id == ID_SQUARED_HINGE:
-        acc = pointwise_run(&squared_hinge, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            block, &flags)
-    elif loss_id == ID_BINARY_CROSS_ENTROPY:
-        acc = pointwise_run(&bce, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            block, &flags)
-    elif loss_id == ID_BINARY_CROSS_ENTROPY_LOGITS:
-        acc = pointwise_run(&bce_logits, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            block, &flags)
-    elif loss_id == ID_KL_DIV_LOG_INPUT:
-        acc = pointwise_run(&kl_div, y_pred, y_true, n, grad, values, sample_weight,
-                            weight_block, pos_weight, pos_len, want_value, scale, n_threads,
-                            block, &flags)
-    elif loss_id == ID_KL_DIV_LOG_INPUT_LOG_TARGET:
-        acc = pointwise_run(&kl_div_log_target, y_pred, y_true, n, grad, values,
-                            sample_weight, weight_block, pos_weight, pos_len, want_value,
-                            scale, n_threads, block, &flags)
-    return acc, flags
+cdef struct PointwiseCall:
+    # the arrays (of the call's float type) and options of one call
+    const void* y_pred
+    const void* y_true
+    Py_ssize_t n
+    void* grad                # NULL: not wanted
+    void* values              # NULL: not wanted (reduced value only)
+    const void* sample_weight # NULL, or one weight per weight_block elements
+    Py_ssize_t weight_block
+    const void* pos_weight    # NULL, or pos_len weights along the last axis
+    Py_ssize_t pos_len
+    bint want_value
+    int n_threads
+    Py_ssize_t block
 
 
-def pointwise(int loss_id, double param, cnp.ndarray y_pred, cnp.ndarray y_true,
+cdef inline double pointwise_call(const Pointwise* loss, const PointwiseCall* call,
+                                  floating grad_scale, int* flags) noexcept nogil:
+    """pointwise_run on the arrays of ``call``, read as ``floating``."""
+    return pointwise_run(loss, <const floating*>call.y_pred, <const floating*>call.y_true,
+                         call.n, <floating*>call.grad, <floating*>call.values,
+                         <const floating*>call.sample_weight, call.weight_block,
+                         <const floating*>call.pos_weight, call.pos_len, call.want_value,
+                         grad_scale, call.n_threads, call.block, flags)
+
+
+cdef double pointwise_dispatch(int kernel, const PointwiseParams* p,
+                               const PointwiseCall* call, floating grad_scale,
+                               int* flags) noexcept nogil:
+    """Run the loss ``kernel`` (a PointwiseKernel id): one line per loss."""
+    if kernel == MEAN_SQUARED_ERROR:
+        return pointwise_call(<const MeanSquaredError*>p, call, grad_scale, flags)
+    if kernel == MEAN_ABSOLUTE_ERROR:
+        return pointwise_call(<const MeanAbsoluteError*>p, call, grad_scale, flags)
+    if kernel == MEAN_SQUARED_LOGARITHMIC_ERROR:
+        return pointwise_call(<const MeanSquaredLogarithmicError*>p, call, grad_scale,
+                              flags)
+    if kernel == HUBER:
+        return pointwise_call(<const Huber*>p, call, grad_scale, flags)
+    if kernel == PSEUDO_HUBER:
+        return pointwise_call(<const PseudoHuber*>p, call, grad_scale, flags)
+    if kernel == LOG_COSH:
+        return pointwise_call(<const LogCosh*>p, call, grad_scale, flags)
+    if kernel == HINGE:
+        return pointwise_call(<const Hinge*>p, call, grad_scale, flags)
+    if kernel == SQUARED_HINGE:
+        return pointwise_call(<const SquaredHinge*>p, call, grad_scale, flags)
+    if kernel == BINARY_CROSS_ENTROPY_FROM_PROBABILITIES:
+        return pointwise_call(<const BinaryCrossEntropyFromProbabilities*>p, call,
+                              grad_scale, flags)
+    if kernel == BINARY_CROSS_ENTROPY_FROM_LOGITS:
+        return pointwise_call(<const BinaryCrossEntropyFromLogits*>p, call, grad_scale,
+                              flags)
+    if kernel == POINTWISE_KL_DIVERGENCE:
+        return pointwise_call(<const PointwiseKLDivergence*>p, call, grad_scale, flags)
+    if kernel == POINTWISE_KL_DIVERGENCE_LOG_TARGET:
+        return pointwise_call(<const PointwiseKLDivergenceLogTarget*>p, call, grad_scale,
+                              flags)
+    flags[0] |= UNKNOWN_KERNEL
+    return 0
+
+
+def pointwise(int kernel, double param, cnp.ndarray y_pred, cnp.ndarray y_true,
               object grad, object values, object sample_weight, Py_ssize_t weight_block,
               object pos_weight, bint want_value, double grad_scale, int n_threads,
               int cost):
-    """Run a pointwise loss over C-contiguous arrays of one float dtype.
+    """Run the pointwise loss ``kernel`` (a PointwiseKernel id) with its one parameter
+    ``param`` (delta or label smoothing) over C-contiguous arrays of one float dtype.
 
-    The Python layer has checked shapes, dtypes and contiguity.  ``cost`` is the loss's
-    work per element relative to a squared error (sets the block size); up to
-    ``n_threads`` threads run the blocks.  Returns
+    The Python layer has checked shapes, dtypes, contiguity and that ``grad``/``values``
+    overlap no input.  ``cost`` is the loss's work per element relative to a squared
+    error (sets the block size); up to ``n_threads`` threads run the blocks.  Returns
     ``(sum of the weighted terms, flags)``; ``grad`` and ``values`` (or None) are written.
     Without ``want_value`` a gradient-only pass skips the value (the sum returned is 0).
     """
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(y_pred)
-    cdef Py_ssize_t pos_len = 1 if pos_weight is None else cnp.PyArray_SIZE(pos_weight)
-    cdef void* p = cnp.PyArray_DATA(y_pred)
-    cdef void* t = cnp.PyArray_DATA(y_true)
-    cdef void* g = data_or_null(grad)
-    cdef void* v = data_or_null(values)
-    cdef void* sw = data_or_null(sample_weight)
-    cdef void* pw = data_or_null(pos_weight)
-    cdef (double, int) result
-    cdef Py_ssize_t block = block_size(n, cost, 16)  # 16: every block's loop aligned
-    weight_block = max(weight_block, 1)
-    pos_len = max(pos_len, 1)
+    cdef PointwiseParams params
+    cdef PointwiseCall call
+    cdef int flags = 0
+    cdef double total
+    params.delta = param
+    params.inv_delta = 1.0 / param
+    params.label_smoothing = param
+    call.y_pred = cnp.PyArray_DATA(y_pred)
+    call.y_true = cnp.PyArray_DATA(y_true)
+    call.n = cnp.PyArray_SIZE(y_pred)
+    call.grad = data_or_null(grad)
+    call.values = data_or_null(values)
+    call.sample_weight = data_or_null(sample_weight)
+    call.weight_block = max(weight_block, 1)
+    call.pos_weight = data_or_null(pos_weight)
+    call.pos_len = 1 if pos_weight is None else max(cnp.PyArray_SIZE(pos_weight), 1)
+    call.want_value = want_value
+    call.n_threads = n_threads
+    call.block = block_size(call.n, cost, 16)  # 16: every block's loop aligned
     if cnp.PyArray_TYPE(y_pred) == cnp.NPY_FLOAT:
         with nogil:
-            result = pointwise_dispatch(<float*>p, <float*>t, n, <float*>g, <float*>v,
-                                        <float*>sw, weight_block, <float*>pw, pos_len,
-                                        want_value, grad_scale, n_threads, block, loss_id,
-                                        param)
+            total = pointwise_dispatch(kernel, &params, &call, <float>grad_scale, &flags)
     else:
         with nogil:
-            result = pointwise_dispatch(<double*>p, <double*>t, n, <double*>g, <double*>v,
-                                        <double*>sw, weight_block, <double*>pw, pos_len,
-                                        want_value, grad_scale, n_threads, block, loss_id,
-                                        param)
-    return result
+            total = pointwise_dispatch(kernel, &params, &call, grad_scale, &flags)
+    return total, flags

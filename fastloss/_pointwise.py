@@ -8,17 +8,10 @@ from ._dispatch import kernels
 
 NAN = float("nan")
 
-# Kernel ids: the PointwiseId enum of _pointwise.pxi.
-(SQUARED_ERROR, ABSOLUTE_ERROR, SQUARED_LOG_ERROR, HUBER, PSEUDO_HUBER, LOG_COSH, HINGE,
- SQUARED_HINGE, BINARY_CROSS_ENTROPY, BINARY_CROSS_ENTROPY_LOGITS, KL_DIV_LOG_INPUT,
- KL_DIV_LOG_INPUT_LOG_TARGET) = range(12)
-
-# flag bits of _pointwise.pxi
-FLAG_LABEL_NOT_BINARY = 1
-FLAG_LABEL_ZERO = 2
-FLAG_LABEL_MINUS_ONE = 4
-FLAG_PRED_NOT_PROBABILITY = 8
-FLAG_TARGET_NOT_PROBABILITY = 16
+# The kernel table and the flag bits are defined once, in the kernels (_pointwise.pxi,
+# _kernels.pxi); these are their Python names.
+Kernel = kernels.PointwiseKernel
+Flag = kernels.Flag
 
 
 class PointwiseLoss(Loss):
@@ -56,10 +49,6 @@ class PointwiseLoss(Loss):
             return total / n if n else NAN
         return total
 
-    def _raise_for_flags(self, flags, pred, target):
-        """Raise the ValueError that the kernel's nonzero ``flags`` report, if they mean one."""
-        raise AssertionError(f"unexpected kernel flags {flags}")  # pragma: no cover
-
 
 def _first_index(bad):
     """The index (a tuple) of the first True of a boolean array."""
@@ -67,12 +56,12 @@ def _first_index(bad):
 
 
 def raise_for_probability_flags(flags, pred, target):
-    """The ValueError of FLAG_PRED/TARGET_NOT_PROBABILITY (shared by every loss that
+    """The ValueError of Flag.PRED/TARGET_NOT_PROBABILITY (shared by every loss that
     takes probabilities), naming the first offending value; nothing for other flags."""
-    if flags & FLAG_PRED_NOT_PROBABILITY:
+    if flags & Flag.PRED_NOT_PROBABILITY:
         raise ValueError(f"y_pred: probabilities must be in [0, 1], got "
                          f"{_first_bad(pred, (pred < 0) | (pred > 1))}")
-    if flags & FLAG_TARGET_NOT_PROBABILITY:
+    if flags & Flag.TARGET_NOT_PROBABILITY:
         raise ValueError(f"y_true: targets must be probabilities in [0, 1], got "
                          f"{_first_bad(target, (target < 0) | (target > 1))}")
 
@@ -89,7 +78,7 @@ class MeanSquaredError(PointwiseLoss):
     """
 
     name = "mse"
-    _kernel_id = SQUARED_ERROR
+    _kernel_id = Kernel.MEAN_SQUARED_ERROR
 
 
 class MeanAbsoluteError(PointwiseLoss):
@@ -99,7 +88,7 @@ class MeanAbsoluteError(PointwiseLoss):
     """
 
     name = "mae"
-    _kernel_id = ABSOLUTE_ERROR
+    _kernel_id = Kernel.MEAN_ABSOLUTE_ERROR
 
 
 class MeanSquaredLogarithmicError(PointwiseLoss):
@@ -110,7 +99,7 @@ class MeanSquaredLogarithmicError(PointwiseLoss):
     """
 
     name = "msle"
-    _kernel_id = SQUARED_LOG_ERROR
+    _kernel_id = Kernel.MEAN_SQUARED_LOGARITHMIC_ERROR
     _cost = 6
 
 
@@ -130,7 +119,7 @@ class Huber(_DeltaLoss):
     """
 
     name = "huber"
-    _kernel_id = HUBER
+    _kernel_id = Kernel.HUBER
 
 
 class PseudoHuber(_DeltaLoss):
@@ -140,7 +129,7 @@ class PseudoHuber(_DeltaLoss):
     """
 
     name = "pseudo_huber"
-    _kernel_id = PSEUDO_HUBER
+    _kernel_id = Kernel.PSEUDO_HUBER
     _cost = 2
 
 
@@ -152,7 +141,7 @@ class LogCosh(PointwiseLoss):
     """
 
     name = "log_cosh"
-    _kernel_id = LOG_COSH
+    _kernel_id = Kernel.LOG_COSH
     _cost = 9
 
 
@@ -164,15 +153,15 @@ class Hinge(PointwiseLoss):
     """
 
     name = "hinge"
-    _kernel_id = HINGE
+    _kernel_id = Kernel.HINGE
 
-    def _raise_for_flags(self, flags, pred, target):
-        # FLAG_LABEL_ZERO or FLAG_LABEL_MINUS_ONE alone only says which convention the
+    def _raise_for_input_flags(self, flags, pred, target):
+        # LABEL_ZERO or LABEL_MINUS_ONE alone only says which convention the
         # labels follow; the error is a label outside {-1, 0, 1} or both conventions mixed.
-        both = FLAG_LABEL_ZERO | FLAG_LABEL_MINUS_ONE
-        if not flags & FLAG_LABEL_NOT_BINARY and (flags & both) != both:
+        both = Flag.LABEL_ZERO | Flag.LABEL_MINUS_ONE
+        if not flags & Flag.LABEL_NOT_BINARY and (flags & both) != both:
             return
-        if flags & FLAG_LABEL_NOT_BINARY:
+        if flags & Flag.LABEL_NOT_BINARY:
             bad = (target != 1) & (target != 0) & (target != -1)
             raise ValueError(f"y_true: {self.name} labels must be in {{-1, 1}} or {{0, 1}}, "
                              f"got {_first_bad(target, bad)}")
@@ -188,7 +177,7 @@ class SquaredHinge(Hinge):
     """
 
     name = "squared_hinge"
-    _kernel_id = SQUARED_HINGE
+    _kernel_id = Kernel.SQUARED_HINGE
 
 
 class BinaryCrossEntropy(PointwiseLoss):
@@ -218,8 +207,8 @@ class BinaryCrossEntropy(PointwiseLoss):
             raise v.InvalidParameterError(
                 "pos_weight is only defined for logits: use from_logits=True "
                 "(as torch's binary_cross_entropy_with_logits)")
-        self._kernel_id = (BINARY_CROSS_ENTROPY_LOGITS if self.from_logits
-                           else BINARY_CROSS_ENTROPY)
+        self._kernel_id = (Kernel.BINARY_CROSS_ENTROPY_FROM_LOGITS if self.from_logits
+                           else Kernel.BINARY_CROSS_ENTROPY_FROM_PROBABILITIES)
         self._cost = 5 if self.from_logits else 6
 
     @property
@@ -240,7 +229,7 @@ class BinaryCrossEntropy(PointwiseLoss):
                              f"the last axis of y_pred with shape {pred.shape}")
         return pos_weight
 
-    def _raise_for_flags(self, flags, pred, target):
+    def _raise_for_input_flags(self, flags, pred, target):
         raise_for_probability_flags(flags, pred, target)
 
 
@@ -259,7 +248,8 @@ class PointwiseKLDivergence(PointwiseLoss):
     def __init__(self, log_target=False, *, reduction="mean"):
         super().__init__(reduction=reduction)
         self.log_target = v.check_bool("log_target", log_target)
-        self._kernel_id = KL_DIV_LOG_INPUT_LOG_TARGET if self.log_target else KL_DIV_LOG_INPUT
+        self._kernel_id = (Kernel.POINTWISE_KL_DIVERGENCE_LOG_TARGET if self.log_target
+                           else Kernel.POINTWISE_KL_DIVERGENCE)
 
     def get_params(self):
         return {"log_target": self.log_target, **super().get_params()}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastloss as fl
-from fastloss import _multiclass, _pointwise
+from fastloss import _pointwise, _rows
 
 N, C = 6, 5
 SHAPE = (N, C)
@@ -110,7 +110,7 @@ class _KernelsCheckingTheirArrays:
 def checked_kernels(monkeypatch):
     proxy = _KernelsCheckingTheirArrays(_pointwise.kernels)
     monkeypatch.setattr(_pointwise, "kernels", proxy)
-    monkeypatch.setattr(_multiclass, "kernels", proxy)
+    monkeypatch.setattr(_rows, "kernels", proxy)
     return proxy
 
 

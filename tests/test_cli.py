@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import fastloss as fl
-from fastloss import _bench, _check, _reference
+from fastloss._tools import bench as _bench, check as _check, reference as _reference
 from fastloss.__main__ import main
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -42,12 +42,11 @@ def run_cli(*args, timeout=120):
 def test_check_passes_for_every_loss():
     proc = run_cli("check")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    summary = re.search(r"^summary: (\d+) ok, (\d+) failed, (\d+) skipped of (\d+) losses",
+    summary = re.search(r"^summary: (\d+) ok, (\d+) failed of (\d+) losses",
                         proc.stdout, re.MULTILINE)
     assert summary, proc.stdout
-    ok, failed, skipped, total = map(int, summary.groups())
-    assert (failed, total) == (0, len(fl.available()))
-    assert ok + skipped == total
+    ok, failed, total = map(int, summary.groups())
+    assert (ok, failed, total) == (len(fl.available()), 0, len(fl.available()))
     for name in fl.available():
         assert re.search(rf"^{name} .*\b(ok|skipped)", proc.stdout, re.MULTILINE), name
 
@@ -83,7 +82,7 @@ def test_check_command_exits_non_zero_on_failure(monkeypatch):
     text = out.getvalue()
     assert re.search(r"^mse .*FAIL$", text, re.MULTILINE)
     assert re.search(r"^huber .*ok$", text, re.MULTILINE)
-    assert re.search(r"^summary: 1 ok, 1 failed, 0 skipped of 2 losses .*FAILED: mse$",
+    assert re.search(r"^summary: 1 ok, 1 failed of 2 losses .*FAILED: mse$",
                      text, re.MULTILINE)
 
 
@@ -96,9 +95,15 @@ def test_check_reports_a_crashing_loss(monkeypatch):
     assert any("kernel exploded" in c.note for c in report.failures)
 
 
-def test_check_skips_a_loss_without_reference():
+def test_check_fails_a_loss_without_reference(monkeypatch):
     report = _check.check_loss("no_such_loss")
-    assert report.skipped and report.ok and not report.comparisons
+    assert not report.ok
+    assert "no reference implementation" in report.failures[0].note
+    # and the command fails for a registered loss whose reference is missing
+    monkeypatch.delitem(_reference.REFERENCES, "mse")
+    out = io.StringIO()
+    assert _check.run(["mse", "mae"], file=out, use_torch=False) == 1
+    assert "1 ok, 1 failed" in out.getvalue() and "FAILED: mse" in out.getvalue()
 
 
 def test_relative_error():
@@ -151,12 +156,12 @@ def test_bench_quick_json_and_markdown(tmp_path):
             assert r["speedup"][peer] == pytest.approx(r["seconds"][peer]
                                                        / r["seconds"]["fastloss"])
         assert r["bandwidth_fraction"] is None          # only large cases have one
-    # the issue-4 targets of the checkout are evaluated on the float32 cases
-    assert document["targets"], "the shipped targets (fastloss/_targets.py) were not found"
+    # the shipped performance targets are evaluated on the float32 cases
+    assert document["targets"], "the shipped targets (fastloss/_tools/targets.json) were not found"
     for evaluation in document["targets"]:
         assert set(evaluation) == {"loss", "size", "metric", "target", "measured", "met"}
         assert evaluation["met"] in (True, False, None)
-    assert "targets of issue 4" in proc.stdout
+    assert "performance targets (targets.json" in proc.stdout
 
     markdown = md_path.read_text()
     assert "| loss | size |" in markdown and "### float32" in markdown
@@ -216,7 +221,7 @@ def test_targets_evaluation():
 
 def test_shipped_targets_load():
     targets = _bench.load_targets()
-    assert targets is not None, "fastloss/_targets.py is missing"
+    assert targets is not None, "fastloss/_tools/targets.json is missing"
     metrics = {metric for bounds in targets.values() for metric in bounds}
     assert metrics <= set(_bench.METRIC_TEXT)
 

@@ -205,7 +205,7 @@ def test_import_and_kernels_leave_subnormals_alone():
                 module = importlib.import_module(f"fastloss._kernels_{level}")
             except ImportError:
                 continue
-            fastloss._pointwise.kernels = fastloss._multiclass.kernels = module
+            fastloss._pointwise.kernels = fastloss._rows.kernels = module
             module.set_min_block_work(16)
             pred = np.full(1000, 0.25)
             scores = np.full((100, 10), 0.1)
@@ -355,7 +355,7 @@ def test_isa_levels_agree(name, params, dtype, rng, monkeypatch, set_threads,
     results = {}
     for level, module in modules.items():
         monkeypatch.setattr(fl._pointwise, "kernels", module)
-        monkeypatch.setattr(fl._multiclass, "kernels", module)
+        monkeypatch.setattr(fl._rows, "kernels", module)
         # few threaded runs: a parallel region can cost milliseconds on a loaded machine
         for n_threads, reduction, w in ((1, "mean", None), (1, "mean", weight),
                                         (1, "none", weight), (2, "mean", weight)):

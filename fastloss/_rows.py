@@ -1,4 +1,4 @@
-"""The row losses of an (N, C) y_pred: kernels in ``_multiclass.pxi``.
+"""The row losses of an (N, C) y_pred: kernels in ``_rows.pxi``.
 
 Categorical and sparse categorical cross-entropy (torch ``cross_entropy`` from logits,
 Keras from probabilities), KL divergence (torch ``kl_div``) and the multi-class margin
@@ -15,14 +15,10 @@ from ._base import Loss
 from ._dispatch import kernels
 from ._pointwise import _first_bad, raise_for_probability_flags
 
-# Kernel ids: the RowLossId enum of _multiclass.pxi.
-(CATEGORICAL_LOGITS, CATEGORICAL_PROBS, KL_LOGITS, KL_PROBS, SPARSE_LOGITS, SPARSE_PROBS,
- MULTI_MARGIN) = range(7)
-
-# flag bits of _multiclass.pxi (8 and 16 are _pointwise.pxi's probability flags)
-FLAG_LABEL_OUT_OF_RANGE = 32
-FLAG_OUT_OF_MEMORY = 64
-FLAG_TARGET_NOT_LOG_PROBABILITY = 256
+# The kernel table and the flag bits are defined once, in the kernels (_rows.pxi,
+# _kernels.pxi); these are their Python names.
+Kernel = kernels.RowKernel
+Flag = kernels.Flag
 
 INT64_MIN, INT64_MAX = v.INT64_MIN, v.INT64_MAX
 
@@ -77,15 +73,12 @@ class RowLoss(Loss):
     def _n_threads(self, pred):
         return _threads.threads_for(pred.size * self._cost)
 
-    def _raise_for_flags(self, flags, pred, target):
-        if flags & FLAG_OUT_OF_MEMORY:
-            raise MemoryError(f"{self.name}: could not allocate the per-thread scratch "
-                              f"of {pred.shape[1]} elements")
+    def _raise_for_input_flags(self, flags, pred, target):
         raise_for_probability_flags(flags, pred, target)
-        if flags & FLAG_TARGET_NOT_LOG_PROBABILITY:
+        if flags & Flag.TARGET_NOT_LOG_PROBABILITY:
             raise ValueError(f"y_true: log_target=True expects log-probabilities <= 0, got "
                              f"{_first_bad(target, target > 0)}")
-        raise AssertionError(f"unexpected kernel flags {flags}")  # pragma: no cover
+        super()._raise_for_input_flags(flags, pred, target)
 
 
 def _check_z_loss(z_loss, from_logits):
@@ -158,7 +151,8 @@ class CategoricalCrossEntropy(_DenseRowLoss):
         self.label_smoothing = v.check_fraction("label_smoothing", label_smoothing)
         self._class_weights = v.check_class_vector("class_weight", class_weight)
         self.z_loss = _check_z_loss(z_loss, self.from_logits)
-        self._kernel_id = CATEGORICAL_LOGITS if self.from_logits else CATEGORICAL_PROBS
+        self._kernel_id = (Kernel.CATEGORICAL_CROSS_ENTROPY_FROM_LOGITS if self.from_logits
+                           else Kernel.CATEGORICAL_CROSS_ENTROPY_FROM_PROBABILITIES)
 
     def get_params(self):
         return {"from_logits": self.from_logits, "label_smoothing": self.label_smoothing,
@@ -199,7 +193,8 @@ class KLDivergence(_DenseRowLoss):
         super().__init__(reduction=reduction)
         self.from_logits = v.check_bool("from_logits", from_logits)
         self.log_target = v.check_bool("log_target", log_target)
-        self._kernel_id = KL_LOGITS if self.from_logits else KL_PROBS
+        self._kernel_id = (Kernel.KL_DIVERGENCE_FROM_LOGITS if self.from_logits
+                           else Kernel.KL_DIVERGENCE_FROM_PROBABILITIES)
 
     def get_params(self):
         return {"from_logits": self.from_logits, "log_target": self.log_target,
@@ -235,7 +230,7 @@ class _SparseRowLoss(RowLoss):
             weight, smoothing, z_loss, self._ignore_index, margin, power, weighted_mean,
             (1.0 / n if n else math.nan) if mean else 1.0,
             self._n_threads(pred), self._cost)
-        if flags & FLAG_LABEL_OUT_OF_RANGE:
+        if flags & Flag.LABEL_OUT_OF_RANGE:
             raise v.label_out_of_range(labels[bad_row].item(), bad_row, pred.shape[1],
                                        self._ignore_index)
         if flags:
@@ -305,7 +300,9 @@ class SparseCategoricalCrossEntropy(_SparseRowLoss):
         self._class_weights = v.check_class_vector("class_weight", class_weight)
         self.ignore_index = self._ignore_index = _check_ignore_index(ignore_index)
         self.z_loss = _check_z_loss(z_loss, self.from_logits)
-        self._kernel_id = SPARSE_LOGITS if self.from_logits else SPARSE_PROBS
+        self._kernel_id = (Kernel.SPARSE_CATEGORICAL_CROSS_ENTROPY_FROM_LOGITS
+                           if self.from_logits
+                           else Kernel.SPARSE_CATEGORICAL_CROSS_ENTROPY_FROM_PROBABILITIES)
 
     def get_params(self):
         return {"from_logits": self.from_logits, "label_smoothing": self.label_smoothing,
@@ -350,7 +347,7 @@ class MultiMargin(_SparseRowLoss):
             raise v.InvalidParameterError(f"p must be 1 or 2, got {p!r}")
         self.p = int(p)
         self._class_weights = v.check_class_vector("class_weight", class_weight)
-        self._kernel_id = MULTI_MARGIN
+        self._kernel_id = Kernel.MULTI_MARGIN
 
     def get_params(self):
         return {"margin": self.margin, "p": self.p, "class_weight": self.class_weight,
@@ -360,5 +357,5 @@ class MultiMargin(_SparseRowLoss):
         return 0.0, 0.0, self.margin, self.p
 
 
-MULTICLASS_LOSSES = (CategoricalCrossEntropy, SparseCategoricalCrossEntropy, KLDivergence,
+ROW_LOSSES = (CategoricalCrossEntropy, SparseCategoricalCrossEntropy, KLDivergence,
                      MultiMargin)

@@ -2,8 +2,8 @@
 # cross-entropy, KL divergence, multi-margin), value and gradient in one pass.
 #
 # Layout of the work:
-#   * ``rows_run`` splits the rows into one contiguous chunk per thread (or runs one chunk
-#     serially); ``rows_chunk`` walks its rows block by block.
+#   * ``rows_run`` cuts the rows into blocks (see _kernels.pxi) run serially or by a team
+#     of threads; ``rows_chunk`` walks the rows of one block in softmax blocks.
 #   * Losses of logits share a blocked softmax pass (``softmax_block``): the rows of a block
 #     are shifted by their max and exponentiated into the gradient rows themselves (or a
 #     per-thread scratch of at most max(C, SOFTMAX_BLOCK_ELEMS) elements when no gradient is
@@ -17,20 +17,13 @@
 #     grad_scale * sample_weight[row]: the reduction's denominator is folded in.
 #   * Loss values are accumulated across rows in float64.
 #   * Bad input (a probability outside [0, 1], a label outside [0, C)) raises a bit in
-#     ``flags``, turned into a ValueError by the Python layer (fastloss/_multiclass.py).
+#     ``flags``, turned into a ValueError by the Python layer (fastloss/_rows.py).
 #     Labels are checked in a cheap O(N) pass before the main pass (which also computes
 #     the weighted-mean denominator of sparse cross-entropy), so the main pass never
 #     indexes with a bad label.
 
 from libc.math cimport NAN
 from libc.stdint cimport int32_t, int64_t
-
-cdef enum:
-    # bits of ``flags`` (8 and 16, FLAG_PRED/TARGET_NOT_PROBABILITY, are shared with
-    # _pointwise.pxi)
-    FLAG_LABEL_OUT_OF_RANGE = 32          # a label outside [0, C), not ignore_index
-    FLAG_OUT_OF_MEMORY = 64               # malloc of the per-thread scratch failed
-    FLAG_TARGET_NOT_LOG_PROBABILITY = 256 # kl_divergence(log_target=True): a log p > 0
 
 cdef enum:
     # A block of the softmax pass holds at most this many elements (stays in L1 with its
@@ -47,44 +40,50 @@ cdef double KERAS_EPSILON = 1e-7   # keras.backend.epsilon(): probabilities clip
 cdef double KL_LOG_FLOOR = -100    # log q of kl_divergence from probabilities is >= this
 
 
-# Tag types: one per kernel, as in _pointwise.pxi.
-cdef struct CategoricalLogits:
+# -- the kernel table ---------------------------------------------------------------
+#
+# As in _pointwise.pxi: per loss an id (kernels.RowKernel), a tag type named after the
+# public loss, its ``*_row`` function and a line in dense_dispatch or sparse_dispatch.
+# A row tag holds nothing (the parameters are RowParams); it only selects the
+# specialisation, so the dispatch passes a NULL pointer of its type.
+
+cpdef enum RowKernel:
+    CATEGORICAL_CROSS_ENTROPY_FROM_LOGITS
+    CATEGORICAL_CROSS_ENTROPY_FROM_PROBABILITIES
+    KL_DIVERGENCE_FROM_LOGITS
+    KL_DIVERGENCE_FROM_PROBABILITIES
+    SPARSE_CATEGORICAL_CROSS_ENTROPY_FROM_LOGITS
+    SPARSE_CATEGORICAL_CROSS_ENTROPY_FROM_PROBABILITIES
+    MULTI_MARGIN
+
+
+cdef struct CategoricalCrossEntropyFromLogits:
     char unused
-cdef struct CategoricalProbs:
+cdef struct CategoricalCrossEntropyFromProbabilities:
     char unused
-cdef struct KLLogits:
+cdef struct KLDivergenceFromLogits:
     char unused
-cdef struct KLProbs:
+cdef struct KLDivergenceFromProbabilities:
     char unused
-cdef struct SparseLogits:
+cdef struct SparseCategoricalCrossEntropyFromLogits:
     char unused
-cdef struct SparseProbs:
+cdef struct SparseCategoricalCrossEntropyFromProbabilities:
     char unused
-cdef struct MultiMarginRows:
+cdef struct MultiMargin:
     char unused
 
 ctypedef fused RowLoss:
-    CategoricalLogits
-    CategoricalProbs
-    KLLogits
-    KLProbs
-    SparseLogits
-    SparseProbs
-    MultiMarginRows
+    CategoricalCrossEntropyFromLogits
+    CategoricalCrossEntropyFromProbabilities
+    KLDivergenceFromLogits
+    KLDivergenceFromProbabilities
+    SparseCategoricalCrossEntropyFromLogits
+    SparseCategoricalCrossEntropyFromProbabilities
+    MultiMargin
 
 ctypedef fused label_t:
     int32_t
     int64_t
-
-# Kernel ids of the Python layer (fastloss/_multiclass.py).
-cdef enum RowLossId:
-    ID_CATEGORICAL_LOGITS = 0
-    ID_CATEGORICAL_PROBS = 1
-    ID_KL_LOGITS = 2
-    ID_KL_PROBS = 3
-    ID_SPARSE_LOGITS = 4
-    ID_SPARSE_PROBS = 5
-    ID_MULTI_MARGIN = 6
 
 
 cdef struct RowParams:
@@ -155,7 +154,7 @@ cdef inline double categorical_logits_row(const RowParams* restrict prm,
             total_t += tc
             total_wt += cw[c] * tc
             dot += cw[c] * (tc * keep + spread) * (x[c] - m)
-    flags[0] |= bad * FLAG_TARGET_NOT_PROBABILITY
+    flags[0] |= bad * TARGET_NOT_PROBABILITY
     a_sum = keep * total_wt + spread * prm.class_weight_sum
     z_weight = prm.z_loss * (total_wt / total_t if total_t != 0 else 0)
     value = a_sum * log_s - dot + z_weight * lse * lse
@@ -235,7 +234,7 @@ cdef inline double kl_logits_row(const RowParams* restrict prm, const floating* 
             p_sum += p
             entropy += p * lp
             dot += p * (x[c] - m)
-        flags[0] |= bad * FLAG_TARGET_NOT_LOG_PROBABILITY
+        flags[0] |= bad * TARGET_NOT_LOG_PROBABILITY
         k = <floating>(scale_row * p_sum * inv_s)
         for c in range(C):
             g[c] = k * g[c] - scale_row * exp_(t[c])
@@ -246,7 +245,7 @@ cdef inline double kl_logits_row(const RowParams* restrict prm, const floating* 
             p_sum += p
             entropy += xlogx(p)
             dot += p * (x[c] - m)
-        flags[0] |= bad * FLAG_TARGET_NOT_PROBABILITY
+        flags[0] |= bad * TARGET_NOT_PROBABILITY
         k = <floating>(scale_row * p_sum * inv_s)
         for c in range(C):
             g[c] = k * g[c] - scale_row * t[c]
@@ -262,7 +261,7 @@ cdef inline floating probability_sum(const floating* restrict p, Py_ssize_t n,
     for c in range(n):
         bad |= (p[c] < 0) | (p[c] > 1)
         total += p[c]
-    flags[0] |= bad * FLAG_PRED_NOT_PROBABILITY
+    flags[0] |= bad * PRED_NOT_PROBABILITY
     return total
 
 
@@ -293,7 +292,7 @@ cdef inline double categorical_probs_row(const RowParams* restrict prm,
         q = x[c] / total
         loss -= a * log_(keras_clip(q))
         passed += a if keras_unclipped(q) else 0
-    flags[0] |= bad * FLAG_TARGET_NOT_PROBABILITY
+    flags[0] |= bad * TARGET_NOT_PROBABILITY
     k = scale_row / total
     for c in range(C):
         a = t[c] * keep + spread
@@ -366,9 +365,9 @@ cdef inline double kl_probs_row(const RowParams* restrict prm, const floating* r
             bad_t |= (p < 0) | (p > 1)
             loss += xlogx(p) - p * max_(log_q, <floating>KL_LOG_FLOOR)
         g[c] = -scale_row * p / q if log_q > <floating>KL_LOG_FLOOR else 0
-    flags[0] |= bad_q * FLAG_PRED_NOT_PROBABILITY
-    flags[0] |= bad_t * (FLAG_TARGET_NOT_LOG_PROBABILITY if prm.log_target
-                         else FLAG_TARGET_NOT_PROBABILITY)
+    flags[0] |= bad_q * PRED_NOT_PROBABILITY
+    flags[0] |= bad_t * (TARGET_NOT_LOG_PROBABILITY if prm.log_target
+                         else TARGET_NOT_PROBABILITY)
     return sw * loss
 
 
@@ -465,46 +464,46 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
     cdef floating* g
     cdef floating sw = 1
     cdef double acc = 0, v = 0
-    if RowLoss is CategoricalLogits or RowLoss is KLLogits or RowLoss is SparseLogits:
+    if RowLoss is CategoricalCrossEntropyFromLogits or RowLoss is KLDivergenceFromLogits or RowLoss is SparseCategoricalCrossEntropyFromLogits:
         block_rows = min(<Py_ssize_t>SOFTMAX_MAX_BLOCK_ROWS, SOFTMAX_BLOCK_ELEMS // C)
         if block_rows < SOFTMAX_MIN_BLOCK_ROWS:
             block_rows = 1
     if grad == NULL:
         scratch = <floating*>malloc(block_rows * C * sizeof(floating))
         if scratch == NULL:
-            flags[0] |= FLAG_OUT_OF_MEMORY
+            flags[0] |= OUT_OF_MEMORY
             return 0
     block = start
     while block < stop:
         n_block = min(block_rows, stop - block)
         buf = scratch if grad == NULL else grad + block * C
-        if RowLoss is CategoricalLogits or RowLoss is KLLogits or RowLoss is SparseLogits:
+        if RowLoss is CategoricalCrossEntropyFromLogits or RowLoss is KLDivergenceFromLogits or RowLoss is SparseCategoricalCrossEntropyFromLogits:
             softmax_block(x + block * C, n_block, C, buf, maxes, inv_sums, log_sums)
         for r in range(n_block):
             row = block + r
             g = buf + r * C
             if sample_weight != NULL:
                 sw = sample_weight[row]
-            if RowLoss is CategoricalLogits:
+            if RowLoss is CategoricalCrossEntropyFromLogits:
                 v = categorical_logits_row(prm, x + row * C, g, maxes[r], inv_sums[r],
                                            log_sums[r], target + row * C, class_weight,
                                            sw, scale * sw, flags)
-            elif RowLoss is KLLogits:
+            elif RowLoss is KLDivergenceFromLogits:
                 v = kl_logits_row(prm, x + row * C, g, maxes[r], inv_sums[r], log_sums[r],
                                   target + row * C, sw, scale * sw, flags)
-            elif RowLoss is SparseLogits:
+            elif RowLoss is SparseCategoricalCrossEntropyFromLogits:
                 v = sparse_logits_row(prm, x + row * C, g, maxes[r], inv_sums[r], log_sums[r],
                                       labels[row], class_weight, sw, scale * sw, flags)
-            elif RowLoss is CategoricalProbs:
+            elif RowLoss is CategoricalCrossEntropyFromProbabilities:
                 v = categorical_probs_row(prm, x + row * C, g, target + row * C,
                                           class_weight, sw, scale * sw, flags)
-            elif RowLoss is SparseProbs:
+            elif RowLoss is SparseCategoricalCrossEntropyFromProbabilities:
                 v = sparse_probs_row(prm, x + row * C, g, labels[row], class_weight, sw,
                                      scale * sw, flags)
-            elif RowLoss is KLProbs:
+            elif RowLoss is KLDivergenceFromProbabilities:
                 v = kl_probs_row(prm, x + row * C, g, target + row * C, sw, scale * sw,
                                  flags)
-            elif RowLoss is MultiMarginRows:
+            elif RowLoss is MultiMargin:
                 v = multi_margin_row(prm, x + row * C, g, labels[row], class_weight, sw,
                                      scale * sw)
             acc += v
@@ -606,71 +605,83 @@ cdef double label_weights(const label_t* labels, const RowParams* prm,
 
 # -- entry points ----------------------------------------------------------------------
 
-cdef (double, int) dense_dispatch(int loss_id, const RowParams* prm, const floating* x,
-                                  const floating* target, const floating* class_weight,
-                                  const floating* sample_weight, floating* grad,
-                                  floating* values, double grad_scale, Py_ssize_t n_rows,
-                                  int n_threads, Py_ssize_t block) noexcept nogil:
-    cdef int flags = 0
-    cdef double acc = 0
-    cdef CategoricalLogits categorical_logits
-    cdef CategoricalProbs categorical_probs
-    cdef KLLogits kl_logits
-    cdef KLProbs kl_probs
+cdef struct RowCall:
+    # the arrays (of the call's float type) and options of one call
+    const void* x
+    const void* target        # the (N, C) targets of a dense loss, else NULL
+    const void* class_weight  # NULL, or C weights
+    const void* sample_weight # NULL, or N weights
+    void* grad                # NULL: not wanted
+    void* values              # NULL: not wanted (reduced value only)
+    Py_ssize_t n_rows
+    int n_threads
+    Py_ssize_t block
+
+
+cdef inline double rows_call(const RowLoss* loss, const RowParams* prm,
+                             const RowCall* call, const label_t* labels,
+                             floating grad_scale, int* flags) noexcept nogil:
+    """rows_run on the arrays of ``call``, read as ``floating``."""
+    return rows_run(loss, prm, <const floating*>call.x, <const floating*>call.target,
+                    labels, <const floating*>call.class_weight,
+                    <const floating*>call.sample_weight, <floating*>call.grad,
+                    <floating*>call.values, grad_scale, call.n_rows, call.n_threads,
+                    call.block, flags)
+
+
+cdef double dense_dispatch(int kernel, const RowParams* prm, const RowCall* call,
+                           floating grad_scale, int* flags) noexcept nogil:
+    """Run the dense-target row loss ``kernel`` (a RowKernel id): one line per loss."""
     cdef const int32_t* no_labels = NULL
-    cdef floating scale = <floating>grad_scale
-    if loss_id == ID_CATEGORICAL_LOGITS:
-        acc = rows_run(&categorical_logits, prm, x, target, no_labels, class_weight,
-                       sample_weight, grad, values, scale, n_rows, n_threads, block,
-                       &flags)
-    elif loss_id == ID_CATEGORICAL_PROBS:
-        acc = rows_run(&categorical_probs, prm, x, target, no_labels, class_weight,
-                       sample_weight, grad, values, scale, n_rows, n_threads, block,
-                       &flags)
-    elif loss_id == ID_KL_LOGITS:
-        acc = rows_run(&kl_logits, prm, x, target, no_labels, class_weight,
-                       sample_weight, grad, values, scale, n_rows, n_threads, block,
-                       &flags)
-    elif loss_id == ID_KL_PROBS:
-        acc = rows_run(&kl_probs, prm, x, target, no_labels, class_weight,
-                       sample_weight, grad, values, scale, n_rows, n_threads, block,
-                       &flags)
-    return acc, flags
+    if kernel == CATEGORICAL_CROSS_ENTROPY_FROM_LOGITS:
+        return rows_call(<const CategoricalCrossEntropyFromLogits*>NULL, prm, call,
+                         no_labels, grad_scale, flags)
+    if kernel == CATEGORICAL_CROSS_ENTROPY_FROM_PROBABILITIES:
+        return rows_call(<const CategoricalCrossEntropyFromProbabilities*>NULL, prm, call,
+                         no_labels, grad_scale, flags)
+    if kernel == KL_DIVERGENCE_FROM_LOGITS:
+        return rows_call(<const KLDivergenceFromLogits*>NULL, prm, call, no_labels,
+                         grad_scale, flags)
+    if kernel == KL_DIVERGENCE_FROM_PROBABILITIES:
+        return rows_call(<const KLDivergenceFromProbabilities*>NULL, prm, call, no_labels,
+                         grad_scale, flags)
+    flags[0] |= UNKNOWN_KERNEL
+    return 0
 
 
-cdef (double, int, double, Py_ssize_t) sparse_dispatch(
-        int loss_id, const RowParams* prm, const floating* x, const label_t* labels,
-        const floating* class_weight, const floating* sample_weight, floating* grad,
-        floating* values, bint weighted_mean, double grad_scale, Py_ssize_t n_rows,
-        int n_threads, Py_ssize_t block) noexcept nogil:
+cdef double sparse_dispatch(int kernel, const RowParams* prm, const RowCall* call,
+                            const label_t* labels, floating grad_scale,
+                            int* flags) noexcept nogil:
+    """Run the label row loss ``kernel`` (a RowKernel id): one line per loss."""
+    if kernel == SPARSE_CATEGORICAL_CROSS_ENTROPY_FROM_LOGITS:
+        return rows_call(<const SparseCategoricalCrossEntropyFromLogits*>NULL, prm, call,
+                         labels, grad_scale, flags)
+    if kernel == SPARSE_CATEGORICAL_CROSS_ENTROPY_FROM_PROBABILITIES:
+        return rows_call(<const SparseCategoricalCrossEntropyFromProbabilities*>NULL, prm,
+                         call, labels, grad_scale, flags)
+    if kernel == MULTI_MARGIN:
+        return rows_call(<const MultiMargin*>NULL, prm, call, labels, grad_scale, flags)
+    flags[0] |= UNKNOWN_KERNEL
+    return 0
+
+
+cdef (double, int, double, Py_ssize_t) sparse_run(
+        int kernel, const RowParams* prm, const RowCall* call, const label_t* labels,
+        bint weighted_mean, floating grad_scale) noexcept nogil:
+    """The labels pass (bad labels, the weighted-mean denominator), then the loss."""
     cdef int flags = 0
-    cdef double acc = 0, denominator
+    cdef double total = 0, denominator
     cdef Py_ssize_t first_bad_row
-    cdef SparseLogits sparse_logits
-    cdef SparseProbs sparse_probs
-    cdef MultiMarginRows multi_margin
-    cdef const floating* no_target = NULL
-    denominator = label_weights(labels, prm, class_weight, n_rows, n_threads, block,
-                                &first_bad_row)
+    denominator = label_weights(labels, prm, <const floating*>call.class_weight,
+                                call.n_rows, call.n_threads, call.block, &first_bad_row)
     if first_bad_row >= 0:
-        return 0.0, FLAG_LABEL_OUT_OF_RANGE, denominator, first_bad_row
+        return 0.0, LABEL_OUT_OF_RANGE, denominator, first_bad_row
     if weighted_mean:
         # torch: a zero denominator (every row ignored, or zero weights) gives nan, the
         # NLL part being 0/0; ignored rows still get a zero gradient row
-        grad_scale = 1.0 / denominator if denominator != 0 else NAN
-    if loss_id == ID_SPARSE_LOGITS:
-        acc = rows_run(&sparse_logits, prm, x, no_target, labels, class_weight,
-                       sample_weight, grad, values, <floating>grad_scale, n_rows,
-                       n_threads, block, &flags)
-    elif loss_id == ID_SPARSE_PROBS:
-        acc = rows_run(&sparse_probs, prm, x, no_target, labels, class_weight,
-                       sample_weight, grad, values, <floating>grad_scale, n_rows,
-                       n_threads, block, &flags)
-    elif loss_id == ID_MULTI_MARGIN:
-        acc = rows_run(&multi_margin, prm, x, no_target, labels, class_weight,
-                       sample_weight, grad, values, <floating>grad_scale, n_rows,
-                       n_threads, block, &flags)
-    return acc, flags, denominator, first_bad_row
+        grad_scale = <floating>(1.0 / denominator if denominator != 0 else NAN)
+    total = sparse_dispatch(kernel, prm, call, labels, grad_scale, &flags)
+    return total, flags, denominator, first_bad_row
 
 
 cdef RowParams row_params(cnp.ndarray y_pred, object class_weight, double label_smoothing,
@@ -697,45 +708,57 @@ cdef RowParams row_params(cnp.ndarray y_pred, object class_weight, double label_
     return prm
 
 
-def dense_rows(int loss_id, cnp.ndarray y_pred, cnp.ndarray y_true, object class_weight,
+cdef RowCall row_call(cnp.ndarray y_pred, object target, object class_weight,
+                      object grad, object values, object sample_weight, int n_threads,
+                      Py_ssize_t block):
+    cdef RowCall call
+    call.x = cnp.PyArray_DATA(y_pred)
+    call.target = data_or_null(target)
+    call.class_weight = data_or_null(class_weight)
+    call.sample_weight = data_or_null(sample_weight)
+    call.grad = data_or_null(grad)
+    call.values = data_or_null(values)
+    call.n_rows = cnp.PyArray_DIMS(y_pred)[0]
+    call.n_threads = n_threads
+    call.block = block
+    return call
+
+
+def dense_rows(int kernel, cnp.ndarray y_pred, cnp.ndarray y_true, object class_weight,
                object grad, object values, object sample_weight, double label_smoothing,
                double z_loss, bint log_target, double grad_scale, int n_threads,
                int cost):
-    """Run a row loss with (N, C) float targets over C-contiguous arrays of one dtype.
+    """Run the row loss ``kernel`` (a RowKernel id) with (N, C) float targets over
+    C-contiguous arrays of one dtype.
 
-    The Python layer has checked shapes, dtypes, contiguity and the class-weight length.
-    ``cost`` is the work of one element (sets the block size); up to ``n_threads``
-    threads run the blocks.  Returns ``(sum of the weighted row losses, flags)``.
+    The Python layer has checked shapes, dtypes, contiguity, overlap and the class-weight
+    length.  ``cost`` is the work of one element (sets the block size); up to
+    ``n_threads`` threads run the blocks.  Returns ``(sum of the weighted row losses,
+    flags)``.
     """
     cdef RowParams prm = row_params(y_pred, class_weight, label_smoothing, z_loss, 0.0, 1,
                                     log_target, None)
-    cdef Py_ssize_t n_rows = cnp.PyArray_DIMS(y_pred)[0]
-    cdef void* x = cnp.PyArray_DATA(y_pred)
-    cdef void* t = cnp.PyArray_DATA(y_true)
-    cdef void* cw = data_or_null(class_weight)
-    cdef void* sw = data_or_null(sample_weight)
-    cdef void* g = data_or_null(grad)
-    cdef void* v = data_or_null(values)
-    cdef Py_ssize_t block = block_size(n_rows, cost * prm.n_classes, 1)
-    cdef (double, int) result
+    cdef RowCall call = row_call(y_pred, y_true, class_weight, grad, values,
+                                 sample_weight, n_threads,
+                                 block_size(cnp.PyArray_DIMS(y_pred)[0],
+                                            cost * prm.n_classes, 1))
+    cdef int flags = 0
+    cdef double total
     if cnp.PyArray_TYPE(y_pred) == cnp.NPY_FLOAT:
         with nogil:
-            result = dense_dispatch(loss_id, &prm, <float*>x, <float*>t, <float*>cw,
-                                    <float*>sw, <float*>g, <float*>v, grad_scale, n_rows,
-                                    n_threads, block)
+            total = dense_dispatch(kernel, &prm, &call, <float>grad_scale, &flags)
     else:
         with nogil:
-            result = dense_dispatch(loss_id, &prm, <double*>x, <double*>t, <double*>cw,
-                                    <double*>sw, <double*>g, <double*>v, grad_scale,
-                                    n_rows, n_threads, block)
-    return result
+            total = dense_dispatch(kernel, &prm, &call, grad_scale, &flags)
+    return total, flags
 
 
-def sparse_rows(int loss_id, cnp.ndarray y_pred, cnp.ndarray labels, object class_weight,
+def sparse_rows(int kernel, cnp.ndarray y_pred, cnp.ndarray labels, object class_weight,
                 object grad, object values, object sample_weight, double label_smoothing,
                 double z_loss, object ignore_index, double margin, int power,
                 bint weighted_mean, double grad_scale, int n_threads, int cost):
-    """Run a row loss with (N,) int32/int64 labels over C-contiguous arrays.
+    """Run the row loss ``kernel`` (a RowKernel id) with (N,) int32/int64 labels over
+    C-contiguous arrays.
 
     ``ignore_index`` is an int or None.  With ``weighted_mean`` the gradient is scaled by
     1 / (summed class weights, or count, of the non-ignored rows), else by
@@ -745,32 +768,24 @@ def sparse_rows(int loss_id, cnp.ndarray y_pred, cnp.ndarray labels, object clas
     """
     cdef RowParams prm = row_params(y_pred, class_weight, label_smoothing, z_loss, margin,
                                     power, False, ignore_index)
-    cdef Py_ssize_t n_rows = cnp.PyArray_DIMS(y_pred)[0]
-    cdef void* x = cnp.PyArray_DATA(y_pred)
-    cdef void* y = cnp.PyArray_DATA(labels)
-    cdef void* cw = data_or_null(class_weight)
-    cdef void* sw = data_or_null(sample_weight)
-    cdef void* g = data_or_null(grad)
-    cdef void* v = data_or_null(values)
+    cdef RowCall call = row_call(y_pred, None, class_weight, grad, values, sample_weight,
+                                 n_threads, block_size(cnp.PyArray_DIMS(y_pred)[0],
+                                                       cost * prm.n_classes, 1))
+    cdef const void* y = cnp.PyArray_DATA(labels)
     cdef bint single = cnp.PyArray_TYPE(y_pred) == cnp.NPY_FLOAT
     cdef bint int32_labels = cnp.PyArray_TYPE(labels) == cnp.NPY_INT32
-    cdef Py_ssize_t block = block_size(n_rows, cost * prm.n_classes, 1)
     cdef (double, int, double, Py_ssize_t) result
     with nogil:
         if single and int32_labels:
-            result = sparse_dispatch(loss_id, &prm, <float*>x, <int32_t*>y, <float*>cw,
-                                     <float*>sw, <float*>g, <float*>v, weighted_mean,
-                                     grad_scale, n_rows, n_threads, block)
+            result = sparse_run(kernel, &prm, &call, <const int32_t*>y, weighted_mean,
+                                <float>grad_scale)
         elif single:
-            result = sparse_dispatch(loss_id, &prm, <float*>x, <int64_t*>y, <float*>cw,
-                                     <float*>sw, <float*>g, <float*>v, weighted_mean,
-                                     grad_scale, n_rows, n_threads, block)
+            result = sparse_run(kernel, &prm, &call, <const int64_t*>y, weighted_mean,
+                                <float>grad_scale)
         elif int32_labels:
-            result = sparse_dispatch(loss_id, &prm, <double*>x, <int32_t*>y, <double*>cw,
-                                     <double*>sw, <double*>g, <double*>v, weighted_mean,
-                                     grad_scale, n_rows, n_threads, block)
+            result = sparse_run(kernel, &prm, &call, <const int32_t*>y, weighted_mean,
+                                grad_scale)
         else:
-            result = sparse_dispatch(loss_id, &prm, <double*>x, <int64_t*>y, <double*>cw,
-                                     <double*>sw, <double*>g, <double*>v, weighted_mean,
-                                     grad_scale, n_rows, n_threads, block)
+            result = sparse_run(kernel, &prm, &call, <const int64_t*>y, weighted_mean,
+                                grad_scale)
     return result

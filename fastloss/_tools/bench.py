@@ -7,7 +7,7 @@ predictions:
 - PyTorch: forward and ``loss.backward()`` through autograd, on a leaf tensor built once
   with ``requires_grad=True`` whose ``.grad`` is reset to None before each call (what
   ``optimizer.zero_grad()`` does);
-- NumPy: the reference of :mod:`fastloss._reference` (value and gradient);
+- NumPy: the reference of :mod:`fastloss._tools.reference` (value and gradient);
 - JAX (when importable): ``jax.jit(jax.value_and_grad(loss))``, waited for.
 
 A time is the best (min) over several rounds of the mean of an adaptive number of
@@ -26,7 +26,6 @@ import json
 import math
 import os
 import platform
-import runpy
 import subprocess
 import sys
 import time
@@ -38,8 +37,8 @@ import numpy as np
 
 import fastloss as fl
 
-from . import _reference
-from ._reference import REFERENCES
+from . import reference
+from .reference import REFERENCES
 
 DESCRIPTION = __doc__.split("\n\n", 1)[1].replace("``", "")
 
@@ -52,8 +51,8 @@ SHAPES = {
 }
 PEERS = ("torch", "numpy", "jax")
 PEER_TITLES = {"torch": "PyTorch", "numpy": "NumPy", "jax": "JAX"}
-#: default path of the issue-4 targets (a source checkout)
-TARGETS_PATH = Path(__file__).resolve().parent / "_targets.py"  # benchmarks/targets.py too
+#: the shipped performance targets
+TARGETS_PATH = Path(__file__).resolve().parent / "targets.json"
 
 
 @dataclass(frozen=True)
@@ -182,7 +181,7 @@ def torch_call(case, pred, target):
 
 def numpy_call(case, pred, target):
     """The NumPy reference's value and gradient."""
-    value_and_grad = _reference.numpy_value_and_grad(case.loss, case.params)
+    value_and_grad = reference.numpy_value_and_grad(case.loss, case.params)
     return lambda: value_and_grad(pred, target)
 
 
@@ -450,16 +449,28 @@ class Result:
 
 
 # ----------------------------------------------------------------------------------
-# targets (benchmarks/targets.py)
+# targets (fastloss/_tools/targets.json)
 
 
 def load_targets(path=None):
-    """The TARGETS dict of ``path`` (default: fastloss/_targets.py, which
-    benchmarks/targets.py re-exports); None when ``path`` is not a file."""
+    """The targets of the JSON file ``path`` (default: the shipped
+    fastloss/_tools/targets.json) as ``{(loss, size): {metric: bound}}``; None when
+    ``path`` is not a file.  The file's "about" explains the keys and metrics."""
     path = Path(path) if path else TARGETS_PATH
     if not path.is_file():
         return None
-    return runpy.run_path(str(path))["TARGETS"]
+    with open(path) as fh:
+        rows = json.load(fh)["targets"]
+    targets = {}
+    for row in rows:
+        bounds = {key: value for key, value in row.items()
+                  if key not in ("loss", "size", "why")}
+        unknown = sorted(set(bounds) - set(METRIC_TEXT))
+        if unknown:
+            raise ValueError(f"{path}: unknown metric {unknown[0]!r} for "
+                             f"{row['loss']} {row['size']}; known: {', '.join(METRIC_TEXT)}")
+        targets[row["loss"], row["size"]] = bounds
+    return targets
 
 
 def _matches(pattern, value, group):
@@ -651,8 +662,8 @@ def add_arguments(parser):
     parser.add_argument("--plot", metavar="FILE.png",
                         help="plot time against size (log-log); needs matplotlib")
     parser.add_argument("--targets", metavar="FILE",
-                        help="targets file defining TARGETS (default: the issue-4 targets "
-                             "shipped in fastloss/_targets.py)")
+                        help="JSON file of performance targets (default: the targets "
+                             "shipped in fastloss/_tools/targets.json)")
 
 
 def comma_list(text):
@@ -820,7 +831,7 @@ def _print_targets(out, evaluations, path):
         print("\ntargets: none applies to these cases (targets are float32)", file=out)
         return
     verdicts = [e["met"] for e in evaluations]
-    print(f"\ntargets of issue 4 ({Path(path).name}, float32): {verdicts.count(True)} met, "
+    print(f"\nperformance targets ({Path(path).name}, float32): {verdicts.count(True)} met, "
           f"{verdicts.count(False)} not met, {verdicts.count(None)} not measured", file=out)
     for evaluation in evaluations:
         if evaluation["met"] is not True:
