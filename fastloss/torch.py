@@ -13,11 +13,11 @@ Design, in three layers (the split of Liger-Kernel):
 
 1. :class:`_FusedLoss`, one ``torch.autograd.Function`` for every loss, parametrised by a
    fastloss loss object.  Its forward runs ``value_and_grad`` once, writing the gradient
-   into a tensor from ``torch.empty_like`` through a NumPy view, and saves it; its backward
-   multiplies that gradient by the upstream gradient (returning it untouched when the
-   upstream gradient is the scalar 1, the ``loss.backward()`` case).  CPU float32/float64
-   tensors reach the kernel as NumPy views, so nothing is copied.  When the input needs no
-   gradient, only the value is computed.
+   into a tensor from ``torch.empty_like`` through a NumPy view; its backward hands that
+   tensor out, untouched when the upstream gradient is the scalar 1 (the
+   ``loss.backward()`` case), else multiplied by it in place, so ``.grad`` is the kernel's
+   own output, not a copy.  CPU float32/float64 tensors reach the kernel as NumPy views,
+   so nothing is copied.  When the input needs no gradient, only the value is computed.
 2. The functions map torch's arguments onto a fastloss loss, or decide it cannot compute
    this call.
 3. The modules call the functions.
@@ -33,6 +33,31 @@ formula.  ``nll_loss`` is torch's: its input already is log-probabilities, so th
 softmax to fuse and its gradient is a scatter of ``-weight`` (see :func:`nll_loss`).
 ``kl_div`` runs fastloss's elementwise ``PointwiseKLDivergence`` kernel, which reads its
 input as log q, as torch does (see :func:`kl_div`).
+
+Gradients and in-place edits:
+
+- The gradient a backward returns is never aliased with anything fastloss keeps.  The
+  first backward takes the kernel's gradient and the graph drops its reference to it, so
+  editing what it returned (``g.zero_()``, an in-place update of ``.grad``) cannot change a
+  later backward.  A later backward (after ``retain_graph=True``) runs the kernel again on
+  the saved input and returns a new tensor.
+- The input may be modified in place after the loss is computed wherever torch allows it.
+  torch's backward of ``cross_entropy``, ``kl_div``, ``l1_loss`` (and ``smooth_l1_loss``
+  with ``beta=0``) and ``mse_loss`` with a ``weight`` does not read the input, and the
+  first backward here needs only the gradient from forward: ``loss.backward()`` works and
+  gives the gradient at the values the loss was computed from, as torch's does.  Where
+  torch's backward reads the input (``mse_loss``, ``huber_loss``, ``smooth_l1_loss``,
+  ``binary_cross_entropy``, ``binary_cross_entropy_with_logits``, ``multi_margin_loss``),
+  backward raises torch's own "modified by an inplace operation" error, as
+  ``torch.nn.functional`` does, so a call behaves the same whether the kernel or torch's
+  fallback (CUDA, half precision, ...) computes it.
+- fastloss keeps the input, not torch's intermediate values (such as cross_entropy's
+  log-probabilities).  A double backward (``create_graph=True``), or a backward after the
+  first, of a loss whose input was modified in place after the loss was computed raises a
+  RuntimeError saying so, where torch would answer from its intermediates; it never
+  differentiates the modified values.  Compute the loss again, or modify a copy.  Edits
+  through ``.data`` are not tracked by autograd, so they are not detected: backward still
+  gives the gradient from forward, but a double or later backward uses the edited values.
 
 The kernels use fastloss's thread count (:func:`fastloss.set_num_threads`); torch's is
 left alone.
@@ -72,37 +97,61 @@ class _FusedLoss(torch.autograd.Function):
     """A fastloss loss as an autograd node: gradient computed at forward time.
 
     Arguments of ``apply``: ``input`` (the tensor differentiated), ``target`` (a tensor
-    needing no gradient, saved for a double backward), ``loss`` (the fastloss object),
-    ``target_array`` (``target`` as the array fastloss reads), ``sample_weight`` (an
-    array or None), ``scale`` (a constant factor of the loss, applied to the value here
-    and folded into the upstream gradient in backward) and ``torch_loss(input, target)``,
-    torch's own formula for the same value, differentiated instead when a double
-    backward is asked for.
+    needing no gradient, read by the kernel through a NumPy view), ``loss`` (the fastloss
+    object), ``sample_weight`` (an array or None), ``scale`` (a constant factor of the
+    loss, applied to the value here and folded into the upstream gradient in backward),
+    ``torch_loss(input, target)``, torch's own formula for the same value, differentiated
+    instead when a double backward is asked for, and ``reads_input``: torch's own backward
+    of this loss reads the input, so it fails after the input is modified in place, and so
+    does this one.
+
+    The kernel's gradient is kept as a plain attribute, not a saved tensor: the first
+    backward takes it (returned as is for ``loss.backward()``, else scaled in place) and
+    drops the reference, so the gradient autograd hands out is never a buffer this node
+    still holds.  A later backward (``retain_graph=True``) runs the kernel again on the
+    saved input, which must not have been modified in place since forward.
     """
 
     @staticmethod
-    def forward(ctx, input, target, loss, target_array, sample_weight, scale, torch_loss):
+    def forward(ctx, input, target, loss, sample_weight, scale, torch_loss, reads_input):
         grad = torch.empty_like(input, memory_format=torch.contiguous_format)
-        value, _ = loss.value_and_grad(input.numpy(), target_array, sample_weight,
+        value, _ = loss.value_and_grad(input.numpy(), target.numpy(), sample_weight,
                                        out=grad.numpy())
-        ctx.save_for_backward(grad, input, target)
-        ctx.scale, ctx.torch_loss = scale, torch_loss
+        # Saved for a later backward: autograd frees them with the graph and checks on
+        # unpacking that they were not modified in place.
+        ctx.save_for_backward(input, target)
+        ctx.kernel_grad = grad
+        ctx.loss, ctx.sample_weight, ctx.scale = loss, sample_weight, scale
+        ctx.torch_loss, ctx.reads_input = torch_loss, reads_input
         return _to_tensor(value, grad, scale)
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad, input, target = ctx.saved_tensors
         if torch.is_grad_enabled():
-            # create_graph=True: the saved gradient is a constant, so a gradient of the
-            # gradient must come from a graph of torch's own formula.
+            # create_graph=True: the kernel's gradient is a constant, so a gradient of the
+            # gradient must come from a graph of torch's own formula at the input.
+            input, target = _saved_input(ctx, "a double backward (create_graph=True)")
             with torch.enable_grad():
                 value = ctx.torch_loss(input, target)
             (grad_input,) = torch.autograd.grad(value, input, grad_output, create_graph=True)
             return grad_input, None, None, None, None, None, None
+        grad = ctx.kernel_grad
+        if grad is None:
+            # the kernel's gradient went to an earlier backward: compute it again
+            input, target = _saved_input(ctx, "a backward after the first one")
+            grad = torch.empty_like(input, memory_format=torch.contiguous_format)
+            ctx.loss.value_and_grad(input.detach().numpy(), target.numpy(),
+                                    ctx.sample_weight, out=grad.numpy())
+        else:
+            if ctx.reads_input:
+                # torch's backward reads the input here: raise torch's error if it was
+                # modified in place (unpacking checks), as torch.nn.functional does
+                _ = ctx.saved_tensors
+            ctx.kernel_grad = None  # handed out once: this node keeps no reference to it
+        # `grad` is now this call's alone: scaled in place, and returned without a copy
+        # (for loss.backward(), autograd takes it as .grad as it is)
         if grad_output.ndim == 0:
             if ctx.scale == 1.0 and grad_output.item() == 1.0:
-                # loss.backward(): autograd may take this buffer as .grad without a copy
-                # (it copies when the graph is retained, as the saved tensor is then shared)
                 return grad, None, None, None, None, None, None
         elif grad_output.ndim < grad.ndim:
             # reduction="none" of a row loss: one upstream value per row
@@ -110,7 +159,28 @@ class _FusedLoss(torch.autograd.Function):
                 grad_output.shape + (1,) * (grad.ndim - grad_output.ndim))
         if ctx.scale != 1.0:
             grad_output = grad_output * ctx.scale
-        return grad * grad_output, None, None, None, None, None, None
+        return grad.mul_(grad_output), None, None, None, None, None, None
+
+
+_MODIFIED_INPUT = (
+    "fastloss.torch: the input of this loss was modified by an inplace operation after the "
+    "loss was computed, and {} computes the gradient from the input, so it would "
+    "differentiate the modified values (torch.nn.functional keeps other intermediate "
+    "values for this loss; fastloss keeps only the input).  Modify a copy "
+    "(input.clone()) instead, or compute the loss again after the modification.")
+
+
+def _saved_input(ctx, what):
+    """``ctx``'s saved (input, target).  autograd raises when the input was modified in
+    place since forward; when torch's own backward would not have raised for this loss,
+    that error is replaced by one saying what happened and why fastloss needs the input."""
+    try:
+        return ctx.saved_tensors
+    except RuntimeError as error:
+        # the other failure, a graph already freed, keeps torch's message
+        if ctx.reads_input or "inplace operation" not in str(error):
+            raise
+        raise RuntimeError(_MODIFIED_INPUT.format(what)) from error
 
 
 def _to_tensor(value, like, scale=1.0):
@@ -126,14 +196,14 @@ def _to_tensor(value, like, scale=1.0):
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
-def _run(loss, input, target, target_array, sample_weight, torch_loss, scale=1.0):
+def _run(loss, input, target, sample_weight, torch_loss, scale=1.0, reads_input=False):
     """Evaluate ``scale * loss`` with fastloss: an autograd node when ``input`` needs a
     gradient, the value alone otherwise.  fastloss's ValueError/TypeError propagate (the
-    caller then falls back to torch)."""
+    caller then falls back to torch).  ``reads_input``: see :class:`_FusedLoss`."""
     if input.requires_grad and torch.is_grad_enabled():
-        return _FusedLoss.apply(input, target, loss, target_array, sample_weight, scale,
-                                torch_loss)
-    return _to_tensor(loss(input.numpy(), target_array, sample_weight), input, scale)
+        return _FusedLoss.apply(input, target, loss, sample_weight, scale, torch_loss,
+                                reads_input)
+    return _to_tensor(loss(input.numpy(), target.numpy(), sample_weight), input, scale)
 
 
 # -- when fastloss may run ---------------------------------------------------------------
@@ -228,8 +298,8 @@ def _row_weights(weight, input):
     return np.broadcast_to(rows, input.shape[:1])
 
 
-def _elementwise(make_loss, input, target, reduction, torch_loss, weight=None,
-                 weight_mean="count", scale=1.0, nan_is_torchs_error=False):
+def _elementwise(make_loss, input, target, reduction, torch_loss, *, reads_input,
+                 weight=None, weight_mean="count", scale=1.0, nan_is_torchs_error=False):
     """A pointwise loss (target of input's shape): fastloss, else ``torch_loss``.
 
     ``make_loss(reduction)`` builds the fastloss loss.  torch's ``weight`` is accepted when
@@ -239,7 +309,8 @@ def _elementwise(make_loss, input, target, reduction, torch_loss, weight=None,
     (smooth_l1 = huber / beta).  Not as a sample weight: fastloss's loop with one weight
     per element is scalar, several times slower than one multiply of the gradient.
     ``nan_is_torchs_error``: torch rejects NaN inputs of this loss, so a NaN result is
-    recomputed by torch to raise torch's error.
+    recomputed by torch to raise torch's error.  ``reads_input``: torch's backward of this
+    call reads the input (it fails after an in-place edit of it; see :class:`_FusedLoss`).
     """
     if not (_kernels_may_run() and _plain(input, _KERNEL_DTYPES) and _constant(target, input)
             and target.shape == input.shape):
@@ -260,7 +331,7 @@ def _elementwise(make_loss, input, target, reduction, torch_loss, weight=None,
             kernel_reduction = "sum"
     try:
         loss = make_loss(kernel_reduction)
-        result = _run(loss, input, target, target.numpy(), sample_weight, torch_loss, scale)
+        result = _run(loss, input, target, sample_weight, torch_loss, scale, reads_input)
     except (ValueError, TypeError):
         return torch_loss(input, target)
     if nan_is_torchs_error and bool(result.isnan().any()):
@@ -269,7 +340,7 @@ def _elementwise(make_loss, input, target, reduction, torch_loss, weight=None,
 
 
 def _error_loss(cls, torch_function, input, target, size_average, reduce, reduction,
-                weight):
+                weight, reads_input):
     """mse_loss / l1_loss: fastloss ``cls``; torch's ``weight`` (same shape as input,
     mean = sum(w l) / sum(w)) runs in the kernel when it is one weight per row."""
     reduction = _legacy_reduction(size_average, reduce, reduction)
@@ -277,7 +348,8 @@ def _error_loss(cls, torch_function, input, target, size_average, reduce, reduct
     if weight is not None and weight.shape != input.shape:
         return torch_loss(input, target)
     return _elementwise(lambda r: _cached_loss(cls, reduction=r), input, target, reduction,
-                        torch_loss, weight, weight_mean="weight_sum")
+                        torch_loss, reads_input=reads_input, weight=weight,
+                        weight_mean="weight_sum")
 
 
 def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
@@ -286,8 +358,9 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
     ``weight`` (torch: same shape as input; mean = sum(w l) / sum(w)) runs in the kernel
     when it is one weight per row, e.g. ``w[:, None].expand_as(input)``.
     """
+    # torch's unweighted mse_loss backward reads the input; its weighted one does not
     return _error_loss(fl.MeanSquaredError, F.mse_loss, input, target, size_average,
-                       reduce, reduction, weight)
+                       reduce, reduction, weight, reads_input=weight is None)
 
 
 def l1_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
@@ -296,7 +369,7 @@ def l1_loss(input, target, size_average=None, reduce=None, reduction="mean", wei
     ``weight`` as for :func:`mse_loss`.
     """
     return _error_loss(fl.MeanAbsoluteError, F.l1_loss, input, target, size_average,
-                       reduce, reduction, weight)
+                       reduce, reduction, weight, reads_input=False)
 
 
 def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
@@ -311,7 +384,7 @@ def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
         return torch_loss(input, target)
     return _elementwise(
         lambda r: _cached_loss(fl.Huber, delta=delta, reduction=r),
-        input, target, reduction, torch_loss, weight)
+        input, target, reduction, torch_loss, reads_input=True, weight=weight)
 
 
 def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mean",
@@ -322,12 +395,12 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mea
     torch_loss = functools.partial(F.smooth_l1_loss, reduction=reduction, beta=beta)
     if isinstance(beta, (int, float)) and beta == 0:
         return _elementwise(lambda r: _cached_loss(fl.MeanAbsoluteError, reduction=r),
-                            input, target, reduction, torch_loss)
+                            input, target, reduction, torch_loss, reads_input=False)
     if not (isinstance(beta, (int, float)) and beta > 0 and np.isfinite(1.0 / beta)):
         return torch_loss(input, target)
     return _elementwise(
         lambda r: _cached_loss(fl.Huber, delta=beta, reduction=r),
-        input, target, reduction, torch_loss, scale=1.0 / beta)
+        input, target, reduction, torch_loss, reads_input=True, scale=1.0 / beta)
 
 
 def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None,
@@ -343,7 +416,8 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
     torch_loss = functools.partial(F.binary_cross_entropy, weight=weight, reduction=reduction)
     return _elementwise(
         lambda r: _cached_loss(fl.BinaryCrossEntropy, from_logits=False, reduction=r),
-        input, target, reduction, torch_loss, weight, nan_is_torchs_error=True)
+        input, target, reduction, torch_loss, reads_input=True, weight=weight,
+        nan_is_torchs_error=True)
 
 
 def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None,
@@ -369,7 +443,8 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
         def make_loss(r):
             return fl.BinaryCrossEntropy(from_logits=True, pos_weight=pos_weights,
                                          reduction=r)
-    return _elementwise(make_loss, input, target, reduction, torch_loss, weight)
+    return _elementwise(make_loss, input, target, reduction, torch_loss, reads_input=True,
+                        weight=weight)
 
 
 def _class_weight(weight, input, n_classes):
@@ -407,11 +482,13 @@ def _as_rows(input, target, labels, max_ndim=None):
     return rows, target2, none_shape
 
 
-def _row_loss(make_loss, input, target, labels, reduction, torch_loss, max_ndim=None):
+def _row_loss(make_loss, input, target, labels, reduction, torch_loss, *, reads_input,
+              max_ndim=None):
     """A row loss (one value per row of (N, C) scores): fastloss, else ``torch_loss``.
 
     ``labels``: the target is integer class labels (else a float tensor of input's
     shape).  ``make_loss()`` builds the fastloss loss or returns None when it cannot.
+    ``reads_input`` as for :func:`_elementwise`.
     """
     if not (_kernels_may_run() and _plain(input, _KERNEL_DTYPES) and not _needs_grad(target)
             and _plain(target, _LABEL_DTYPES if labels else (input.dtype,))):
@@ -424,7 +501,7 @@ def _row_loss(make_loss, input, target, labels, reduction, torch_loss, max_ndim=
         loss = make_loss()
         if loss is None:
             return torch_loss(input, target)
-        result = _run(loss, scores, target2, target2.numpy(), None, torch_loss)
+        result = _run(loss, scores, target2, None, torch_loss, 1.0, reads_input)
     except (ValueError, TypeError):
         return torch_loss(input, target)
     if none_shape is not None and reduction == "none":
@@ -465,7 +542,8 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
             return _cached_loss(cls, **params)
         return cls(class_weight=class_weight, **params)
 
-    return _row_loss(make_loss, input, target, labels, reduction, torch_loss)
+    return _row_loss(make_loss, input, target, labels, reduction, torch_loss,
+                     reads_input=False)
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
@@ -519,7 +597,7 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean",
     try:
         loss = _cached_loss(fl._pointwise.PointwiseKLDivergence, log_target=bool(log_target),
                             reduction="sum")
-        return _run(loss, input, target, target.numpy(), None, kl_reduced, scale)
+        return _run(loss, input, target, None, kl_reduced, scale, False)
     except (ValueError, TypeError):
         return torch_loss(input, target)
 
@@ -541,7 +619,8 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=
             return _cached_loss(cls, margin=margin, p=p, reduction=reduction)
         return cls(margin=margin, p=p, class_weight=class_weight, reduction=reduction)
 
-    return _row_loss(make_loss, input, target, True, reduction, torch_loss, max_ndim=2)
+    return _row_loss(make_loss, input, target, True, reduction, torch_loss,
+                     reads_input=True, max_ndim=2)
 
 
 # -- layer 3: the modules ----------------------------------------------------------------

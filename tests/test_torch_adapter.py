@@ -251,7 +251,12 @@ def test_legacy_size_average_and_reduce(size_average, reduce, rng, fast):
 
 # -- the fast path itself --------------------------------------------------------------------
 
-def test_input_and_gradient_are_shared_not_copied(rng, monkeypatch):
+@pytest.mark.parametrize("backward", [
+    lambda loss: loss.backward(),
+    lambda loss: loss.backward(retain_graph=True),
+    lambda loss: (2 * loss).backward(),               # upstream gradient 2: scaled in place
+], ids=["backward", "retain_graph", "scaled"])
+def test_input_and_gradient_are_shared_not_copied(backward, rng, monkeypatch):
     """The kernel reads the input's memory and writes the gradient that ends up in .grad."""
     x, y = regression_data((64, 8), torch.float32, rng)
     seen = {}
@@ -262,7 +267,7 @@ def test_input_and_gradient_are_shared_not_copied(rng, monkeypatch):
         return real(self, y_pred, y_true, sample_weight, out=out)
 
     monkeypatch.setattr(fl.MeanSquaredError, "value_and_grad", spy)
-    FL.mse_loss(x, y).backward()
+    backward(FL.mse_loss(x, y))
     assert seen["pred"] == x.data_ptr() and seen["true"] == y.data_ptr()
     assert seen["out"] == x.grad.data_ptr()
 
@@ -867,3 +872,252 @@ def test_multiclass_modules(multiclass, name, kwargs, rng, fast):
         target = labels_for((6,), 4, rng)
     assert_same_as_torch(ours, theirs, (x, target), dtype)
     assert len(fast) == (kl_fast_calls(1) if name == "KLDivLoss" else 1)
+
+
+# -- gradients handed out, in-place edits and later backwards -----------------------------
+# One loss per adapted function (several for the ones whose torch backward differs with
+# its arguments), each run through fastloss.torch and torch.nn.functional on the same data.
+
+def labels_data(shape, dtype, rng):
+    return randn(shape, dtype, rng, requires_grad=True), labels_for(shape[:1], shape[1], rng)
+
+
+def soft_labels_data(shape, dtype, rng):
+    return (randn(shape, dtype, rng, requires_grad=True),
+            torch.softmax(randn(shape, dtype, rng), 1))
+
+
+def log_probability_data(shape, dtype, rng):
+    return (torch.log_softmax(randn(shape, dtype, rng), 1).requires_grad_(True),
+            torch.softmax(randn(shape, dtype, rng), 1))
+
+
+EDIT_CASES = [
+    ("mse_loss", {}, regression_data),
+    ("mse_loss", {"reduction": "none"}, regression_data),
+    ("mse_loss", {"weight": "rows"}, regression_data),
+    ("l1_loss", {"reduction": "sum"}, regression_data),
+    ("huber_loss", {"delta": 0.5}, regression_data),
+    ("smooth_l1_loss", {"beta": 0.5, "reduction": "none"}, regression_data),
+    ("smooth_l1_loss", {"beta": 0.0}, regression_data),
+    ("binary_cross_entropy", {}, probability_data),
+    ("binary_cross_entropy_with_logits", {}, logit_data),
+    ("binary_cross_entropy_with_logits", {"pos_weight": "classes", "reduction": "none"},
+     logit_data),
+    ("cross_entropy", {}, labels_data),
+    ("cross_entropy", {"weight": "classes", "label_smoothing": 0.1, "reduction": "none"},
+     labels_data),
+    ("cross_entropy", {"reduction": "sum"}, soft_labels_data),
+    ("kl_div", {"reduction": "batchmean"}, log_probability_data),
+    ("kl_div", {"reduction": "sum", "log_target": True}, log_probability_data),
+    ("multi_margin_loss", {}, labels_data),
+    ("multi_margin_loss", {"p": 2, "reduction": "none"}, labels_data),
+]
+
+
+def edit_case_call(case, dtype, seed=11):
+    """The data of ``case`` (input leaf, target, upstream gradient) and ``call(module,
+    input)`` computing the loss with fastloss.torch (FL) or torch.nn.functional (F)."""
+    name, kwargs, make_data = case
+    rng = torch.Generator().manual_seed(seed)
+    shape = (8, 5)
+    x, target = make_data(shape, dtype, rng)
+    x = x.detach().requires_grad_(True)           # a leaf
+    if name == "kl_div" and kwargs.get("log_target"):
+        target = target.log()
+    kwargs = dict(kwargs)
+    if kwargs.get("weight") == "rows":
+        kwargs["weight"] = row_weight(shape, dtype, rng, expanded=True)
+    if kwargs.get("weight") == "classes":
+        kwargs["weight"] = rand(shape[-1:], dtype, rng, 0.5, 2.0)
+    if kwargs.get("pos_weight") == "classes":
+        kwargs["pos_weight"] = rand(shape[-1:], dtype, rng, 0.5, 2.0)
+    reduction = kwargs.get("reduction", "mean")
+    none_shape = shape if name not in ("cross_entropy", "multi_margin_loss") else shape[:1]
+    upstream = (randn(none_shape, dtype, rng) if reduction == "none"
+                else torch.tensor(3.0, dtype=dtype))
+
+    def call(module, input):
+        return getattr(module, name)(input, target, **kwargs)
+
+    return x, upstream, call
+
+
+def edit_case_id(case):
+    name, kwargs, make_data = case
+    return "-".join([name, make_data.__name__.replace("_data", "")]
+                    + [f"{k}={v}" for k, v in kwargs.items()])
+
+
+def torch_grad(call, x, upstream):
+    """torch.nn.functional's gradient of the loss of ``call`` at ``x`` (unmodified)."""
+    x = x.detach().clone().requires_grad_(True)
+    return torch.autograd.grad(call(F, x), x, upstream)[0]
+
+
+def upstream_for(loss, upstream, as_is):
+    """The upstream gradient: ones (for a scalar loss, loss.backward()'s) or ``upstream``."""
+    return torch.ones_like(loss) if as_is else upstream
+
+
+@pytest.mark.parametrize("case", EDIT_CASES, ids=edit_case_id)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("as_is", [True, False], ids=["upstream=1", "upstream!=1"])
+def test_second_backward_after_user_edits_returned_grad_matches_torch(case, dtype, as_is,
+                                                                      fast):
+    x, upstream, call = edit_case_call(case, dtype)
+    loss = call(FL, x)
+    assert len(fast) == 1
+    upstream = upstream_for(loss, upstream, as_is)
+    expected = torch_grad(call, x, upstream)
+    (first,) = torch.autograd.grad(loss, x, upstream, retain_graph=True)
+    torch.testing.assert_close(first, expected, **tolerances(dtype))
+    first.fill_(float("nan"))                     # the user edits the gradient they got
+    (second,) = torch.autograd.grad(loss, x, upstream, retain_graph=True)
+    torch.testing.assert_close(second, expected, **tolerances(dtype))
+    assert first.isnan().all(), "a later backward wrote into a gradient handed out earlier"
+    second.zero_()
+    loss.backward(upstream)
+    torch.testing.assert_close(x.grad, expected, **tolerances(dtype))
+
+
+@pytest.mark.parametrize("case", EDIT_CASES[::3], ids=edit_case_id)
+def test_returned_grad_is_not_kept_by_the_loss(case, fast):
+    """The first backward's gradient is not referenced by the graph: nothing fastloss keeps
+    (nor a later backward) can change it."""
+    x, upstream, call = edit_case_call(case, torch.float64)
+    loss = call(FL, x)
+    upstream = upstream_for(loss, upstream, as_is=True)
+    (first,) = torch.autograd.grad(loss, x, upstream, retain_graph=True)
+    kept = first.clone()
+    (second,) = torch.autograd.grad(loss, x, upstream, retain_graph=True)
+    assert second.data_ptr() != first.data_ptr()
+    second.add_(1.0)
+    loss.backward(upstream)
+    torch.testing.assert_close(first, kept, rtol=0, atol=0)
+
+
+def run_after_edit(module, call, x, upstream, edit, later):
+    """The loss of ``call`` with ``module``, its input modified in place by ``edit`` after
+    the loss was computed, then ``later`` ("backward", "second backward" or "double
+    backward"); returns x.grad (or the double backward's gradient) or the RuntimeError."""
+    x = x.detach().clone().requires_grad_(True)
+    input = x.clone() if edit == "clone" else x
+    loss = call(module, input)
+    if later == "second backward":
+        loss.backward(upstream, retain_graph=True)
+        x.grad = None
+    if edit == "data":
+        input.data.mul_(0.5)              # not seen by autograd's version counter
+    else:
+        with torch.no_grad():
+            input.mul_(0.5)
+    try:
+        if later == "double backward":
+            return torch.autograd.grad(loss, x, upstream, create_graph=True)[0].detach()
+        loss.backward(upstream)
+    except RuntimeError as error:
+        return error
+    return x.grad
+
+
+@pytest.mark.parametrize("case", EDIT_CASES, ids=edit_case_id)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("edit", ["clone", "leaf"])
+def test_backward_after_in_place_edit_of_input_is_as_torch(case, dtype, edit, fast):
+    """torch allows editing the input after the loss when its backward does not read the
+    input (cross_entropy, kl_div, l1_loss, weighted mse_loss): so does fastloss.torch, with
+    torch's gradient; where torch's backward reads the input it raises, and so does this."""
+    x, upstream, call = edit_case_call(case, dtype)
+    ours = run_after_edit(FL, call, x, upstream, edit, "backward")
+    assert len(fast) == 1
+    theirs = run_after_edit(F, call, x, upstream, edit, "backward")
+    if isinstance(theirs, RuntimeError):
+        assert "modified by an inplace operation" in str(theirs)
+        assert isinstance(ours, RuntimeError) and str(ours) == str(theirs)
+    else:
+        assert not isinstance(ours, RuntimeError), ours
+        torch.testing.assert_close(ours, theirs, **tolerances(dtype))
+        torch.testing.assert_close(ours, torch_grad(call, x, upstream), **tolerances(dtype))
+
+
+@pytest.mark.parametrize("case", EDIT_CASES, ids=edit_case_id)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_after_data_edit_of_input_is_the_gradient_of_the_loss_computed(case, dtype,
+                                                                                 fast):
+    """An edit through .data is invisible to autograd: backward still gives the gradient
+    at the values the loss was computed from (torch's, for the losses whose backward does
+    not read the input)."""
+    x, upstream, call = edit_case_call(case, dtype)
+    ours = run_after_edit(FL, call, x, upstream, "data", "backward")
+    assert len(fast) == 1
+    torch.testing.assert_close(ours, torch_grad(call, x, upstream), **tolerances(dtype))
+    torch_reads_input = isinstance(run_after_edit(F, call, x, upstream, "clone", "backward"),
+                                   RuntimeError)
+    if not torch_reads_input:     # else torch's backward reads the edited values
+        torch.testing.assert_close(ours, run_after_edit(F, call, x, upstream, "data",
+                                                        "backward"), **tolerances(dtype))
+
+
+@pytest.mark.parametrize("case", EDIT_CASES, ids=edit_case_id)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("edit", ["clone", "leaf"])
+@pytest.mark.parametrize("later", ["double backward", "second backward"])
+def test_recomputing_backward_after_in_place_edit_of_input_raises(case, dtype, edit, later,
+                                                                  fast):
+    """A double backward, or a backward after the first (which took the kernel's gradient),
+    works from the input, so after an in-place edit it raises, never returns a gradient at
+    the edited values; where torch would not have raised, the error says why."""
+    x, upstream, call = edit_case_call(case, dtype)
+    ours = run_after_edit(FL, call, x, upstream, edit, later)
+    assert len(fast) == 1
+    assert isinstance(ours, RuntimeError), "no error after the input was modified"
+    assert "modified by an inplace operation" in str(ours)
+    theirs = run_after_edit(F, call, x, upstream, edit, later)
+    if isinstance(theirs, RuntimeError):
+        assert not str(theirs).startswith("fastloss")
+    else:
+        assert "after the loss was computed" in str(ours)
+        assert ("double backward" if later == "double backward"
+                else "backward after the first") in str(ours)
+
+
+@pytest.mark.parametrize("case", [c for c in EDIT_CASES if c[0] != "multi_margin_loss"],
+                         ids=edit_case_id)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_double_backward_before_and_after_a_backward_matches_torch(case, dtype, fast):
+    """A double backward differentiates torch's formula whether or not a backward has
+    taken the kernel's gradient, and a backward after a double backward still gets it."""
+    x, upstream, call = edit_case_call(case, dtype)
+    weights = torch.linspace(-1.0, 2.0, x.numel(), dtype=dtype).reshape(x.shape)
+
+    def hessian_vector(module, backward_first):
+        a = x.detach().clone().requires_grad_(True)
+        loss = call(module, a)
+        if backward_first:
+            loss.backward(upstream, retain_graph=True)
+        (grad,) = torch.autograd.grad(loss, a, upstream, create_graph=True)
+        if grad.requires_grad:
+            (hv,) = torch.autograd.grad((grad * weights).sum(), a, retain_graph=True)
+        else:                                     # kl_div: the gradient is -p, a constant
+            hv = torch.zeros_like(a)
+        a.grad = None
+        loss.backward(upstream)
+        return grad.detach(), hv, a.grad
+
+    expected = hessian_vector(F, False)
+    for backward_first in (False, True):
+        for ours, theirs in zip(hessian_vector(FL, backward_first), expected):
+            torch.testing.assert_close(ours, theirs, **tolerances(dtype))
+    assert len(fast) == 2
+
+
+@pytest.mark.parametrize("case", EDIT_CASES[::4], ids=edit_case_id)
+def test_backward_twice_without_retain_graph_raises_as_torch(case, fast):
+    x, upstream, call = edit_case_call(case, torch.float64)
+    for module in (FL, F):
+        loss = call(module, x)
+        loss.backward(upstream)
+        with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+            loss.backward(upstream)
+    assert len(fast) == 1
