@@ -270,8 +270,8 @@ def _cached_loss(cls, **params):
     return cls(**params)
 
 
-def _multiclass(name):
-    """A multiclass loss class of fastloss, or None in a build without it."""
+def _row_loss_class(name):
+    """A row loss class of fastloss, or None in a build without it."""
     return getattr(fl, name, None)
 
 
@@ -530,10 +530,10 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
             return None
         params = dict(from_logits=True, label_smoothing=label_smoothing, reduction=reduction)
         if labels:
-            cls = _multiclass("SparseCategoricalCrossEntropy")
+            cls = _row_loss_class("SparseCategoricalCrossEntropy")
             params["ignore_index"] = ignore_index
         else:
-            cls = _multiclass("CategoricalCrossEntropy")
+            cls = _row_loss_class("CategoricalCrossEntropy")
             if ignore_index != -100:   # torch rejects ignore_index for probability targets
                 return None
         if cls is None:
@@ -611,7 +611,7 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=
                                    reduction=reduction)
 
     def make_loss():
-        cls = _multiclass("MultiMargin")
+        cls = _row_loss_class("MultiMargin")
         class_weight = _class_weight(weight, input, input.shape[-1])
         if cls is None or class_weight is False:
             return None

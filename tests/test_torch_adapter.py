@@ -3,7 +3,7 @@
 Every comparison runs the same call through torch itself.  ``fast`` (a fixture) records the
 calls that really went through a fastloss kernel, so each test also asserts which path ran.
 
-The multiclass losses (cross_entropy, kl_div, multi_margin_loss) run twice: against
+The row_losses losses (cross_entropy, kl_div, multi_margin_loss) run twice: against
 fastloss's own classes when this build has them (skipped otherwise), and against small
 stand-ins written with torch ops that follow the fastloss protocol, which check the
 adapter's own work (argument mapping, reshapes, reductions, upstream gradients) before
@@ -559,7 +559,7 @@ def test_module_legacy_arguments_and_repr():
     assert repr(module) == "SmoothL1Loss()"
 
 
-# -- multiclass losses --------------------------------------------------------------------
+# -- row_losses losses --------------------------------------------------------------------
 
 class _StandIn:
     """A row loss with the fastloss protocol, computed with torch ops in float64.
@@ -659,8 +659,8 @@ STAND_INS = {"SparseCategoricalCrossEntropy": StandInSparseCE,
 
 
 @pytest.fixture(params=["fastloss", "stand-in"])
-def multiclass(request, monkeypatch):
-    """Which multiclass implementation the adapter uses: fastloss's (skipped when this
+def row_losses(request, monkeypatch):
+    """Which row_losses implementation the adapter uses: fastloss's (skipped when this
     build lacks it) or the torch-op stand-ins."""
     if request.param == "fastloss":
         missing = [name for name in STAND_INS if not hasattr(fl, name)]
@@ -690,7 +690,7 @@ def labels_for(shape, n_classes, rng, ignore=None):
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.15])
 @pytest.mark.parametrize("ignore_index", [-100, 2])
-def test_cross_entropy_labels(multiclass, reduction, dtype, weighted, label_smoothing,
+def test_cross_entropy_labels(row_losses, reduction, dtype, weighted, label_smoothing,
                               ignore_index, rng, fast):
     x = randn((12, 5), dtype, rng, requires_grad=True)
     labels = labels_for((12,), 5, rng, ignore=-100 if ignore_index == -100 else None)
@@ -706,7 +706,7 @@ def test_cross_entropy_labels(multiclass, reduction, dtype, weighted, label_smoo
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
-def test_cross_entropy_probabilities(multiclass, reduction, dtype, weighted, label_smoothing,
+def test_cross_entropy_probabilities(row_losses, reduction, dtype, weighted, label_smoothing,
                                      rng, fast):
     x = randn((10, 6), dtype, rng, requires_grad=True)
     probs = torch.softmax(randn((10, 6), dtype, rng), 1)
@@ -719,7 +719,7 @@ def test_cross_entropy_probabilities(multiclass, reduction, dtype, weighted, lab
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("labels", [True, False])
-def test_cross_entropy_spatial_and_unbatched(multiclass, reduction, labels, rng, fast):
+def test_cross_entropy_spatial_and_unbatched(row_losses, reduction, labels, rng, fast):
     dtype = torch.float64
     for shape in [(3, 4, 2, 5), (4,)]:
         x = randn(shape, dtype, rng, requires_grad=True)
@@ -733,7 +733,7 @@ def test_cross_entropy_spatial_and_unbatched(multiclass, reduction, labels, rng,
     assert len(fast) == 2
 
 
-def test_cross_entropy_fallbacks(multiclass, rng, fast):
+def test_cross_entropy_fallbacks(row_losses, rng, fast):
     x = randn((6, 4), torch.float32, rng, requires_grad=True)
     labels = labels_for((6,), 4, rng)
     with pytest.raises(RuntimeError, match="expected target dtype"):
@@ -747,7 +747,7 @@ def test_cross_entropy_fallbacks(multiclass, rng, fast):
     assert fast == []
 
 
-def test_cross_entropy_all_ignored_is_nan(multiclass, rng, fast):
+def test_cross_entropy_all_ignored_is_nan(row_losses, rng, fast):
     x = randn((4, 3), torch.float64, rng, requires_grad=True)
     labels = torch.full((4,), -100)
     assert_same_as_torch(FL.cross_entropy, F.cross_entropy, (x, labels), torch.float64)
@@ -757,7 +757,7 @@ def test_cross_entropy_all_ignored_is_nan(multiclass, rng, fast):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("log_target", [False, True])
 @pytest.mark.parametrize("shape", [(8, 5), (3, 4, 2), (6,)], ids=str)
-def test_kl_div(multiclass, reduction, dtype, log_target, shape, rng, fast):
+def test_kl_div(row_losses, reduction, dtype, log_target, shape, rng, fast):
     log_q = torch.log_softmax(randn(shape, dtype, rng), -1).requires_grad_(True)
     p = torch.softmax(randn(shape, dtype, rng), -1)
     if not log_target:
@@ -773,7 +773,7 @@ def test_kl_div(multiclass, reduction, dtype, log_target, shape, rng, fast):
     assert len(fast) == kl_fast_calls(1)
 
 
-def test_kl_div_unnormalised_input_gradient_is_minus_p(multiclass, rng, fast):
+def test_kl_div_unnormalised_input_gradient_is_minus_p(row_losses, rng, fast):
     """torch's kl_div treats input as a free log q: the gradient is -p / N, not q - p."""
     x = randn((5, 4), torch.float64, rng, requires_grad=True)      # not log-probabilities
     p = torch.softmax(randn((5, 4), torch.float64, rng), 1)
@@ -783,7 +783,7 @@ def test_kl_div_unnormalised_input_gradient_is_minus_p(multiclass, rng, fast):
     assert len(fast) == kl_fast_calls(1)
 
 
-def test_kl_div_none_falls_back(multiclass, rng, fast):
+def test_kl_div_none_falls_back(row_losses, rng, fast):
     log_q = torch.log_softmax(randn((5, 4), torch.float64, rng), 1).requires_grad_(True)
     p = torch.softmax(randn((5, 4), torch.float64, rng), 1)
     assert_same_as_torch(lambda a, b: FL.kl_div(a, b, reduction="none"),
@@ -796,7 +796,7 @@ def test_kl_div_none_falls_back(multiclass, rng, fast):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("p,margin", [(1, 1.0), (2, 0.5)])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_multi_margin_loss(multiclass, reduction, dtype, p, margin, weighted, rng, fast):
+def test_multi_margin_loss(row_losses, reduction, dtype, p, margin, weighted, rng, fast):
     x = randn((9, 5), dtype, rng, requires_grad=True)
     labels = labels_for((9,), 5, rng)
     kwargs = dict(p=p, margin=margin, reduction=reduction,
@@ -818,7 +818,7 @@ def test_multi_margin_loss(multiclass, reduction, dtype, p, margin, weighted, rn
     ("kl_div", lambda rng: (randn((4, 3), torch.float64, rng, True),
                             torch.softmax(randn((4, 3), torch.float64, rng), 1))),
 ])
-def test_multiclass_gradcheck(multiclass, name, make_args, rng, fast):
+def test_row_loss_gradcheck(row_losses, name, make_args, rng, fast):
     x, target = make_args(rng)
 
     def fn(a):
@@ -848,15 +848,15 @@ def test_nll_loss_is_torchs(dtype, reduction, weighted, rng):
                          (log_probs, labels), dtype)
 
 
-MULTICLASS_MODULES = [
+ROW_LOSS_MODULES = [
     ("CrossEntropyLoss", dict(weight="classes", ignore_index=1, label_smoothing=0.1)),
     ("KLDivLoss", dict(reduction="batchmean", log_target=True)),
     ("MultiMarginLoss", dict(p=2, margin=0.7, weight="classes")),
 ]
 
 
-@pytest.mark.parametrize("name,kwargs", MULTICLASS_MODULES, ids=lambda c: str(c)[:20])
-def test_multiclass_modules(multiclass, name, kwargs, rng, fast):
+@pytest.mark.parametrize("name,kwargs", ROW_LOSS_MODULES, ids=lambda c: str(c)[:20])
+def test_row_loss_modules(row_losses, name, kwargs, rng, fast):
     dtype = torch.float32
     kwargs = dict(kwargs)
     if kwargs.get("weight") == "classes":
