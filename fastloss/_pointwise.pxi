@@ -36,6 +36,17 @@ cdef struct PointwiseParams:
     double inv_delta          # pseudo_huber: 1 / delta (inf for delta < 1 / DBL_MAX)
     double label_smoothing    # binary_cross_entropy
 
+
+cdef class PointwiseParameters:
+    """The parameters of a pointwise kernel, converted to C once, when a loss is made;
+    each call then hands the kernel this object (no conversion per call)."""
+    cdef PointwiseParams params
+
+    def __init__(self, double delta=1.0, double label_smoothing=0.0):
+        self.params.delta = delta
+        self.params.inv_delta = 1.0 / delta
+        self.params.label_smoothing = label_smoothing
+
 # Tag types, named after the public losses.  Each holds the parameters as its only
 # member, so a PointwiseParams* converts to any tag pointer (C: a pointer to a struct
 # points to its first member and back).
@@ -469,12 +480,13 @@ cdef double pointwise_dispatch(int kernel, const PointwiseParams* p,
     return 0
 
 
-def pointwise(int kernel, double param, cnp.ndarray y_pred, cnp.ndarray y_true,
+def pointwise(int kernel, PointwiseParameters parameters, cnp.ndarray y_pred,
+              cnp.ndarray y_true,
               object grad, object values, object sample_weight, Py_ssize_t weight_block,
               object pos_weight, bint want_value, double grad_scale, int n_threads,
               int cost):
-    """Run the pointwise loss ``kernel`` (a PointwiseKernel id) with its one parameter
-    ``param`` (delta or label smoothing) over C-contiguous arrays of one float dtype.
+    """Run the pointwise loss ``kernel`` (a PointwiseKernel id) with its ``parameters``
+    over C-contiguous arrays of one float dtype.
 
     The Python layer has checked shapes, dtypes, contiguity and that ``grad``/``values``
     overlap no input.  ``cost`` is the loss's work per element relative to a squared
@@ -482,13 +494,10 @@ def pointwise(int kernel, double param, cnp.ndarray y_pred, cnp.ndarray y_true,
     ``(sum of the weighted terms, flags)``; ``grad`` and ``values`` (or None) are written.
     Without ``want_value`` a gradient-only pass skips the value (the sum returned is 0).
     """
-    cdef PointwiseParams params
+    cdef const PointwiseParams* params = &parameters.params
     cdef PointwiseCall call
     cdef int flags = 0
     cdef double total
-    params.delta = param
-    params.inv_delta = 1.0 / param
-    params.label_smoothing = param
     call.y_pred = cnp.PyArray_DATA(y_pred)
     call.y_true = cnp.PyArray_DATA(y_true)
     call.n = cnp.PyArray_SIZE(y_pred)
@@ -503,8 +512,8 @@ def pointwise(int kernel, double param, cnp.ndarray y_pred, cnp.ndarray y_true,
     call.block = block_size(call.n, cost, 16)  # 16: every block's loop aligned
     if cnp.PyArray_TYPE(y_pred) == cnp.NPY_FLOAT:
         with nogil:
-            total = pointwise_dispatch(kernel, &params, &call, <float>grad_scale, &flags)
+            total = pointwise_dispatch(kernel, params, &call, <float>grad_scale, &flags)
     else:
         with nogil:
-            total = pointwise_dispatch(kernel, &params, &call, grad_scale, &flags)
+            total = pointwise_dispatch(kernel, params, &call, grad_scale, &flags)
     return total, flags

@@ -22,8 +22,8 @@ class PointwiseLoss(Loss):
     """
 
     _kernel_id = None
-    #: the kernel's one scalar parameter (delta, label smoothing), set by the constructor
-    _kernel_param = 0.0
+    #: the kernel's parameters (kernels.PointwiseParameters), set by the constructor
+    _kernel_parameters = kernels.PointwiseParameters()
     #: per-class positive weights {dtype: array} (binary cross-entropy from logits)
     _pos_weights = None
     #: time of one term relative to a squared error (measured, float32, AVX-512): the
@@ -39,7 +39,7 @@ class PointwiseLoss(Loss):
         n = pred.size
         mean = self.reduction == "mean"
         total, flags = kernels.pointwise(
-            self._kernel_id, self._kernel_param, pred, target, grad, values, weight,
+            self._kernel_id, self._kernel_parameters, pred, target, grad, values, weight,
             weight_block, None if self._pos_weights is None else self._pos_weight(pred),
             want_value, (1.0 / n if n else NAN) if mean else 1.0,
             _threads.threads_for(n * self._cost), self._cost)
@@ -106,7 +106,8 @@ class MeanSquaredLogarithmicError(PointwiseLoss):
 class _DeltaLoss(PointwiseLoss):
     def __init__(self, delta=1.0, *, reduction="mean"):
         super().__init__(reduction=reduction)
-        self.delta = self._kernel_param = v.check_positive("delta", delta)
+        self.delta = v.check_positive("delta", delta)
+        self._kernel_parameters = kernels.PointwiseParameters(delta=self.delta)
 
     def get_params(self):
         return {"delta": self.delta, **super().get_params()}
@@ -200,8 +201,9 @@ class BinaryCrossEntropy(PointwiseLoss):
                  reduction="mean"):
         super().__init__(reduction=reduction)
         self.from_logits = v.check_bool("from_logits", from_logits)
-        self.label_smoothing = self._kernel_param = v.check_fraction("label_smoothing",
-                                                                     label_smoothing)
+        self.label_smoothing = v.check_fraction("label_smoothing", label_smoothing)
+        self._kernel_parameters = kernels.PointwiseParameters(
+            label_smoothing=self.label_smoothing)
         self._pos_weights = v.check_class_vector("pos_weight", pos_weight)
         if self._pos_weights is not None and not self.from_logits:
             raise v.InvalidParameterError(
