@@ -6,17 +6,17 @@
 """
 from ._base import Loss
 from ._dispatch import kernels as _kernels
-from ._rows import (ROW_LOSSES, CategoricalCrossEntropy, KLDivergence,
-                          MultiMargin, SparseCategoricalCrossEntropy)
-from ._pointwise import (POINTWISE_LOSSES, BinaryCrossEntropy, Hinge, Huber, LogCosh,
-                         MeanAbsoluteError, MeanSquaredError, MeanSquaredLogarithmicError,
-                         PseudoHuber, SquaredHinge)
+from ._pointwise import POINTWISE_LOSSES
+from ._rows import ROW_LOSSES
 from ._threads import get_num_threads, set_num_threads
 from ._validation import InvalidParameterError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _REGISTRY = {cls.name: cls for cls in POINTWISE_LOSSES + ROW_LOSSES}
+# Every registered loss class is public under its own name (fl.Huber, ...): a loss is
+# registered once, in its module's tuple, and appears here and in fl.available().
+globals().update({cls.__name__: cls for cls in _REGISTRY.values()})
 
 
 def available():

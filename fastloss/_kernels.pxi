@@ -13,7 +13,7 @@
 cimport numpy as cnp
 from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from cython cimport floating
 from libc.stdint cimport int64_t
 

@@ -28,6 +28,7 @@ cpdef enum PointwiseKernel:
     BINARY_CROSS_ENTROPY_FROM_LOGITS
     POINTWISE_KL_DIVERGENCE
     POINTWISE_KL_DIVERGENCE_LOG_TARGET
+    POISSON
 
 
 cdef struct PointwiseParams:
@@ -35,17 +36,25 @@ cdef struct PointwiseParams:
     double delta              # huber, pseudo_huber
     double inv_delta          # pseudo_huber: 1 / delta (inf for delta < 1 / DBL_MAX)
     double label_smoothing    # binary_cross_entropy
+    double eps                # poisson
+    bint log_input            # poisson
+    bint full                 # poisson
 
 
-cdef class PointwiseParameters:
-    """The parameters of a pointwise kernel, converted to C once, when a loss is made;
-    each call then hands the kernel this object (no conversion per call)."""
+def pointwise_parameters(double delta=1.0, double label_smoothing=0.0, double eps=0.0,
+                         bint log_input=True, bint full=False):
+    """The parameters of a pointwise kernel, converted to C once, when a loss is made:
+    the bytes of a PointwiseParams (the same struct in every ISA module).  Each call
+    then hands the kernel these bytes: no conversion per call."""
     cdef PointwiseParams params
-
-    def __init__(self, double delta=1.0, double label_smoothing=0.0):
-        self.params.delta = delta
-        self.params.inv_delta = 1.0 / delta
-        self.params.label_smoothing = label_smoothing
+    memset(&params, 0, sizeof(params))
+    params.delta = delta
+    params.inv_delta = 1.0 / delta
+    params.label_smoothing = label_smoothing
+    params.eps = eps
+    params.log_input = log_input
+    params.full = full
+    return (<char*>&params)[:sizeof(PointwiseParams)]
 
 # Tag types, named after the public losses.  Each holds the parameters as its only
 # member, so a PointwiseParams* converts to any tag pointer (C: a pointer to a struct
@@ -74,6 +83,8 @@ cdef struct PointwiseKLDivergence:
     PointwiseParams params
 cdef struct PointwiseKLDivergenceLogTarget:
     PointwiseParams params
+cdef struct Poisson:
+    PointwiseParams params
 
 ctypedef fused Pointwise:
     MeanSquaredError
@@ -88,6 +99,7 @@ ctypedef fused Pointwise:
     BinaryCrossEntropyFromLogits
     PointwiseKLDivergence
     PointwiseKLDivergenceLogTarget
+    Poisson
 
 from libc.math cimport INFINITY
 
@@ -192,6 +204,21 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
         e = exp_(t)
         grad[0] = -e
         return e * (t - p)
+    elif Pointwise is Poisson:
+        # torch poisson_nll_loss: exp(x) - t x (log_input), else x - t log(x + eps);
+        # full adds Stirling's t log t - t + log(2 pi t) / 2 where t > 1 (no gradient)
+        if loss.params.log_input:
+            e = exp_(p)
+            grad[0] = e - t
+            s = e - t * p
+        else:
+            a = p + <floating>loss.params.eps
+            grad[0] = one - t / a
+            s = p - t * log_(a)
+        if loss.params.full:
+            s += (t * log_(t) - t + half * log_(<floating>6.283185307179586 * t)
+                  if t > one else 0)
+        return s
 
 
 # What a loop writes, fixed at compile time (Cython specialises each loop for every tag,
@@ -476,17 +503,18 @@ cdef double pointwise_dispatch(int kernel, const PointwiseParams* p,
     if kernel == POINTWISE_KL_DIVERGENCE_LOG_TARGET:
         return pointwise_call(<const PointwiseKLDivergenceLogTarget*>p, call, grad_scale,
                               flags)
+    if kernel == POISSON:
+        return pointwise_call(<const Poisson*>p, call, grad_scale, flags)
     flags[0] |= UNKNOWN_KERNEL
     return 0
 
 
-def pointwise(int kernel, PointwiseParameters parameters, cnp.ndarray y_pred,
-              cnp.ndarray y_true,
+def pointwise(int kernel, bytes parameters, cnp.ndarray y_pred, cnp.ndarray y_true,
               object grad, object values, object sample_weight, Py_ssize_t weight_block,
               object pos_weight, bint want_value, double grad_scale, int n_threads,
               int cost):
     """Run the pointwise loss ``kernel`` (a PointwiseKernel id) with its ``parameters``
-    over C-contiguous arrays of one float dtype.
+    (from pointwise_parameters) over C-contiguous arrays of one float dtype.
 
     The Python layer has checked shapes, dtypes, contiguity and that ``grad``/``values``
     overlap no input.  ``cost`` is the loss's work per element relative to a squared
@@ -494,10 +522,13 @@ def pointwise(int kernel, PointwiseParameters parameters, cnp.ndarray y_pred,
     ``(sum of the weighted terms, flags)``; ``grad`` and ``values`` (or None) are written.
     Without ``want_value`` a gradient-only pass skips the value (the sum returned is 0).
     """
-    cdef const PointwiseParams* params = &parameters.params
+    cdef PointwiseParams params
     cdef PointwiseCall call
     cdef int flags = 0
     cdef double total
+    if len(parameters) != sizeof(PointwiseParams):
+        raise ValueError("parameters: not made by pointwise_parameters")
+    memcpy(&params, <const char*>parameters, sizeof(PointwiseParams))
     call.y_pred = cnp.PyArray_DATA(y_pred)
     call.y_true = cnp.PyArray_DATA(y_true)
     call.n = cnp.PyArray_SIZE(y_pred)
@@ -512,8 +543,8 @@ def pointwise(int kernel, PointwiseParameters parameters, cnp.ndarray y_pred,
     call.block = block_size(call.n, cost, 16)  # 16: every block's loop aligned
     if cnp.PyArray_TYPE(y_pred) == cnp.NPY_FLOAT:
         with nogil:
-            total = pointwise_dispatch(kernel, params, &call, <float>grad_scale, &flags)
+            total = pointwise_dispatch(kernel, &params, &call, <float>grad_scale, &flags)
     else:
         with nogil:
-            total = pointwise_dispatch(kernel, params, &call, grad_scale, &flags)
+            total = pointwise_dispatch(kernel, &params, &call, grad_scale, &flags)
     return total, flags

@@ -22,8 +22,8 @@ class PointwiseLoss(Loss):
     """
 
     _kernel_id = None
-    #: the kernel's parameters (kernels.PointwiseParameters), set by the constructor
-    _kernel_parameters = kernels.PointwiseParameters()
+    #: the kernel's parameters (kernels.pointwise_parameters), set by the constructor
+    _kernel_parameters = kernels.pointwise_parameters()
     #: per-class positive weights {dtype: array} (binary cross-entropy from logits)
     _pos_weights = None
     #: time of one term relative to a squared error (measured, float32, AVX-512): the
@@ -107,7 +107,7 @@ class _DeltaLoss(PointwiseLoss):
     def __init__(self, delta=1.0, *, reduction="mean"):
         super().__init__(reduction=reduction)
         self.delta = v.check_positive("delta", delta)
-        self._kernel_parameters = kernels.PointwiseParameters(delta=self.delta)
+        self._kernel_parameters = kernels.pointwise_parameters(delta=self.delta)
 
     def get_params(self):
         return {"delta": self.delta, **super().get_params()}
@@ -202,7 +202,7 @@ class BinaryCrossEntropy(PointwiseLoss):
         super().__init__(reduction=reduction)
         self.from_logits = v.check_bool("from_logits", from_logits)
         self.label_smoothing = v.check_fraction("label_smoothing", label_smoothing)
-        self._kernel_parameters = kernels.PointwiseParameters(
+        self._kernel_parameters = kernels.pointwise_parameters(
             label_smoothing=self.label_smoothing)
         self._pos_weights = v.check_class_vector("pos_weight", pos_weight)
         if self._pos_weights is not None and not self.from_logits:
@@ -257,5 +257,48 @@ class PointwiseKLDivergence(PointwiseLoss):
         return {"log_target": self.log_target, **super().get_params()}
 
 
+class Poisson(PointwiseLoss):
+    """Poisson negative log-likelihood of counts ``t`` given a rate.
+
+    ``log_input=True`` (``y_pred`` is the log rate x): ``exp(x) - t x``, gradient
+    ``exp(x) - t``.  ``log_input=False`` (``y_pred`` is the rate r): ``r - t log(r +
+    eps)``, gradient ``1 - t / (r + eps)``.  ``full=True`` adds Stirling's approximation
+    of ``log(t!)``, ``t log t - t + log(2 pi t) / 2`` where ``t > 1`` (no gradient).
+
+    Matches ``torch.nn.functional.poisson_nll_loss(log_input, full, eps)``; with
+    ``log_input=False, eps=1e-7`` it equals Keras ``poisson`` (averaged over all
+    elements).  As in both, neither the rates nor the counts are range-checked.
+
+    Parameters
+    ----------
+    log_input : bool, default True
+        Whether ``y_pred`` holds log rates (else rates).
+    full : bool, default False
+        Whether to add the Stirling term.
+    eps : float >= 0, default 1e-8
+        Added to the rate inside the log when ``log_input=False``.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "none" returns one value per element.
+    """
+
+    name = "poisson"
+    _kernel_id = Kernel.POISSON
+    _cost = 4
+
+    def __init__(self, log_input=True, full=False, eps=1e-8, *, reduction="mean"):
+        super().__init__(reduction=reduction)
+        self.log_input = v.check_bool("log_input", log_input)
+        self.full = v.check_bool("full", full)
+        self.eps = v.check_real("eps", eps)
+        if not (self.eps >= 0 and np.isfinite(self.eps)):
+            raise v.InvalidParameterError(f"eps must be a finite number >= 0, got {eps!r}")
+        self._kernel_parameters = kernels.pointwise_parameters(
+            eps=self.eps, log_input=self.log_input, full=self.full)
+
+    def get_params(self):
+        return {"log_input": self.log_input, "full": self.full, "eps": self.eps,
+                **super().get_params()}
+
+
 POINTWISE_LOSSES = (MeanSquaredError, MeanAbsoluteError, MeanSquaredLogarithmicError, Huber,
-                    PseudoHuber, LogCosh, Hinge, SquaredHinge, BinaryCrossEntropy)
+                    PseudoHuber, LogCosh, Hinge, SquaredHinge, BinaryCrossEntropy, Poisson)

@@ -49,7 +49,7 @@ def test_flag_bits_are_distinct_powers_of_two():
 def test_an_unknown_kernel_id_is_an_error_not_a_silent_zero(dtype):
     x = np.ones((4, 3), dtype=dtype)
     grad = np.full_like(x, 7.0)
-    total, flags = kernels.pointwise(999, kernels.PointwiseParameters(), x, x, grad, None,
+    total, flags = kernels.pointwise(999, kernels.pointwise_parameters(), x, x, grad, None,
                                      None, 1, None, True, 1.0, 1, 1)
     assert flags & kernels.Flag.UNKNOWN_KERNEL and total == 0
     total, flags = kernels.dense_rows(999, x, x, None, grad, None, None, 0.0, 0.0, False,

@@ -222,6 +222,14 @@ def _bce_inputs(rng, shape, params):
     return rng.uniform(0.05, 0.95, shape), target
 
 
+def _poisson_inputs(rng, shape, params):
+    """Counts (many above 1, where the Stirling term applies) and log rates, or rates."""
+    target = rng.poisson(2.0, shape).astype(np.float64)
+    if params.get("log_input", True):
+        return rng.normal(0.5, 0.7, shape), target
+    return rng.uniform(0.2, 4.0, shape), target
+
+
 def _softmax(x):
     e = np.exp(x - x.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -307,6 +315,19 @@ def _log_cosh(p, t, scale):
     return a + np.log1p(np.exp(-2 * a)) - math.log(2), np.tanh(d) * scale
 
 
+def _poisson(x, t, scale, log_input=True, full=False, eps=1e-8):
+    if log_input:
+        e = np.exp(x)
+        terms, grad = e - t * x, e - t
+    else:
+        terms, grad = x - t * np.log(x + eps), 1 - t / (x + eps)
+    if full:
+        safe = np.where(t > 1, t, 2.0)
+        terms = terms + np.where(t > 1, safe * np.log(safe) - safe
+                                 + 0.5 * np.log(2 * math.pi * safe), 0)
+    return terms, grad * scale
+
+
 def _hinge_sign(t, dtype):
     """Labels in {-1, 1} or {0, 1} as signs (0 -> -1)."""
     return np.where(t > 0, 1, -1).astype(dtype)
@@ -374,6 +395,11 @@ def _t_log_cosh(x, t, reduction):
     return _torch_reduce(a + _F().softplus(-2 * a) - math.log(2), reduction)
 
 
+def _t_poisson(x, t, reduction, log_input=True, full=False, eps=1e-8):
+    return _F().poisson_nll_loss(x, t, log_input=log_input, full=full, eps=eps,
+                                 reduction=reduction)
+
+
 def _t_hinge_margin(x, t):
     sign = _torch().where(t > 0, 1.0, -1.0).to(x.dtype)
     return (1 - sign * x).clamp(min=0)
@@ -396,6 +422,10 @@ def _t_bce(x, t, reduction, from_logits=False, pos_weight=None, label_smoothing=
 
 
 # jax: per-term values in the NumPy API, bench parameters only
+
+
+def _j_poisson(xp, x, t):
+    return xp.exp(x) - t * x
 
 
 def _j_mse(xp, p, t):
@@ -695,6 +725,9 @@ REFERENCES = {ref.name: ref for ref in [
                          ({"from_logits": True}, {}),
                          ({"from_logits": True, "pos_weight": _CLASS_WEIGHT}, {}),
                          ({"from_logits": True, "label_smoothing": 0.2}, {})]),
+    _pointwise("poisson", _poisson, _t_poisson, _j_poisson, inputs=_poisson_inputs,
+               variants=[({}, {}), ({"full": True}, {}), ({"log_input": False}, {}),
+                         ({"log_input": False, "eps": 1e-7, "full": True}, {})]),
     Reference("categorical_cross_entropy", "dense_rows", _dense_row_inputs, _cce, _t_cce,
               bench_params={"from_logits": True}, jax=_j_cce_logits,
               variants=[({"from_logits": True}, {}),
