@@ -52,7 +52,7 @@ SHAPES = {
 }
 PEERS = ("torch", "numpy", "jax")
 PEER_TITLES = {"torch": "PyTorch", "numpy": "NumPy", "jax": "JAX"}
-#: default path of the issue-4 targets (a source checkout)
+#: default path of the performance targets (a source checkout)
 TARGETS_PATH = Path(__file__).resolve().parent / "_targets.py"  # benchmarks/targets.py too
 
 
@@ -651,8 +651,8 @@ def add_arguments(parser):
     parser.add_argument("--plot", metavar="FILE.png",
                         help="plot time against size (log-log); needs matplotlib")
     parser.add_argument("--targets", metavar="FILE",
-                        help="targets file defining TARGETS (default: the issue-4 targets "
-                             "shipped in fastloss/_targets.py)")
+                        help="targets file defining TARGETS (default: the performance "
+                             "targets shipped in fastloss/_targets.py)")
 
 
 def comma_list(text):
@@ -820,7 +820,7 @@ def _print_targets(out, evaluations, path):
         print("\ntargets: none applies to these cases (targets are float32)", file=out)
         return
     verdicts = [e["met"] for e in evaluations]
-    print(f"\ntargets of issue 4 ({Path(path).name}, float32): {verdicts.count(True)} met, "
+    print(f"\nperformance targets ({Path(path).name}, float32): {verdicts.count(True)} met, "
           f"{verdicts.count(False)} not met, {verdicts.count(None)} not measured", file=out)
     for evaluation in evaluations:
         if evaluation["met"] is not True:

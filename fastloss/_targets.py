@@ -1,4 +1,4 @@
-"""The performance targets of issue 4, as data: ``python -m fastloss bench`` reports
+"""The project's performance targets, as data: ``python -m fastloss bench`` reports
 which of them its run meets (a report, not a test).
 
 A key is ``(loss, size)``: ``loss`` a registry name, "pointwise" (every pointwise loss),

@@ -151,12 +151,12 @@ def test_bench_quick_json_and_markdown(tmp_path):
             assert r["speedup"][peer] == pytest.approx(r["seconds"][peer]
                                                        / r["seconds"]["fastloss"])
         assert r["bandwidth_fraction"] is None          # only large cases have one
-    # the issue-4 targets of the checkout are evaluated on the float32 cases
+    # the performance targets of the checkout are evaluated on the float32 cases
     assert document["targets"], "the shipped targets (fastloss/_targets.py) were not found"
     for evaluation in document["targets"]:
         assert set(evaluation) == {"loss", "size", "metric", "target", "measured", "met"}
         assert evaluation["met"] in (True, False, None)
-    assert "targets of issue 4" in proc.stdout
+    assert "performance targets (" in proc.stdout
 
     markdown = md_path.read_text()
     assert "| loss | size |" in markdown and "### float32" in markdown
