@@ -14,10 +14,11 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-# Safe flags (see the performance notes): never -ffast-math (it can switch the whole
-# process to flush-to-zero and breaks NaN handling), never -march=native (wheels must run
-# on any x86-64).  Reassociation lets gcc vectorise the sum/max reductions; no kernel
-# relies on the order of floating-point operations for accuracy.
+# Safe flags (see docs/design.rst, "Compiler-flag rules"): never -ffast-math (it can
+# switch the whole process to flush-to-zero and breaks NaN handling), never -march=native
+# (wheels must run on any x86-64).  Reassociation lets gcc vectorise the sum/max
+# reductions; where the grouping of a sum decides its accuracy, the kernels pass the
+# inner part through the opaque barrier exactly() (_numerics.pxd).
 MATH_FLAGS = [
     "-O3",
     "-fno-math-errno",

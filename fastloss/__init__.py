@@ -20,15 +20,40 @@ globals().update({cls.__name__: cls for cls in _REGISTRY.values()})
 
 
 def available():
-    """The names accepted by :func:`get`, sorted."""
+    """The names accepted by :func:`get`, sorted.
+
+    Returns
+    -------
+    list of str
+        The registry names of the losses, e.g. ``"mse"`` or
+        ``"sparse_categorical_cross_entropy"``.
+    """
     return sorted(_REGISTRY)
 
 
 def get(name, **params):
     """The loss called ``name``, constructed with ``params``.
 
-    Raises ValueError for an unknown name or parameter (the error is also a TypeError,
-    as Python raises for an unexpected keyword), naming the valid ones.
+    Parameters
+    ----------
+    name : str
+        A name of :func:`available`.
+    **params
+        The keyword arguments of the loss's class, e.g. ``delta=2.0`` for ``"huber"``
+        or ``reduction="sum"`` for any loss.
+
+    Returns
+    -------
+    Loss
+        A new instance of the loss's class; ``fl.get("huber", delta=2.0)`` equals
+        ``fl.Huber(delta=2.0)``.
+
+    Raises
+    ------
+    InvalidParameterError
+        For an unknown name or parameter, naming the valid ones, and for a parameter
+        value the class rejects.  It is both a ValueError and a TypeError (Python
+        raises a TypeError for an unexpected keyword).
     """
     try:
         cls = _REGISTRY[name]
@@ -45,7 +70,15 @@ def get(name, **params):
 
 
 def show_config(file=None):
-    """Print how the kernels were built: ISA level, OpenMP, threads and compile flags."""
+    """Print how the kernels were built: ISA level, OpenMP, threads and compile flags.
+
+    Prints the version, then one ``key: value`` line per entry of :func:`config`.
+
+    Parameters
+    ----------
+    file : file-like, optional
+        Where to print (default ``sys.stdout``).
+    """
     import sys
     info = config()
     out = file or sys.stdout
@@ -55,7 +88,19 @@ def show_config(file=None):
 
 
 def config():
-    """The build and runtime configuration as a dict (what :func:`show_config` prints)."""
+    """The build and runtime configuration as a dict (what :func:`show_config` prints).
+
+    Returns
+    -------
+    dict
+        ``isa_level`` (the compiled variant in use: ``"baseline"``, ``"x86_64_v3"`` or
+        ``"x86_64_v4"``), ``compile_flags``, ``openmp`` (whether OpenMP was compiled in),
+        ``openmp_max_threads`` (libgomp's own setting, not fastloss's),
+        ``vector_exp_log`` and ``vector_log1p_tanh`` (whether glibc's vector math is
+        used for those functions), ``kernel_module`` (the imported module's name),
+        ``cpu_levels`` (the levels this CPU runs, best first) and ``num_threads``
+        (:func:`get_num_threads`).
+    """
     from ._dispatch import supported_levels
     info = dict(_kernels.build_info())
     info["kernel_module"] = _kernels.__name__

@@ -38,7 +38,36 @@ class Loss:
 
     # -- public protocol -------------------------------------------------------------
     def __call__(self, y_pred, y_true, sample_weight=None):
-        """The loss value: a float, or an ndarray for ``reduction="none"``."""
+        """The loss value: a float, or an ndarray for ``reduction="none"``.
+
+        Parameters
+        ----------
+        y_pred : array_like
+            The predictions: any shape for a pointwise loss, (N, C) scores for a row
+            loss.  float32 and float64 are computed in their own precision, float16 in
+            float32, integers and booleans in float64.  Any layout (strided,
+            byte-swapped, unaligned, nested lists) is accepted and copied once.
+        y_true : array_like
+            The targets: an array of ``y_pred``'s shape (converted to the dtype
+            ``y_pred`` is computed in), or (N,) integer class labels for
+            ``sparse_categorical_cross_entropy`` and ``multi_margin``.
+        sample_weight : array_like of shape (N,), optional
+            One weight per sample along the first axis of ``y_pred``, multiplying that
+            sample's terms; ``"mean"`` still divides by the unweighted count.
+
+        Returns
+        -------
+        float or ndarray
+            A Python float for ``"mean"`` and ``"sum"``.  For ``"none"`` a new ndarray
+            of the (weighted) terms in the dtype ``y_pred`` is computed in: ``y_pred``'s
+            shape for a pointwise loss, (N,) for a row loss.
+
+        Raises
+        ------
+        ValueError, TypeError
+            For bad input; the message starts with the argument's name (``y_pred``,
+            ``y_true``, ``sample_weight``) and names the offending value or shapes.
+        """
         return self._evaluate(y_pred, y_true, sample_weight, True, False, None)[0]
 
     def grad(self, y_pred, y_true, sample_weight=None, out=None):
@@ -54,6 +83,28 @@ class Loss:
         [0, C)); after a ValueError about a value found during the pass (a probability
         outside [0, 1], a hinge label, a log-target > 0), the contents of ``out`` are
         unspecified, as with NumPy's ufuncs.  The inputs are never modified.
+
+        Parameters
+        ----------
+        y_pred, y_true, sample_weight
+            As for :meth:`__call__`.
+        out : ndarray, optional
+            Receives the gradient: an ndarray of ``y_pred``'s shape and of the gradient's
+            dtype, C-contiguous, writeable, sharing no memory with an input.  An
+            unaligned ``out`` is filled through an aligned buffer (one copy).
+
+        Returns
+        -------
+        ndarray
+            The gradient, of ``y_pred``'s shape and of the dtype ``y_pred`` is computed
+            in (float16 for float16 ``y_pred``): ``out`` itself when given, else a new
+            array.
+
+        Raises
+        ------
+        ValueError, TypeError
+            As for :meth:`__call__`, and for a bad ``out`` (its message starts with
+            ``out``).
         """
         return self._evaluate(y_pred, y_true, sample_weight, False, True, out)[1]
 
@@ -62,6 +113,25 @@ class Loss:
 
         ``out`` as for :meth:`grad`: untouched when the call fails before the pass, its
         contents unspecified after a ValueError about a value found during the pass.
+
+        Parameters
+        ----------
+        y_pred, y_true, sample_weight
+            As for :meth:`__call__`.
+        out : ndarray, optional
+            As for :meth:`grad`.
+
+        Returns
+        -------
+        value : float or ndarray
+            What :meth:`__call__` returns.
+        grad : ndarray
+            What :meth:`grad` returns (``out`` itself when given).
+
+        Raises
+        ------
+        ValueError, TypeError
+            As for :meth:`grad`.
         """
         return self._evaluate(y_pred, y_true, sample_weight, True, True, out)
 
@@ -70,7 +140,15 @@ class Loss:
         return f"{type(self).__name__}({params})"
 
     def get_params(self):
-        """The constructor parameters, as a dict."""
+        """The constructor parameters, as a dict.
+
+        Returns
+        -------
+        dict
+            Every constructor parameter by name, ``reduction`` included, as normalised
+            by the constructor (floats as float, per-class weights as read-only float64
+            arrays); ``type(loss)(**loss.get_params())`` equals ``loss``.
+        """
         return {"reduction": self.reduction}
 
     def __reduce__(self):

@@ -74,7 +74,14 @@ def _first_bad(array, bad):
 class MeanSquaredError(PointwiseLoss):
     """Mean squared error, ``(p - t)**2``.
 
-    Matches ``torch.nn.functional.mse_loss``; gradient ``2 (p - t)``.
+    Matches ``torch.nn.functional.mse_loss``; gradient ``2 (p - t)``.  ``y_pred`` and
+    ``y_true`` may be any reals.
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides the (weighted) sum of the terms by the element count; "none"
+        returns one value per element, of ``y_pred``'s shape.
     """
 
     name = "mse"
@@ -85,6 +92,13 @@ class MeanAbsoluteError(PointwiseLoss):
     """Mean absolute error, ``|p - t|``.
 
     Matches ``torch.nn.functional.l1_loss``; gradient ``sign(p - t)`` (0 at 0).
+    ``y_pred`` and ``y_true`` may be any reals.
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides the (weighted) sum of the terms by the element count; "none"
+        returns one value per element, of ``y_pred``'s shape.
     """
 
     name = "mae"
@@ -95,7 +109,15 @@ class MeanSquaredLogarithmicError(PointwiseLoss):
     """Mean squared logarithmic error, ``(log(max(p, 1e-7) + 1) - log(max(t, 1e-7) + 1))**2``.
 
     Matches Keras ``mean_squared_logarithmic_error`` (inputs clipped at its epsilon 1e-7,
-    no gradient where ``p`` is clipped), averaged over all elements.
+    no gradient where ``p`` is clipped), averaged over all elements.  Gradient
+    ``2 d / (p + 1)`` for ``p > 1e-7``, else 0, where d is the difference of the logs.
+    ``y_pred`` and ``y_true`` may be any reals (values below 1e-7 are clipped).
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides the (weighted) sum of the terms by the element count; "none"
+        returns one value per element, of ``y_pred``'s shape.
     """
 
     name = "msle"
@@ -116,7 +138,16 @@ class _DeltaLoss(PointwiseLoss):
 class Huber(_DeltaLoss):
     """Huber loss: ``0.5 d**2`` if ``|d| <= delta`` else ``delta (|d| - 0.5 delta)``, d = p - t.
 
-    Matches ``torch.nn.functional.huber_loss(delta=delta)``.  ``delta`` > 0.
+    Matches ``torch.nn.functional.huber_loss(delta=delta)``.  ``delta`` > 0.  Gradient
+    ``clip(d, -delta, delta)``.
+
+    Parameters
+    ----------
+    delta : float > 0, default 1
+        Where the quadratic part turns linear; a finite real number > 0.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides the (weighted) sum of the terms by the element count; "none"
+        returns one value per element, of ``y_pred``'s shape.
     """
 
     name = "huber"
@@ -127,6 +158,14 @@ class PseudoHuber(_DeltaLoss):
     """Pseudo-Huber loss: ``delta**2 (sqrt(1 + (d / delta)**2) - 1)``, d = p - t.
 
     Smooth everywhere; gradient ``d / sqrt(1 + (d / delta)**2)``.  ``delta`` > 0.
+
+    Parameters
+    ----------
+    delta : float > 0, default 1
+        The scale of the transition from quadratic to linear; a finite real number > 0.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides the (weighted) sum of the terms by the element count; "none"
+        returns one value per element, of ``y_pred``'s shape.
     """
 
     name = "pseudo_huber"
@@ -139,6 +178,12 @@ class LogCosh(PointwiseLoss):
 
     Finite for every finite input (the value of optax / Keras ``log_cosh``); gradient
     ``tanh(p - t)``.
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides the (weighted) sum of the terms by the element count; "none"
+        returns one value per element, of ``y_pred``'s shape.
     """
 
     name = "log_cosh"
@@ -150,7 +195,14 @@ class Hinge(PointwiseLoss):
     """Hinge loss: ``max(1 - t p, 0)``, Keras ``hinge``, averaged over all elements.
 
     Labels are all in {-1, 1}, or all in {0, 1} (0 then means -1); other labels, or a mix
-    of 0 and -1, raise ValueError.
+    of 0 and -1, raise ValueError.  Gradient ``-t`` where ``t p < 1``, else 0 (with
+    ``t`` in {-1, 1}).
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides the (weighted) sum of the terms by the element count; "none"
+        returns one value per element, of ``y_pred``'s shape.
     """
 
     name = "hinge"
@@ -174,7 +226,14 @@ class Hinge(PointwiseLoss):
 class SquaredHinge(Hinge):
     """Squared hinge loss: ``max(1 - t p, 0)**2``, Keras ``squared_hinge``.
 
-    Labels as for :class:`Hinge`.
+    Labels as for :class:`Hinge`.  Gradient ``-2 t max(1 - t p, 0)`` (with ``t`` in
+    {-1, 1}).
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides the (weighted) sum of the terms by the element count; "none"
+        returns one value per element, of ``y_pred``'s shape.
     """
 
     name = "squared_hinge"
@@ -193,6 +252,20 @@ class BinaryCrossEntropy(PointwiseLoss):
     ``torch.nn.functional.binary_cross_entropy_with_logits``; finite for every finite x.
 
     Targets lie in [0, 1]; ``label_smoothing`` ε replaces t by ``t (1 - ε) + ε / 2``.
+
+    Parameters
+    ----------
+    from_logits : bool, default False
+        Whether ``y_pred`` holds logits (else probabilities in [0, 1]).
+    pos_weight : array of reals, optional
+        Weight of the positive term, one value or one per class (the last axis of
+        ``y_pred``, checked at each call); finite.  Logits only (torch's
+        ``pos_weight``).
+    label_smoothing : float in [0, 1], default 0
+        ε above.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides the (weighted) sum of the terms by the element count; "none"
+        returns one value per element, of ``y_pred``'s shape.
     """
 
     name = "binary_cross_entropy"
@@ -242,6 +315,14 @@ class PointwiseKLDivergence(PointwiseLoss):
 
     The kernel behind ``fastloss.torch.kl_div``; not in the registry (the public
     ``kl_divergence`` is the row loss of :class:`KLDivergence`).
+
+    Parameters
+    ----------
+    log_target : bool, default False
+        Whether ``y_true`` holds log p (else p).
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides the (weighted) sum of the terms by the element count; "none"
+        returns one value per element, of ``y_pred``'s shape.
     """
 
     name = "pointwise_kl_divergence"

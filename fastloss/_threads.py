@@ -53,7 +53,21 @@ def set_num_threads(n):
     """Set how many threads the kernels use: an int from 1 to ``MAX_THREADS`` (1024).
 
     Every thread libgomp starts stays alive, idle, until the process ends; more threads
-    than CPUs only add overhead.
+    than CPUs only add overhead.  The setting is fastloss's own: it changes no other
+    library's threads, and theirs do not change it.  Small calls run serially whatever
+    the setting.
+
+    Parameters
+    ----------
+    n : int
+        The thread count, 1 to 1024 (any integer type, not bool).
+
+    Raises
+    ------
+    TypeError
+        If ``n`` is not an integer.
+    ValueError
+        If ``n`` is below 1 or above 1024.
     """
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__"):
@@ -71,7 +85,15 @@ if openmp_inherited_from_parent:
 
 
 def get_num_threads():
-    """How many threads the kernels use for large inputs (1 in a forked child)."""
+    """How many threads the kernels use for large inputs (1 in a forked child).
+
+    Returns
+    -------
+    int
+        The count set by :func:`set_num_threads` (or ``threadpoolctl``), initially
+        ``OMP_NUM_THREADS`` or the CPUs this process may run on; 1 in a process forked
+        after OpenMP was used.
+    """
     return 1 if kernels.serial_process() else _num_threads
 
 

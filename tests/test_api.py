@@ -1,4 +1,4 @@
-"""The NumPy API of fastloss (spec sections 1 and 2) on the pointwise losses.
+"""The NumPy API of fastloss (the losses and the call contract) on the pointwise losses.
 
 Correctness of the numbers is tested against PyTorch/Keras in test_pointwise.py; here each
 loss is checked against itself on a canonical input (a C-contiguous float64 or float32
@@ -640,7 +640,7 @@ ALL_LOSS_INPUTS = {
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("name", fl.available())
 def test_calls_with_out_allocate_nothing(name, dtype):
-    """Issue 4: with out=, a call allocates nothing (tracemalloc peak of a few KiB, for
+    """Performance: with out=, a call allocates nothing (tracemalloc peak of a few KiB, for
     an input of 160-320 KB), on the fast path of every loss."""
     import tracemalloc
 

@@ -4,11 +4,11 @@ Every reference is computed in float64 from the very values fastloss received (f
 inputs are widened exactly), so the only differences are fastloss's own rounding: tight
 tolerances for float64, float32-sized ones for float32.
 
-References (the spec's table, /work/shared/spec/api.md):
+References (the losses table of docs/losses.rst):
 - mse, mae, huber, binary_cross_entropy (probabilities and logits with pos_weight):
   ``torch.nn.functional.mse_loss / l1_loss / huber_loss / binary_cross_entropy /
   binary_cross_entropy_with_logits`` with ``reduction="none"``, gradient by autograd.
-- pseudo_huber: the spec's formula delta**2 (sqrt(1 + (d/delta)**2) - 1), through torch
+- pseudo_huber: the documented formula delta**2 (sqrt(1 + (d/delta)**2) - 1), through torch
   autograd.
 - log_cosh: Keras 3 ``keras.losses.log_cosh`` (keras/src/losses/losses.py, ``_logcosh``):
   x + softplus(-2x) - log 2, through torch autograd.
@@ -128,7 +128,7 @@ def _keras_log_cosh(d):
 
 
 def _pseudo_huber(d, delta):
-    # the spec's formula: delta**2 (sqrt(1 + (d / delta)**2) - 1)
+    # the documented formula: delta**2 (sqrt(1 + (d / delta)**2) - 1)
     return delta ** 2 * (torch.sqrt(1 + (d / delta) ** 2) - 1)
 
 

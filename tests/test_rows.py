@@ -82,7 +82,7 @@ def random_problem(rng, n, c, dtype, scale=2.0):
 
 def ref_sparse_logits(xt, labels, reduction, weight, ignore_index, smoothing, z_loss,
                       sample_weight):
-    """torch cross_entropy; z_loss and sample_weight as the spec defines them."""
+    """torch cross_entropy; z_loss and sample_weight as fastloss defines them."""
     yt = torch.tensor(labels, dtype=torch.long)
     wt = as_tensor(weight)
     if z_loss == 0 and sample_weight is None:

@@ -1,4 +1,4 @@
-"""Threads, fork safety, process-wide state and the build (spec sections 4 and 5).
+"""Threads, fork safety, process-wide state and the build, as the docs describe them.
 
 Anything that could change the state of the test process (importing fastloss fresh,
 environment variables, fork) runs in a subprocess with a timeout, so that a hang fails

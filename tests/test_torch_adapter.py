@@ -565,7 +565,7 @@ class _StandIn:
     """A row loss with the fastloss protocol, computed with torch ops in float64.
 
     ``rows(x, target)`` gives the per-row losses; the reduction and sample_weight follow the
-    fastloss spec ("mean" divides by the row count, or by ``denominator`` when defined).
+    fastloss contract ("mean" divides by the row count, or by ``denominator`` when defined).
     """
 
     per_row = True

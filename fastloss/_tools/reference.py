@@ -8,8 +8,8 @@ For every registered loss name this module holds a :class:`Reference`:
   (vectorised, numerically stable, shared subexpressions, the 1/N folded into the
   gradient): the "NumPy" competitor of ``python -m fastloss bench``;
 - ``torch``: the same loss through ``torch.nn.functional`` (or plain tensor operations
-  where PyTorch has no such loss), differentiated by autograd: the semantics the spec
-  names, and the "PyTorch" competitor;
+  where PyTorch has no such loss), differentiated by autograd: the semantics the docs
+  name, and the "PyTorch" competitor;
 - ``jax``: the value alone in the NumPy API (run on ``jax.numpy`` under
   ``jax.jit(jax.value_and_grad(...))``), for the benchmark's parameters only;
 - the parameter variants ``python -m fastloss check`` tries, and the benchmark's.
