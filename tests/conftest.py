@@ -1,11 +1,11 @@
 """Shared fixtures of the fastloss test suite."""
-import importlib
 
 import numpy as np
 import pytest
 
 import fastloss
-from fastloss import _dispatch, _threads
+from fastloss import _threads
+from helpers import kernel_modules
 
 
 @pytest.fixture
@@ -36,14 +36,3 @@ def parallel_always(monkeypatch):
     yield
     for module, work in zip(modules, saved):
         module.set_min_block_work(work)
-
-
-def kernel_modules():
-    """Every kernel module built here and runnable on this CPU, by ISA level."""
-    modules = {}
-    for level in _dispatch.supported_levels():
-        try:
-            modules[level] = importlib.import_module(f"fastloss._kernels_{level}")
-        except ImportError:
-            continue
-    return modules

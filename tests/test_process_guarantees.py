@@ -7,33 +7,15 @@ timeout, so a failure fails the test instead of the suite.
 import os
 import shutil
 import subprocess
-import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fastloss as fl
 from fastloss import _dispatch, _threads
-
-PROJECT_DIR = Path(fl.__file__).resolve().parent.parent
-
-
-def run_python(code, timeout=120, env=None):
-    """Run ``code`` in a fresh interpreter importing this fastloss; returns stdout."""
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in ("OMP_NUM_THREADS", "FASTLOSS_ISA")}
-    full_env["PYTHONPATH"] = os.pathsep.join(
-        [str(PROJECT_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    full_env.update(env or {})
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
-                            cwd=PROJECT_DIR, capture_output=True, text=True,
-                            timeout=timeout)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
+from helpers import run_python
 
 # -- fork -----------------------------------------------------------------------------
 
@@ -146,54 +128,36 @@ def test_a_child_forked_after_another_openmp_library_ran_threads_can_call_fastlo
 
 # -- thread start failure ---------------------------------------------------------------
 
-def test_failing_to_start_threads_never_ends_the_process():
-    """Under an address-space limit that leaves room for few thread stacks, a call
-    asking for 1000 threads, and one asking for 2 with the limit just above current
-    use, both compute the right value."""
-    out = run_python("""
-        import resource
-        import numpy as np
-        import fastloss as fl
+THREAD_START_SCRIPT = """
+    import resource
+    import numpy as np
+    import fastloss as fl
+    x = np.random.default_rng(0).normal(size=1 << 20)
+    t = np.zeros_like(x)
+    out = np.empty_like(x)
+    loss = fl.get("log_cosh")
+    fl.set_num_threads(1)
+    expected = loss.value_and_grad(x, t, out=out)[0]
+    expected_grad = out.copy()
+    with open("/proc/self/status") as fh:
+        vm = [int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:")][0]
+    resource.setrlimit(resource.RLIMIT_AS, (vm + ({headroom_mb} << 20),) * 2)
+    fl.set_num_threads({threads})
+    assert loss.value_and_grad(x, t, out=out)[0] == expected
+    assert np.array_equal(out, expected_grad)
+    print("alive")
+"""
 
-        def vm_size():
-            with open("/proc/self/status") as fh:
-                for line in fh:
-                    if line.startswith("VmSize:"):
-                        return int(line.split()[1]) * 1024
 
-        x = np.random.default_rng(0).normal(size=1 << 20)
-        t = np.zeros_like(x)
-        out = np.empty_like(x)
-        loss = fl.get("log_cosh")
-        fl.set_num_threads(1)
-        expected = loss.value_and_grad(x, t, out=out)[0]
-        expected_grad = out.copy()
-
-        resource.setrlimit(resource.RLIMIT_AS, (vm_size() + (64 << 20),) * 2)
-        fl.set_num_threads(1000)
-        assert loss.value_and_grad(x, t, out=out)[0] == expected
-        assert np.array_equal(out, expected_grad)
-        print("many")
-    """, timeout=120)
-    assert out.split() == ["many"]
-    out = run_python("""
-        import resource
-        import numpy as np
-        import fastloss as fl
-        x = np.random.default_rng(0).normal(size=1 << 20)
-        t = np.zeros_like(x)
-        out = np.empty_like(x)
-        loss = fl.get("log_cosh")
-        fl.set_num_threads(1)
-        expected = loss.value_and_grad(x, t, out=out)[0]
-        with open("/proc/self/status") as fh:
-            vm = [int(l.split()[1]) * 1024 for l in fh if l.startswith("VmSize:")][0]
-        resource.setrlimit(resource.RLIMIT_AS, (vm + (2 << 20),) * 2)
-        fl.set_num_threads(2)
-        assert loss.value_and_grad(x, t, out=out)[0] == expected
-        print("two")
-    """, timeout=120)
-    assert out.split() == ["two"]
+@pytest.mark.parametrize("threads, headroom_mb", [(1000, 64), (2, 2)],
+                         ids=["1000-threads", "2-threads-no-room"])
+def test_failing_to_start_threads_never_ends_the_process(threads, headroom_mb):
+    """Under an address-space limit that leaves room for few thread stacks (or none), a
+    call asking for more threads than fit computes the right value, and the process
+    lives on."""
+    code = textwrap.dedent(THREAD_START_SCRIPT).format(threads=threads,
+                                                      headroom_mb=headroom_mb)
+    assert run_python(code, timeout=120).split() == ["alive"]
 
 
 # -- the thread count -------------------------------------------------------------------

@@ -3,7 +3,6 @@
 References are computed in float64 with torch autograd; float32 results are compared
 with the float64 reference of the same (float32) inputs at float32 tolerances.
 """
-import itertools
 
 import numpy as np
 import pytest

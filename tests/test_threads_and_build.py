@@ -4,14 +4,12 @@ Anything that could change the state of the test process (importing fastloss fre
 environment variables, fork) runs in a subprocess with a timeout, so that a hang fails
 the test instead of the suite.
 """
-import importlib
 import io
 import os
 import re
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -19,35 +17,7 @@ import pytest
 
 import fastloss as fl
 from fastloss import _dispatch
-
-PACKAGE_DIR = Path(fl.__file__).resolve().parent
-PROJECT_DIR = PACKAGE_DIR.parent
-
-
-def run_python(code, env=None, timeout=60):
-    """Run ``code`` in a fresh interpreter importing this fastloss; return its stdout."""
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in ("OMP_NUM_THREADS", "FASTLOSS_ISA")}
-    full_env["PYTHONPATH"] = os.pathsep.join(
-        [str(PROJECT_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    full_env.update(env or {})
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
-                            cwd=PROJECT_DIR, capture_output=True, text=True,
-                            timeout=timeout)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def built_kernel_modules():
-    """Every kernel module built here and runnable on this CPU, by ISA level."""
-    modules = {}
-    for level in _dispatch.supported_levels():
-        try:
-            modules[level] = importlib.import_module(f"fastloss._kernels_{level}")
-        except ImportError:
-            continue
-    return modules
-
+from helpers import PACKAGE_DIR, PROJECT_DIR, kernel_modules, run_python
 
 # ---------------------------------------------------------------------------------------
 # thread count
@@ -258,7 +228,7 @@ def test_show_config_prints_to_stdout(capsys):
 
 
 def test_best_isa_level_is_picked():
-    modules = built_kernel_modules()
+    modules = kernel_modules()
     best = os.environ.get("FASTLOSS_ISA", "").strip() or next(
         level for level in _dispatch.supported_levels() if level in modules)
     assert _dispatch.kernels.__name__ == f"fastloss._kernels_{best}"
@@ -267,7 +237,7 @@ def test_best_isa_level_is_picked():
 
 @pytest.mark.parametrize("level", ["baseline", "x86_64_v3", "x86_64_v4"])
 def test_each_module_links_libgomp(level):
-    module = built_kernel_modules().get(level)
+    module = kernel_modules().get(level)
     if module is None:
         pytest.skip(f"{level} not built or not supported by this CPU")
     if shutil.which("ldd") is None:
@@ -303,7 +273,7 @@ def _undefined_dynamic_symbols(path):
 
 @pytest.mark.parametrize("level", ["baseline", "x86_64_v3", "x86_64_v4"])
 def test_each_module_uses_vector_math(level):
-    module = built_kernel_modules().get(level)
+    module = kernel_modules().get(level)
     if module is None:
         pytest.skip(f"{level} not built or not supported by this CPU")
     info = module.build_info()
@@ -348,7 +318,7 @@ def _isa_inputs(name, params, dtype, rng):
                               for n, p in ISA_CASES])
 def test_isa_levels_agree(name, params, dtype, rng, monkeypatch, set_threads,
                           parallel_always):
-    modules = built_kernel_modules()
+    modules = kernel_modules()
     if len(modules) < 2:
         pytest.skip("only one kernel module built (FASTLOSS_ONLY_BASELINE?)")
     pred, target, weight = _isa_inputs(name, params, dtype, rng)
@@ -377,7 +347,7 @@ def test_isa_levels_agree(name, params, dtype, rng, monkeypatch, set_threads,
 
 @pytest.mark.parametrize("level", ["baseline", "x86_64_v3", "x86_64_v4"])
 def test_fastloss_isa_forces_a_level(level):
-    if level not in built_kernel_modules():
+    if level not in kernel_modules():
         pytest.skip(f"{level} not built or not supported by this CPU")
     out = run_python("""
         import numpy as np, fastloss
