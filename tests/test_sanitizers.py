@@ -118,10 +118,18 @@ def test_suite_runs_clean_under_address_and_undefined_behaviour_sanitizers(
 def test_fuzz_runs_clean_under_sanitizers_with_each_isa_level(sanitized_build, level):
     if level not in fl._dispatch.supported_levels():
         pytest.skip(f"this CPU does not run {level}")
-    # the misaligned out=/sample_weight property is a known defect: UBSan would stop
-    # the run at its first misaligned store
+    # misaligned out=/sample_weight: a known defect (see below) that would stop the run
     status, output = run_sanitized(
         sanitized_build, [str(TESTS_DIR / "test_fuzz.py"), "-k", "not misaligned"],
         level=level, FASTLOSS_FUZZ_EXAMPLES=FUZZ_EXAMPLES)
     assert_clean(status, output)
     assert f"kernels: fastloss._kernels_{level}" in output
+
+
+@pytest.mark.xfail(reason="a misaligned out= or sample_weight reaches the kernels as it is: "
+                          "UBSan reports the misaligned store", strict=False)
+def test_misaligned_out_and_sample_weight_run_clean_under_sanitizers(sanitized_build):
+    status, output = run_sanitized(
+        sanitized_build, [str(TESTS_DIR / "test_fuzz.py"), "-k", "misaligned"],
+        FASTLOSS_FUZZ_EXAMPLES="5")
+    assert_clean(status, output)
