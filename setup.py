@@ -27,6 +27,11 @@ MATH_FLAGS = [
     "-fno-signed-zeros",
 ]
 OPENMP_FLAG = "-fopenmp"
+# FASTLOSS_SANITIZE=1: an AddressSanitizer + UndefinedBehaviorSanitizer build for testing
+# (tests/test_sanitizers.py); the modules then need libasan preloaded to import.
+SANITIZE_FLAGS = (["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                   "-fno-omit-frame-pointer", "-g"]
+                  if os.environ.get("FASTLOSS_SANITIZE", "") not in ("", "0") else [])
 
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 # name suffix -> extra compiler flags for that micro-architecture level
@@ -58,11 +63,12 @@ def kernel_extension(level, flags):
             ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
             ("FASTLOSS_ISA_LEVEL", f'"{level}"'),
             ("FASTLOSS_SOURCE_HASH", f'"{SOURCE_HASH}"'),
-            ("FASTLOSS_COMPILE_FLAGS", '"' + " ".join(MATH_FLAGS + [OPENMP_FLAG] + flags) + '"'),
+            ("FASTLOSS_COMPILE_FLAGS",
+             '"' + " ".join(MATH_FLAGS + [OPENMP_FLAG] + flags + SANITIZE_FLAGS) + '"'),
         ],
-        extra_compile_args=MATH_FLAGS + [OPENMP_FLAG] + flags,
+        extra_compile_args=MATH_FLAGS + [OPENMP_FLAG] + flags + SANITIZE_FLAGS,
         # libm last: the vector math variants (_ZGV*) live in libmvec, pulled in by -lm.
-        extra_link_args=[OPENMP_FLAG, "-lm"],
+        extra_link_args=SANITIZE_FLAGS + [OPENMP_FLAG, "-lm"],
     )
 
 

@@ -151,7 +151,13 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
         d = p - t
         s = <floating>loss.params.delta
         e = <floating>loss.params.inv_delta
-        a = abs_(d) * e if e < <floating>INFINITY else abs_(d) / s
+        # a delta below the element type's range rounds to 0: divide by the smallest
+        # positive number instead (0 / 0 would be NaN; the limit is the same)
+        if floating is float:
+            r = max_(s, <float>1.401298464324817e-45)
+        else:
+            r = max_(s, <double>4.9406564584124654e-324)
+        a = abs_(d) * e if e < <floating>INFINITY else abs_(d) / r
         r = sqrt_(one + a * a)
         if a > <floating>1e8:
             grad[0] = s if d > 0 else -s

@@ -135,7 +135,8 @@ def test_hinge_is_exact_at_every_magnitude(scale, rng):
 # -- extreme parameters -----------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype, delta", [
-    (np.float32, 1e-40), (np.float32, 1e-45), (np.float32, 1e-30), (np.float32, 1e30),
+    (np.float32, 1e-40), (np.float32, 1e-45), (np.float32, 1e-300), (np.float32, 1e-30),
+    (np.float32, 1e30),
     (np.float32, 1e300), (np.float64, 1e-310), (np.float64, 5e-324), (np.float64, 1e-300),
     (np.float64, 1e300)])
 def test_pseudo_huber_is_finite_for_every_positive_delta(dtype, delta, rng):
