@@ -47,6 +47,17 @@ def libasan():
     return os.path.realpath(path)
 
 
+def preload():
+    """libasan, then libstdc++: ASan intercepts C++ exceptions (PyTorch throws some
+    internally) only when the real __cxa_throw is there when it starts."""
+    libraries = [libasan()]
+    path = subprocess.run(["gcc", "-print-file-name=libstdc++.so.6"], capture_output=True,
+                          text=True).stdout.strip()
+    if os.path.isabs(path) and os.path.exists(path):
+        libraries.append(os.path.realpath(path))
+    return " ".join(libraries)
+
+
 @pytest.fixture(scope="module")
 def sanitized_build(tmp_path_factory):
     """A copy of the sources with the three kernel modules built sanitized, in place."""
@@ -75,7 +86,7 @@ def run_sanitized(build, args, level=None, timeout=3600, **extra_env):
     env = {k: v for k, v in os.environ.items()
            if k not in ("FASTLOSS_ISA", "OMP_NUM_THREADS", "PYTHONPATH")}
     env.update(
-        LD_PRELOAD=libasan(),
+        LD_PRELOAD=preload(),
         # CPython's own allocations are not freed at exit: no leak report
         ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=99",
         UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:exitcode=98",

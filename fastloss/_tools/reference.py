@@ -304,9 +304,17 @@ def _huber(p, t, scale, delta=1.0):
 
 def _pseudo_huber(p, t, scale, delta=1.0):
     d = p - t
-    r = np.sqrt(1 + (d / delta) ** 2)
-    # delta^2 (r - 1) = d^2 / (r + 1) without the cancellation of r - 1 for small d
-    return d * d / (r + 1), d / r * scale
+    with np.errstate(over="ignore"):
+        a = np.abs(d) / delta
+    # beyond a = 1e8, r = a to float64 precision: delta (|d| - delta) and delta sign(d)
+    # (a and a^2 may overflow for a tiny delta); delta^2 (r - 1) = d^2 / (r + 1) without
+    # the cancellation of r - 1 for small a, delta (delta (r - 1)) without underflow above
+    big = a > 1e8
+    r = np.sqrt(1 + np.where(big, 0.0, a) ** 2)
+    terms = np.where(big, delta * (np.abs(d) - delta),
+                     np.where(a > 1, delta * (delta * (r - 1)), d * d / (r + 1)))
+    grad = np.where(big, delta * np.sign(d), d / r)
+    return terms, grad * scale
 
 
 def _log_cosh(p, t, scale):
