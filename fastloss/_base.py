@@ -4,12 +4,24 @@ A loss validates its parameters once, in its constructor.  Each call then prepar
 arrays (cheap for C-contiguous float32/float64 input), runs one kernel pass that computes
 the value, the gradient or both, and reduces.  Subclasses provide ``_run``.
 """
+from types import SimpleNamespace
+
 import numpy as np
 
 from . import _validation as v
 from ._dispatch import kernels
 
 REDUCTIONS = ("mean", "sum", "none")
+
+
+def plain_ints(enum):
+    """The members of one of the kernels' enums (ids, flag bits) as plain ints: Python's
+    enum arithmetic costs a few hundred nanoseconds, too much for the per-call path."""
+    return SimpleNamespace(**{member.name: int(member) for member in enum})
+
+
+#: the flag bits of the kernels (kernels.Flag), as plain ints
+Flag = plain_ints(kernels.Flag)
 
 
 class Loss:
@@ -221,12 +233,12 @@ class Loss:
     def _raise_for_flags(self, flags, pred, target):
         """Raise the error that a kernel's nonzero ``flags`` report (some flags only
         inform, e.g. which label convention hinge labels follow, and raise nothing)."""
-        if flags & kernels.Flag.UNKNOWN_KERNEL:
+        if flags & Flag.UNKNOWN_KERNEL:
             raise RuntimeError(
                 f"{self.name}: kernel {self._kernel_id!r} is unknown to "
                 f"{kernels.__file__}: the compiled kernels do not belong to this fastloss "
                 f"(reinstall it, or rebuild: python setup.py build_ext --inplace)")
-        if flags & kernels.Flag.OUT_OF_MEMORY:
+        if flags & Flag.OUT_OF_MEMORY:
             raise MemoryError(f"{self.name}: could not allocate a scratch buffer")
         self._raise_for_input_flags(flags, pred, target)
 

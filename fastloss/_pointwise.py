@@ -3,15 +3,14 @@ import numpy as np
 
 from . import _threads
 from . import _validation as v
-from ._base import Loss
+from ._base import Flag, Loss, plain_ints
 from ._dispatch import kernels
 
 NAN = float("nan")
 
 # The kernel table and the flag bits are defined once, in the kernels (_pointwise.pxi,
 # _kernels.pxi); these are their Python names.
-Kernel = kernels.PointwiseKernel
-Flag = kernels.Flag
+Kernel = plain_ints(kernels.PointwiseKernel)
 
 
 class PointwiseLoss(Loss):
@@ -29,6 +28,9 @@ class PointwiseLoss(Loss):
     #: time of one term relative to a squared error (measured, float32, AVX-512): the
     #: size at which threads start to pay off is PARALLEL_MIN_WORK / _cost elements
     _cost = 1
+    #: flag bits that alone report no error (hinge: which label convention is used);
+    #: all of them together do (hinge: the conventions mixed)
+    _informational_flags = 0
 
     def _ready(self, y_pred, y_true, out):
         return kernels.is_ready_pair(y_pred, y_true, out)
@@ -43,7 +45,8 @@ class PointwiseLoss(Loss):
             weight_block, None if self._pos_weights is None else self._pos_weight(pred),
             want_value, (1.0 / n if n else NAN) if mean else 1.0,
             _threads.threads_for(n * self._cost), self._cost)
-        if flags:
+        if flags and (flags & ~self._informational_flags
+                      or flags == self._informational_flags):
             self._raise_for_flags(flags, pred, target)
         if mean:
             return total / n if n else NAN
@@ -207,13 +210,12 @@ class Hinge(PointwiseLoss):
 
     name = "hinge"
     _kernel_id = Kernel.HINGE
+    _informational_flags = Flag.LABEL_ZERO | Flag.LABEL_MINUS_ONE
 
     def _raise_for_input_flags(self, flags, pred, target):
-        # LABEL_ZERO or LABEL_MINUS_ONE alone only says which convention the
-        # labels follow; the error is a label outside {-1, 0, 1} or both conventions mixed.
-        both = Flag.LABEL_ZERO | Flag.LABEL_MINUS_ONE
-        if not flags & Flag.LABEL_NOT_BINARY and (flags & both) != both:
-            return
+        # LABEL_ZERO or LABEL_MINUS_ONE alone only says which convention the labels
+        # follow (_informational_flags); the error is a label outside {-1, 0, 1} or both
+        # conventions mixed
         if flags & Flag.LABEL_NOT_BINARY:
             bad = (target != 1) & (target != 0) & (target != -1)
             raise ValueError(f"y_true: {self.name} labels must be in {{-1, 1}} or {{0, 1}}, "

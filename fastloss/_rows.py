@@ -11,14 +11,13 @@ import numpy as np
 
 from . import _threads
 from . import _validation as v
-from ._base import Loss
+from ._base import Flag, Loss, plain_ints
 from ._dispatch import kernels
 from ._pointwise import _first_bad, raise_for_probability_flags
 
 # The kernel table and the flag bits are defined once, in the kernels (_rows.pxi,
 # _kernels.pxi); these are their Python names.
-Kernel = kernels.RowKernel
-Flag = kernels.Flag
+Kernel = plain_ints(kernels.RowKernel)
 
 INT64_MIN, INT64_MAX = v.INT64_MIN, v.INT64_MAX
 
