@@ -30,6 +30,7 @@ import pytest
 import fastloss as fl
 from fastloss import _dispatch, _threads
 from fastloss._tools import reference
+from fastloss._tools.check import finite_differences
 from fastloss._tools.reference import REFERENCES
 
 from helpers import kernel_modules
@@ -487,22 +488,6 @@ def test_every_built_isa_level_agrees_with_the_default(case, dtype, rng, monkeyp
 # ---------------------------------------------------------------------------------------
 # finite differences
 # ---------------------------------------------------------------------------------------
-FD_STEP = 1e-6
-
-
-def central_differences(loss, pred, target, weight):
-    """d sum(loss) / d pred, by central differences in each element."""
-    grad = np.empty_like(pred)
-    shifted = pred.copy()
-    for index in np.ndindex(pred.shape):
-        h = FD_STEP * max(1.0, abs(pred[index]))
-        shifted[index] = pred[index] + h
-        upper = np.sum(loss(shifted, target, weight))
-        shifted[index] = pred[index] - h
-        lower = np.sum(loss(shifted, target, weight))
-        shifted[index] = pred[index]
-        grad[index] = (upper - lower) / (2 * h)
-    return grad
 
 
 @pytest.mark.parametrize("reduction, weighted", [("sum", False), ("mean", True),
@@ -515,7 +500,7 @@ def test_gradient_matches_central_finite_differences(case, reduction, weighted, 
     weight = rng.uniform(0.5, 2.0, shape[0]) if weighted else None
     loss = case.loss(reduction)
     grad = loss.grad(pred, target, weight)
-    numeric = central_differences(loss, pred, target, weight)
+    numeric = finite_differences(loss, pred, target, weight)
     scale = np.max(np.abs(numeric))
     assert scale > 0
     np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6 * scale)

@@ -156,7 +156,7 @@ def _cases(ref):
         yield params, options, "mean", False
 
 
-def _finite_differences(loss, pred, target, weight):
+def finite_differences(loss, pred, target, weight):
     """Central differences of sum(loss(pred, target)) in each element of pred."""
     grad = np.empty_like(pred)
     shifted = pred.copy()
@@ -209,7 +209,7 @@ def _check_case(report, ref, params, options, reduction, weighted, rng, torch):
                                              weight), "peer")
     float64, float32 = DTYPES
     report.add(case, "finite differences", float64, results[float64][1],
-               _finite_differences(loss, pred64, target64, weight64), "finite differences")
+               finite_differences(loss, pred64, target64, weight64), "finite differences")
     report.add(case, "float32 vs float64", float32, results[float32], results[float64],
                "float32 vs float64")
     if reduction == "mean" and not weighted:
