@@ -29,6 +29,9 @@ cpdef enum PointwiseKernel:
     POINTWISE_KL_DIVERGENCE
     POINTWISE_KL_DIVERGENCE_LOG_TARGET
     POISSON
+    SOFT_MARGIN
+    HINGE_EMBEDDING
+    MEAN_ABSOLUTE_PERCENTAGE_ERROR
 
 
 cdef struct PointwiseParams:
@@ -39,10 +42,11 @@ cdef struct PointwiseParams:
     double eps                # poisson
     bint log_input            # poisson
     bint full                 # poisson
+    double margin             # hinge_embedding
 
 
 def pointwise_parameters(double delta=1.0, double label_smoothing=0.0, double eps=0.0,
-                         bint log_input=True, bint full=False):
+                         bint log_input=True, bint full=False, double margin=1.0):
     """The parameters of a pointwise kernel, converted to C once, when a loss is made:
     the bytes of a PointwiseParams (the same struct in every ISA module).  Each call
     then hands the kernel these bytes: no conversion per call."""
@@ -54,6 +58,7 @@ def pointwise_parameters(double delta=1.0, double label_smoothing=0.0, double ep
     params.eps = eps
     params.log_input = log_input
     params.full = full
+    params.margin = margin
     return (<char*>&params)[:sizeof(PointwiseParams)]
 
 # Tag types, named after the public losses.  Each holds the parameters as its only
@@ -85,6 +90,12 @@ cdef struct PointwiseKLDivergenceLogTarget:
     PointwiseParams params
 cdef struct Poisson:
     PointwiseParams params
+cdef struct SoftMargin:
+    PointwiseParams params
+cdef struct HingeEmbedding:
+    PointwiseParams params
+cdef struct MeanAbsolutePercentageError:
+    PointwiseParams params
 
 ctypedef fused Pointwise:
     MeanSquaredError
@@ -100,6 +111,9 @@ ctypedef fused Pointwise:
     PointwiseKLDivergence
     PointwiseKLDivergenceLogTarget
     Poisson
+    SoftMargin
+    HingeEmbedding
+    MeanAbsolutePercentageError
 
 from libc.math cimport INFINITY
 
@@ -225,6 +239,27 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
             s += (t * log_(t) - t + half * log_(<floating>6.283185307179586 * t)
                   if t > one else 0)
         return s
+    elif Pointwise is SoftMargin:
+        # torch soft_margin_loss: log(1 + exp(-t p)) = softplus(-t p)
+        d = -t * p
+        grad[0] = -t * sigmoid(d)
+        return softplus(d)
+    elif Pointwise is HingeEmbedding:
+        # torch hinge_embedding_loss: max(0, margin - p) where t != 1, plus p where
+        # t != -1 (labels other than +-1 take both terms, as torch)
+        s = <floating>loss.params.margin
+        d = s - p
+        m = half * (d + abs_(d))                  # max(d, 0), NaN propagates
+        a = one if t != 1 else 0                  # the margin term applies
+        e = one if t != -1 else 0                 # the identity term applies
+        grad[0] = e - (a if d >= 0 else 0)        # torch's clamp passes d = 0
+        return a * m + e * p
+    elif Pointwise is MeanAbsolutePercentageError:
+        # Keras mean_absolute_percentage_error: 100 |t - p| / max(|t|, 1e-7)
+        d = p - t
+        a = <floating>100.0 / max_(abs_(t), <floating>MSLE_EPSILON)
+        grad[0] = a * ((d > 0) - (d < 0))
+        return a * abs_(d)
 
 
 # What a loop writes, fixed at compile time (Cython specialises each loop for every tag,
@@ -511,6 +546,13 @@ cdef double pointwise_dispatch(int kernel, const PointwiseParams* p,
                               flags)
     if kernel == POISSON:
         return pointwise_call(<const Poisson*>p, call, grad_scale, flags)
+    if kernel == SOFT_MARGIN:
+        return pointwise_call(<const SoftMargin*>p, call, grad_scale, flags)
+    if kernel == HINGE_EMBEDDING:
+        return pointwise_call(<const HingeEmbedding*>p, call, grad_scale, flags)
+    if kernel == MEAN_ABSOLUTE_PERCENTAGE_ERROR:
+        return pointwise_call(<const MeanAbsolutePercentageError*>p, call, grad_scale,
+                              flags)
     flags[0] |= UNKNOWN_KERNEL
     return 0
 

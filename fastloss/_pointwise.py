@@ -383,5 +383,73 @@ class Poisson(PointwiseLoss):
                 **super().get_params()}
 
 
+class SoftMargin(PointwiseLoss):
+    """Soft-margin loss of two-class scores: ``log(1 + exp(-t p))``, labels t = +-1.
+
+    Matches ``torch.nn.functional.soft_margin_loss``; gradient ``-t sigmoid(-t p)``;
+    finite for every finite score (a stable softplus), where torch's literal formula
+    overflows to inf beyond ``-t p`` of ~88 (float32) or ~709 (float64).  As in torch, the labels are not
+    checked: any real t is used as it is.
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" averages over all elements; "none" returns one value per element.
+    """
+
+    name = "soft_margin"
+    _kernel_id = Kernel.SOFT_MARGIN
+    _cost = 5
+
+
+class HingeEmbedding(PointwiseLoss):
+    """Hinge embedding loss: ``p`` where ``t = 1``, ``max(0, margin - p)`` where
+    ``t = -1`` (p is typically a distance).
+
+    Matches ``torch.nn.functional.hinge_embedding_loss(margin)`` exactly, including its
+    treatment of other labels (both terms apply); gradient ``[t != -1] - [t != 1]
+    [margin - p >= 0]``.
+
+    Parameters
+    ----------
+    margin : float, default 1.0
+        Any finite real.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" averages over all elements; "none" returns one value per element.
+    """
+
+    name = "hinge_embedding"
+    _kernel_id = Kernel.HINGE_EMBEDDING
+
+    def __init__(self, margin=1.0, *, reduction="mean"):
+        super().__init__(reduction=reduction)
+        self.margin = v.check_real("margin", margin)
+        if not np.isfinite(self.margin):
+            raise v.InvalidParameterError(f"margin must be finite, got {margin!r}")
+        self._kernel_parameters = kernels.pointwise_parameters(margin=self.margin)
+
+    def get_params(self):
+        return {"margin": self.margin, **super().get_params()}
+
+
+class MeanAbsolutePercentageError(PointwiseLoss):
+    """Mean absolute percentage error: ``100 |t - p| / max(|t|, 1e-7)``.
+
+    Matches Keras ``mean_absolute_percentage_error`` (its epsilon 1e-7 in the
+    denominator), averaged over all elements; gradient ``100 sign(p - t) / max(|t|,
+    1e-7)`` (0 at p = t).
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" averages over all elements; "none" returns one value per element.
+    """
+
+    name = "mape"
+    _kernel_id = Kernel.MEAN_ABSOLUTE_PERCENTAGE_ERROR
+    _cost = 2
+
+
 POINTWISE_LOSSES = (MeanSquaredError, MeanAbsoluteError, MeanSquaredLogarithmicError, Huber,
-                    PseudoHuber, LogCosh, Hinge, SquaredHinge, BinaryCrossEntropy, Poisson)
+                    PseudoHuber, LogCosh, Hinge, SquaredHinge, BinaryCrossEntropy, Poisson,
+                    SoftMargin, HingeEmbedding, MeanAbsolutePercentageError)

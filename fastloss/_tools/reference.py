@@ -230,6 +230,19 @@ def _poisson_inputs(rng, shape, params):
     return rng.uniform(0.2, 4.0, shape), target
 
 
+def _sign_label_inputs(rng, shape, params):
+    """Labels +-1 and scores (kept off the hinge's kink at margin - p = 0)."""
+    target = rng.choice([-1.0, 1.0], size=shape)
+    margin = params.get("margin", 1.0)
+    return margin + _away_from(rng, shape, 0.0, 0.05, 2.0), target
+
+
+def _mape_inputs(rng, shape, params):
+    """Targets away from 0 and predictions away from them (the kink at p = t)."""
+    target = rng.choice([-1.0, 1.0], size=shape) * rng.uniform(0.5, 3.0, shape)
+    return target + _away_from(rng, shape, 0.0, 0.05, 1.0), target
+
+
 def _softmax(x):
     e = np.exp(x - x.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -336,6 +349,24 @@ def _poisson(x, t, scale, log_input=True, full=False, eps=1e-8):
     return terms, grad * scale
 
 
+def _soft_margin(x, t, scale):
+    z = -t * x
+    return np.logaddexp(0, z), -t * (0.5 * (1 + np.tanh(0.5 * z))) * scale
+
+
+def _hinge_embedding(x, t, scale, margin=1.0):
+    d = margin - x
+    use_margin, use_self = (t != 1), (t != -1)
+    terms = np.where(use_margin, np.maximum(d, 0), 0) + np.where(use_self, x, 0)
+    grad = use_self.astype(x.dtype) - (use_margin & (d >= 0)).astype(x.dtype)
+    return terms, grad * scale
+
+
+def _mape(p, t, scale):
+    a = 100.0 / np.maximum(np.abs(t), EPSILON)
+    return a * np.abs(p - t), a * np.sign(p - t) * scale
+
+
 def _hinge_sign(t, dtype):
     """Labels in {-1, 1} or {0, 1} as signs (0 -> -1)."""
     return np.where(t > 0, 1, -1).astype(dtype)
@@ -408,6 +439,19 @@ def _t_poisson(x, t, reduction, log_input=True, full=False, eps=1e-8):
                                  reduction=reduction)
 
 
+def _t_soft_margin(x, t, reduction):
+    return _F().soft_margin_loss(x, t, reduction=reduction)
+
+
+def _t_hinge_embedding(x, t, reduction, margin=1.0):
+    return _F().hinge_embedding_loss(x, t, margin=margin, reduction=reduction)
+
+
+def _t_mape(x, t, reduction):
+    terms = 100.0 * (x - t).abs() / t.abs().clamp(min=EPSILON)
+    return _torch_reduce(terms, reduction)
+
+
 def _t_hinge_margin(x, t):
     sign = _torch().where(t > 0, 1.0, -1.0).to(x.dtype)
     return (1 - sign * x).clamp(min=0)
@@ -434,6 +478,18 @@ def _t_bce(x, t, reduction, from_logits=False, pos_weight=None, label_smoothing=
 
 def _j_poisson(xp, x, t):
     return xp.exp(x) - t * x
+
+
+def _j_soft_margin(xp, x, t):
+    return xp.logaddexp(0, -t * x)
+
+
+def _j_hinge_embedding(xp, x, t):
+    return xp.where(t == 1, x, xp.maximum(1.0 - x, 0))
+
+
+def _j_mape(xp, p, t):
+    return 100.0 * xp.abs(p - t) / xp.maximum(xp.abs(t), EPSILON)
 
 
 def _j_mse(xp, p, t):
@@ -739,6 +795,12 @@ REFERENCES = {ref.name: ref for ref in [
     _pointwise("poisson", _poisson, _t_poisson, _j_poisson, inputs=_poisson_inputs,
                variants=[({}, {}), ({"full": True}, {}), ({"log_input": False}, {}),
                          ({"log_input": False, "eps": 1e-7, "full": True}, {})]),
+    _pointwise("soft_margin", _soft_margin, _t_soft_margin, _j_soft_margin,
+               inputs=_sign_label_inputs),
+    _pointwise("hinge_embedding", _hinge_embedding, _t_hinge_embedding, _j_hinge_embedding,
+               inputs=_sign_label_inputs,
+               variants=[({}, {}), ({"margin": 0.5}, {}), ({"margin": 2.0}, {})]),
+    _pointwise("mape", _mape, _t_mape, _j_mape, inputs=_mape_inputs),
     Reference("categorical_cross_entropy", "dense_rows", _dense_row_inputs, _cce, _t_cce,
               bench_params={"from_logits": True}, jax=_j_cce_logits,
               variants=[({"from_logits": True}, {}),
