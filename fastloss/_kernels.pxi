@@ -41,6 +41,9 @@ cdef extern from *:
     int fastloss_omp_max_threads()
 
 
+cdef double KERAS_EPSILON = 1e-7   # keras.backend.epsilon(): msle, mape, probabilities
+
+
 cpdef enum Flag:
     # Bits a kernel raises in its ``flags`` (OR-reduced over the loop): the Python layer
     # turns them into errors after the call, so no separate validation pass is needed.

@@ -117,7 +117,6 @@ ctypedef fused Pointwise:
 
 from libc.math cimport INFINITY
 
-cdef double MSLE_EPSILON = 1e-7      # Keras backend epsilon
 cdef double BCE_GRAD_EPSILON = 1e-12 # PyTorch binary_cross_entropy_backward
 
 
@@ -142,9 +141,9 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
         return abs_(d)
     elif Pointwise is MeanSquaredLogarithmicError:
         # Keras: (log(max(p, eps) + 1) - log(max(t, eps) + 1))^2; no gradient where clipped
-        a = max_(p, <floating>MSLE_EPSILON)
-        d = log_(a + one) - log_(max_(t, <floating>MSLE_EPSILON) + one)
-        grad[0] = two * d / (a + one) if p > <floating>MSLE_EPSILON else 0
+        a = max_(p, <floating>KERAS_EPSILON)
+        d = log_(a + one) - log_(max_(t, <floating>KERAS_EPSILON) + one)
+        grad[0] = two * d / (a + one) if p > <floating>KERAS_EPSILON else 0
         return d * d
     elif Pointwise is Huber:
         d = p - t
@@ -257,7 +256,7 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
     elif Pointwise is MeanAbsolutePercentageError:
         # Keras mean_absolute_percentage_error: 100 |t - p| / max(|t|, 1e-7)
         d = p - t
-        a = <floating>100.0 / max_(abs_(t), <floating>MSLE_EPSILON)
+        a = <floating>100.0 / max_(abs_(t), <floating>KERAS_EPSILON)
         grad[0] = a * ((d > 0) - (d < 0))
         return a * abs_(d)
 

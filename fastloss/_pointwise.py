@@ -372,9 +372,7 @@ class Poisson(PointwiseLoss):
         super().__init__(reduction=reduction)
         self.log_input = v.check_bool("log_input", log_input)
         self.full = v.check_bool("full", full)
-        self.eps = v.check_real("eps", eps)
-        if not (self.eps >= 0 and np.isfinite(self.eps)):
-            raise v.InvalidParameterError(f"eps must be a finite number >= 0, got {eps!r}")
+        self.eps = v.check_nonnegative("eps", eps)
         self._kernel_parameters = kernels.pointwise_parameters(
             eps=self.eps, log_input=self.log_input, full=self.full)
 
@@ -388,8 +386,8 @@ class SoftMargin(PointwiseLoss):
 
     Matches ``torch.nn.functional.soft_margin_loss``; gradient ``-t sigmoid(-t p)``;
     finite for every finite score (a stable softplus), where torch's literal formula
-    overflows to inf beyond ``-t p`` of ~88 (float32) or ~709 (float64).  As in torch, the labels are not
-    checked: any real t is used as it is.
+    overflows to inf beyond ``-t p`` of ~88 (float32) or ~709 (float64).  As in torch,
+    the labels are not checked: any real t is used as it is.
 
     Parameters
     ----------
@@ -423,9 +421,7 @@ class HingeEmbedding(PointwiseLoss):
 
     def __init__(self, margin=1.0, *, reduction="mean"):
         super().__init__(reduction=reduction)
-        self.margin = v.check_real("margin", margin)
-        if not np.isfinite(self.margin):
-            raise v.InvalidParameterError(f"margin must be finite, got {margin!r}")
+        self.margin = v.check_finite("margin", margin)
         self._kernel_parameters = kernels.pointwise_parameters(margin=self.margin)
 
     def get_params(self):

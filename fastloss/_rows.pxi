@@ -36,7 +36,6 @@ cdef enum:
     # Rows of at most this many classes take their maxes across the rows (rows_max).
     SOFTMAX_ROWS_MAX_CLASSES = 32
 
-cdef double KERAS_EPSILON = 1e-7   # keras.backend.epsilon(): probabilities clipped to it
 cdef double KL_LOG_FLOOR = -100    # log q of kl_divergence from probabilities is >= this
 
 

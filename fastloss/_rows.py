@@ -81,9 +81,7 @@ class RowLoss(Loss):
 
 
 def _check_z_loss(z_loss, from_logits):
-    z_loss = v.check_real("z_loss", z_loss)
-    if not (z_loss >= 0 and math.isfinite(z_loss)):
-        raise v.InvalidParameterError(f"z_loss must be a finite number >= 0, got {z_loss!r}")
+    z_loss = v.check_nonnegative("z_loss", z_loss)
     if z_loss and not from_logits:
         raise v.InvalidParameterError("z_loss is only defined for logits: use "
                                       "from_logits=True")
@@ -337,10 +335,7 @@ class MultiMargin(_SparseRowLoss):
 
     def __init__(self, margin=1.0, p=1, class_weight=None, *, reduction="mean"):
         super().__init__(reduction=reduction)
-        margin = v.check_real("margin", margin)
-        if not math.isfinite(margin):
-            raise v.InvalidParameterError(f"margin must be finite, got {margin!r}")
-        self.margin = margin
+        self.margin = v.check_finite("margin", margin)
         if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Integral) \
                 or p not in (1, 2):
             raise v.InvalidParameterError(f"p must be 1 or 2, got {p!r}")

@@ -319,6 +319,22 @@ def check_real(name, value):
     return float(value)
 
 
+def check_finite(name, value):
+    """A finite real number (as a float)."""
+    value = check_real(name, value)
+    if not np.isfinite(value):
+        raise InvalidParameterError(f"{name} must be finite, got {value!r}")
+    return value
+
+
+def check_nonnegative(name, value):
+    """A finite real number >= 0 (as a float)."""
+    value = check_real(name, value)
+    if not (value >= 0 and np.isfinite(value)):
+        raise InvalidParameterError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
 def check_fraction(name, value):
     """A real number in [0, 1]."""
     value = check_real(name, value)
