@@ -44,6 +44,16 @@ cdef extern from *:
 cdef double KERAS_EPSILON = 1e-7   # keras.backend.epsilon(): msle, mape, probabilities
 
 
+cdef inline floating keras_clip(floating q) noexcept nogil:
+    """Keras clips probabilities to [eps, 1 - eps] before a log (NaN propagates)."""
+    return min_(max_(q, <floating>KERAS_EPSILON), <floating>(1.0 - KERAS_EPSILON))
+
+
+cdef inline bint keras_unclipped(floating q) noexcept nogil:
+    """Where the clip passes the gradient (torch.clip / tf.clip_by_value: inclusive)."""
+    return (q >= <floating>KERAS_EPSILON) & (q <= <floating>(1.0 - KERAS_EPSILON))
+
+
 cpdef enum Flag:
     # Bits a kernel raises in its ``flags`` (OR-reduced over the loop): the Python layer
     # turns them into errors after the call, so no separate validation pass is needed.

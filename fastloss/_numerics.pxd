@@ -5,6 +5,7 @@
 # float32 registers and gcc can vectorise it with libmvec (see _numerics.h).
 
 from cython cimport floating
+from libc.math cimport INFINITY
 
 cdef extern from "_numerics.h" nogil:
     int FASTLOSS_VECTOR_EXP_LOG
@@ -134,6 +135,43 @@ cdef inline floating sigmoid(floating x) noexcept nogil:
     cdef floating e = exp_(-abs_(x))
     cdef floating r = one / (one + e)
     return r if x >= 0 else e * r
+
+
+cdef inline floating logistic(floating x, floating* sigmoid_x,
+                             floating* sigmoid_minus_x) noexcept nogil:
+    """log(1 + exp(-|x|)) (the bounded part of softplus(x) and softplus(-x)), with
+    sigmoid(x) and sigmoid(-x) stored: every logistic loss needs the three, and one exp
+    gives them all."""
+    cdef floating one = 1
+    cdef floating e = exp_(-abs_(x))
+    cdef floating r = one / (one + e)
+    sigmoid_x[0] = r if x >= 0 else e * r
+    sigmoid_minus_x[0] = e * r if x >= 0 else r
+    return log1p_unit(e)
+
+
+cdef inline floating power_and_slope(floating b, double exponent,
+                                     floating* slope) noexcept nogil:
+    """b**e for b >= 0 and e >= 0, storing its derivative e b**(e - 1) in ``slope``, as
+    torch.pow and its autograd: 0**0 = 1 with slope 0; at b = 0 the slope is inf for
+    e < 1.  e = 1 and 2 (the focal losses' usual gamma) are exact products; the branch
+    on e is the same for every element of a call (gcc takes it out of the loop)."""
+    cdef floating r, e = <floating>exponent
+    if exponent == 2:
+        slope[0] = b + b
+        return b * b
+    if exponent == 1:
+        slope[0] = 1
+        return b
+    if exponent == 0:
+        slope[0] = 0
+        return 1
+    r = exp_(e * log_(b))
+    if b > 0:
+        slope[0] = e * r / b
+    else:
+        slope[0] = <floating>INFINITY if exponent < 1 else 0
+    return r
 
 
 cdef inline floating log_cosh(floating x) noexcept nogil:

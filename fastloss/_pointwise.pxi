@@ -32,21 +32,27 @@ cpdef enum PointwiseKernel:
     SOFT_MARGIN
     HINGE_EMBEDDING
     MEAN_ABSOLUTE_PERCENTAGE_ERROR
+    BINARY_FOCAL_CROSS_ENTROPY_FROM_PROBABILITIES
+    BINARY_FOCAL_CROSS_ENTROPY_FROM_LOGITS
 
 
 cdef struct PointwiseParams:
     # the parameters of every pointwise loss; each reads its own
     double delta              # huber, pseudo_huber
     double inv_delta          # pseudo_huber: 1 / delta (inf for delta < 1 / DBL_MAX)
-    double label_smoothing    # binary_cross_entropy
+    double label_smoothing    # binary_cross_entropy, binary_focal_cross_entropy
     double eps                # poisson
     bint log_input            # poisson
     bint full                 # poisson
     double margin             # hinge_embedding
+    double gamma              # binary_focal_cross_entropy: the focusing exponent
+    bint class_balancing      # binary_focal_cross_entropy: weight alpha / 1 - alpha
+    double alpha
 
 
 def pointwise_parameters(double delta=1.0, double label_smoothing=0.0, double eps=0.0,
-                         bint log_input=True, bint full=False, double margin=1.0):
+                         bint log_input=True, bint full=False, double margin=1.0,
+                         double gamma=2.0, object alpha=None):
     """The parameters of a pointwise kernel, converted to C once, when a loss is made:
     the bytes of a PointwiseParams (the same struct in every ISA module).  Each call
     then hands the kernel these bytes: no conversion per call."""
@@ -59,6 +65,9 @@ def pointwise_parameters(double delta=1.0, double label_smoothing=0.0, double ep
     params.log_input = log_input
     params.full = full
     params.margin = margin
+    params.gamma = gamma
+    params.class_balancing = alpha is not None
+    params.alpha = 0.0 if alpha is None else alpha
     return (<char*>&params)[:sizeof(PointwiseParams)]
 
 # Tag types, named after the public losses.  Each holds the parameters as its only
@@ -96,6 +105,10 @@ cdef struct HingeEmbedding:
     PointwiseParams params
 cdef struct MeanAbsolutePercentageError:
     PointwiseParams params
+cdef struct BinaryFocalCrossEntropyFromProbabilities:
+    PointwiseParams params
+cdef struct BinaryFocalCrossEntropyFromLogits:
+    PointwiseParams params
 
 ctypedef fused Pointwise:
     MeanSquaredError
@@ -114,10 +127,45 @@ ctypedef fused Pointwise:
     SoftMargin
     HingeEmbedding
     MeanAbsolutePercentageError
+    BinaryFocalCrossEntropyFromProbabilities
+    BinaryFocalCrossEntropyFromLogits
 
 from libc.math cimport INFINITY
 
 cdef double BCE_GRAD_EPSILON = 1e-12 # PyTorch binary_cross_entropy_backward
+
+
+cdef inline floating logistic_cross_entropy(floating x, floating t, floating positive_weight,
+                                            floating* grad, floating* sigmoid_x,
+                                            floating* sigmoid_minus_x) noexcept nogil:
+    """torch binary_cross_entropy_with_logits: (1 - t) x + lw softplus(-x) with
+    lw = 1 + (pw - 1) t, finite for every finite x; stores the gradient (1 - t) -
+    lw sigmoid(-x) and sigmoid(+-x).  Also the term of multilabel_soft_margin (pw = 1)."""
+    cdef floating one = 1
+    cdef floating lw = one + (positive_weight - one) * t
+    cdef floating bounded = logistic(x, sigmoid_x, sigmoid_minus_x)
+    grad[0] = (one - t) - lw * sigmoid_minus_x[0]
+    return (one - t) * x + lw * (bounded + max_(-x, <floating>0))
+
+
+cdef inline floating smoothed_binary_target(const PointwiseParams* params,
+                                            floating t) noexcept nogil:
+    """Keras binary label smoothing: t (1 - eps) + eps / 2."""
+    return (t * <floating>(1 - params.label_smoothing)
+            + <floating>(0.5 * params.label_smoothing))
+
+
+cdef inline floating focal_weight(const PointwiseParams* params, floating t, floating q,
+                                  floating dq, floating* slope) noexcept nogil:
+    """The factor of a binary focal term: w q^gamma with q = 1 - p_t, w = alpha t +
+    (1 - alpha) (1 - t) under class balancing (else 1); stores its derivative, given the
+    derivative ``dq`` of q."""
+    cdef floating one = 1, w = 1
+    cdef floating f = power_and_slope(q, params.gamma, slope)
+    if params.class_balancing:
+        w = <floating>params.alpha * t + <floating>(1 - params.alpha) * (one - t)
+    slope[0] = w * slope[0] * dq
+    return w * f
 
 
 cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, floating t,
@@ -127,7 +175,7 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
 
     ``pos_weight`` only matters for BinaryCrossEntropyLogits (1 elsewhere).
     """
-    cdef floating d, a, s, e, r, m, lw, neg_sigmoid
+    cdef floating d, a, s, e, r, m
     # Typed constants: Cython writes a bare literal as a C double, which would turn the
     # float32 kernels' arithmetic into float64 arithmetic (half the vector width).
     cdef floating one = 1, two = 2, half = 0.5
@@ -199,21 +247,14 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
     elif Pointwise is BinaryCrossEntropyFromProbabilities:
         flags[0] |= ((p < 0) | (p > 1)) * PRED_NOT_PROBABILITY \
             | ((t < 0) | (t > 1)) * TARGET_NOT_PROBABILITY
-        t = t * <floating>(1 - loss.params.label_smoothing) + <floating>(0.5 * loss.params.label_smoothing)
+        t = smoothed_binary_target(&loss.params, t)
         grad[0] = (p - t) / max_((one - p) * p, <floating>BCE_GRAD_EPSILON)
         return -(t * clamped_log(p, <floating>-100)
                  + (one - t) * max_(log1p_(-p), <floating>-100))
     elif Pointwise is BinaryCrossEntropyFromLogits:
-        # PyTorch binary_cross_entropy_with_logits:
-        # (1 - t) x + (1 + (pw - 1) t) softplus(-x)
         flags[0] |= ((t < 0) | (t > 1)) * TARGET_NOT_PROBABILITY
-        t = t * <floating>(1 - loss.params.label_smoothing) + <floating>(0.5 * loss.params.label_smoothing)
-        lw = one + (pos_weight - one) * t
-        e = exp_(-abs_(p))
-        r = one / (one + e)
-        neg_sigmoid = e * r if p >= 0 else r          # sigmoid(-p)
-        grad[0] = (one - t) - lw * neg_sigmoid
-        return (one - t) * p + lw * (log1p_unit(e) + max_(-p, <floating>0))
+        t = smoothed_binary_target(&loss.params, t)
+        return logistic_cross_entropy(p, t, pos_weight, grad, &e, &r)
     elif Pointwise is PointwiseKLDivergence:
         # torch kl_div(input=log q, target=p), elementwise: xlogy(p, p) - p log q
         grad[0] = -t
@@ -259,6 +300,29 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
         a = <floating>100.0 / max_(abs_(t), <floating>KERAS_EPSILON)
         grad[0] = a * ((d > 0) - (d < 0))
         return a * abs_(d)
+    elif Pointwise is BinaryFocalCrossEntropyFromProbabilities:
+        # Keras binary_focal_crossentropy: (1 - p_t)^gamma bce with p_t = t p + (1 - t)
+        # (1 - p), bce of p clipped to [1e-7, 1 - 1e-7] (no gradient where clipped)
+        flags[0] |= ((p < 0) | (p > 1)) * PRED_NOT_PROBABILITY \
+            | ((t < 0) | (t > 1)) * TARGET_NOT_PROBABILITY
+        t = smoothed_binary_target(&loss.params, t)
+        a = keras_clip(p)
+        s = -(t * log_(a) + (one - t) * log1p_(-a))
+        d = (a - t) / (a * (one - a)) if keras_unclipped(p) else 0
+        m = focal_weight(&loss.params, t, t * (one - p) + (one - t) * p, one - two * t, &r)
+        grad[0] = r * s + m * d
+        return m * s
+    elif Pointwise is BinaryFocalCrossEntropyFromLogits:
+        # as from probabilities with p = sigmoid(x), but the cross-entropy of the logit
+        # itself (torchvision sigmoid_focal_loss; Keras clips sigmoid(x), which differs
+        # beyond |x| ~ 16)
+        flags[0] |= ((t < 0) | (t > 1)) * TARGET_NOT_PROBABILITY
+        t = smoothed_binary_target(&loss.params, t)
+        s = logistic_cross_entropy(p, t, one, &d, &e, &r)
+        m = focal_weight(&loss.params, t, t * r + (one - t) * e,
+                         (one - two * t) * e * r, &a)
+        grad[0] = a * s + m * d
+        return m * s
 
 
 # What a loop writes, fixed at compile time (Cython specialises each loop for every tag,
@@ -552,6 +616,12 @@ cdef double pointwise_dispatch(int kernel, const PointwiseParams* p,
     if kernel == MEAN_ABSOLUTE_PERCENTAGE_ERROR:
         return pointwise_call(<const MeanAbsolutePercentageError*>p, call, grad_scale,
                               flags)
+    if kernel == BINARY_FOCAL_CROSS_ENTROPY_FROM_PROBABILITIES:
+        return pointwise_call(<const BinaryFocalCrossEntropyFromProbabilities*>p, call,
+                              grad_scale, flags)
+    if kernel == BINARY_FOCAL_CROSS_ENTROPY_FROM_LOGITS:
+        return pointwise_call(<const BinaryFocalCrossEntropyFromLogits*>p, call,
+                              grad_scale, flags)
     flags[0] |= UNKNOWN_KERNEL
     return 0
 

@@ -310,6 +310,71 @@ class BinaryCrossEntropy(PointwiseLoss):
         raise_for_probability_flags(flags, pred, target)
 
 
+class BinaryFocalCrossEntropy(PointwiseLoss):
+    """Binary focal cross-entropy (Lin et al.): the binary cross-entropy of each element
+    times ``(1 - p_t)^gamma``, down-weighting the elements already predicted well.
+
+    Keras ``binary_focal_crossentropy``, elementwise: with the smoothed target
+    ``t' = t (1 - ε) + ε / 2``, the probability ``p`` (``sigmoid(x)`` from logits) and
+    ``p_t = t' p + (1 - t') (1 - p)``, each term is
+    ``w (1 - p_t)^gamma bce(p, t')`` with ``w = α t' + (1 - α) (1 - t')`` when ``alpha``
+    is given (class balancing), else 1.
+
+    Probabilities (``from_logits=False``): ``bce = -(t' log p_c + (1 - t') log(1 - p_c))``
+    with ``p_c`` = p clipped to [1e-7, 1 - 1e-7] (Keras' epsilon; the clip passes no
+    gradient), and ``y_pred`` must lie in [0, 1].
+
+    Logits (``from_logits=True``): ``bce`` is the cross-entropy of the logit itself,
+    ``(1 - t') x + softplus(-x)`` (torch ``binary_cross_entropy_with_logits``), finite
+    for every finite x.  With ``alpha=0.25`` this is torchvision's
+    ``sigmoid_focal_loss`` (reduced afterwards).  Keras instead clips ``sigmoid(x)`` to
+    [1e-7, 1 - 1e-7], which caps each term near 16.1 and differs from this only where
+    ``|x| > ~16``.
+
+    The gradient is the exact derivative of the above (through the focal factor too);
+    the focal factor's derivative ``gamma (1 - p_t)^(gamma - 1)`` is infinite at
+    ``p_t = 1`` for ``gamma < 1``, as in torch's autograd.
+
+    Parameters
+    ----------
+    from_logits : bool, default False
+        Whether ``y_pred`` holds logits (else probabilities in [0, 1]).
+    gamma : float >= 0, default 2
+        The focusing exponent (0 gives the plain binary cross-entropy).
+    alpha : float in [0, 1], optional
+        Weight of the positive class (``1 - alpha`` for the negative one); None (the
+        default) turns class balancing off.  Keras' ``apply_class_balancing=True,
+        alpha=a`` is ``alpha=a`` here.
+    label_smoothing : float in [0, 1], default 0
+        ε above.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides the (weighted) sum of the terms by the element count; "none"
+        returns one value per element, of ``y_pred``'s shape.
+    """
+
+    name = "binary_focal_cross_entropy"
+
+    def __init__(self, from_logits=False, gamma=2.0, alpha=None, label_smoothing=0.0, *,
+                 reduction="mean"):
+        super().__init__(reduction=reduction)
+        self.from_logits = v.check_bool("from_logits", from_logits)
+        self.gamma = v.check_nonnegative("gamma", gamma)
+        self.alpha = None if alpha is None else v.check_fraction("alpha", alpha)
+        self.label_smoothing = v.check_fraction("label_smoothing", label_smoothing)
+        self._kernel_parameters = kernels.pointwise_parameters(
+            label_smoothing=self.label_smoothing, gamma=self.gamma, alpha=self.alpha)
+        self._kernel_id = (Kernel.BINARY_FOCAL_CROSS_ENTROPY_FROM_LOGITS if self.from_logits
+                           else Kernel.BINARY_FOCAL_CROSS_ENTROPY_FROM_PROBABILITIES)
+        self._cost = 6 if self.gamma in (0.0, 1.0, 2.0) else 10
+
+    def get_params(self):
+        return {"from_logits": self.from_logits, "gamma": self.gamma, "alpha": self.alpha,
+                "label_smoothing": self.label_smoothing, **super().get_params()}
+
+    def _raise_for_input_flags(self, flags, pred, target):
+        raise_for_probability_flags(flags, pred, target)
+
+
 class PointwiseKLDivergence(PointwiseLoss):
     """torch's ``kl_div(input, target)`` elementwise: ``xlogy(p, p) - p input`` with
     ``input`` = log q as given (not renormalised), or ``exp(t) (t - input)`` with
@@ -448,4 +513,5 @@ class MeanAbsolutePercentageError(PointwiseLoss):
 
 POINTWISE_LOSSES = (MeanSquaredError, MeanAbsoluteError, MeanSquaredLogarithmicError, Huber,
                     PseudoHuber, LogCosh, Hinge, SquaredHinge, BinaryCrossEntropy, Poisson,
-                    SoftMargin, HingeEmbedding, MeanAbsolutePercentageError)
+                    SoftMargin, HingeEmbedding, MeanAbsolutePercentageError,
+                    BinaryFocalCrossEntropy)

@@ -54,6 +54,11 @@ cpdef enum RowKernel:
     SPARSE_CATEGORICAL_CROSS_ENTROPY_FROM_LOGITS
     SPARSE_CATEGORICAL_CROSS_ENTROPY_FROM_PROBABILITIES
     MULTI_MARGIN
+    CATEGORICAL_FOCAL_CROSS_ENTROPY_FROM_LOGITS
+    CATEGORICAL_FOCAL_CROSS_ENTROPY_FROM_PROBABILITIES
+    CATEGORICAL_HINGE
+    COSINE_SIMILARITY
+    MULTILABEL_SOFT_MARGIN
 
 
 cdef struct CategoricalCrossEntropyFromLogits:
@@ -70,6 +75,16 @@ cdef struct SparseCategoricalCrossEntropyFromProbabilities:
     char unused
 cdef struct MultiMargin:
     char unused
+cdef struct CategoricalFocalCrossEntropyFromLogits:
+    char unused
+cdef struct CategoricalFocalCrossEntropyFromProbabilities:
+    char unused
+cdef struct CategoricalHinge:
+    char unused
+cdef struct CosineSimilarity:
+    char unused
+cdef struct MultilabelSoftMargin:
+    char unused
 
 ctypedef fused RowLoss:
     CategoricalCrossEntropyFromLogits
@@ -79,6 +94,11 @@ ctypedef fused RowLoss:
     SparseCategoricalCrossEntropyFromLogits
     SparseCategoricalCrossEntropyFromProbabilities
     MultiMargin
+    CategoricalFocalCrossEntropyFromLogits
+    CategoricalFocalCrossEntropyFromProbabilities
+    CategoricalHinge
+    CosineSimilarity
+    MultilabelSoftMargin
 
 ctypedef fused label_t:
     int32_t
@@ -96,19 +116,11 @@ cdef struct RowParams:
     bint has_ignore_index     # sparse cross-entropy: rows labelled ignore_index are skipped
     int64_t ignore_index
     double class_weight_sum   # sum of the class weights (C without class weights)
+    double gamma              # focal: the focusing exponent
+    double alpha              # focal: the class weight when no per-class alpha is given
 
 
 # -- per-row math --------------------------------------------------------------------
-
-cdef inline floating keras_clip(floating q) noexcept nogil:
-    """Keras clips renormalised probabilities to [eps, 1 - eps] (NaN propagates)."""
-    return min_(max_(q, <floating>KERAS_EPSILON), <floating>(1.0 - KERAS_EPSILON))
-
-
-cdef inline bint keras_unclipped(floating q) noexcept nogil:
-    """Where the clip passes the gradient (torch.clip / tf.clip_by_value: inclusive)."""
-    return (q >= <floating>KERAS_EPSILON) & (q <= <floating>(1.0 - KERAS_EPSILON))
-
 
 cdef inline double categorical_logits_row(const RowParams* restrict prm,
                                           const floating* restrict x, floating* restrict g,
@@ -406,6 +418,162 @@ cdef inline double multi_margin_row(const RowParams* restrict prm,
     return sw * (wy * total / C)
 
 
+cdef inline floating focal_term(floating q, floating a, double gamma,
+                                floating* slope) noexcept nogil:
+    """Keras' categorical focal term a (1 - q)^gamma (-log q) of a clipped probability q;
+    stores its derivative in q."""
+    cdef floating one = 1, df
+    cdef floating f = power_and_slope(one - q, gamma, &df)
+    cdef floating nll = -log_(q)
+    slope[0] = -a * (df * nll + f / q)
+    return a * f * nll
+
+
+cdef inline floating focal_class_weight(const RowParams* prm, const floating* cw,
+                                        Py_ssize_t c, floating t) noexcept nogil:
+    """alpha_c t'_c: the smoothed target times the class's alpha."""
+    cdef floating alpha = <floating>prm.alpha if cw == NULL else cw[c]
+    return alpha * (t * <floating>prm.keep + <floating>prm.spread)
+
+
+cdef inline double focal_probs_row(const RowParams* restrict prm,
+                                   const floating* restrict x, floating* restrict g,
+                                   const floating* restrict t,
+                                   const floating* restrict cw, floating sw,
+                                   floating scale_row, int* restrict flags) noexcept nogil:
+    """Keras categorical_focal_crossentropy of probabilities: sum_c alpha_c t'_c
+    (1 - q_c)^gamma (-log q_c), q = clip(x / X) as categorical_probs_row.
+
+    With G_c the derivative of term c in q_c (0 where clipped), the gradient through the
+    renormalisation is (G_j - sum_c G_c x_c / X) / X.
+    """
+    cdef Py_ssize_t c, C = prm.n_classes
+    cdef floating total = probability_sum(x, C, flags)
+    cdef floating q, slope, through = 0, k
+    cdef double loss = 0
+    cdef int bad = 0
+    for c in range(C):
+        bad |= (t[c] < 0) | (t[c] > 1)
+        q = x[c] / total
+        loss += focal_term(keras_clip(q), focal_class_weight(prm, cw, c, t[c]), prm.gamma,
+                           &slope)
+        slope = slope if keras_unclipped(q) else 0
+        through += slope * q
+        g[c] = slope
+    flags[0] |= bad * TARGET_NOT_PROBABILITY
+    k = scale_row / total
+    for c in range(C):
+        g[c] = k * (g[c] - through)
+    return sw * loss
+
+
+cdef inline double focal_logits_row(const RowParams* restrict prm,
+                                    const floating* restrict x, floating* restrict g,
+                                    floating m, floating inv_s,
+                                    const floating* restrict t,
+                                    const floating* restrict cw, floating sw,
+                                    floating scale_row, int* restrict flags) noexcept nogil:
+    """focal_probs_row of q = softmax(x) (Keras from_logits: the softmax, renormalised and
+    clipped; where the clip is active the term is capped and passes no gradient).
+
+    On entry ``g`` holds exp(x - m); the gradient is q_j (G_j - sum_c G_c q_c).
+    """
+    cdef Py_ssize_t c, C = prm.n_classes
+    cdef floating q, slope, through = 0
+    cdef double loss = 0
+    cdef int bad = 0
+    for c in range(C):
+        bad |= (t[c] < 0) | (t[c] > 1)
+        q = g[c] * inv_s
+        loss += focal_term(keras_clip(q), focal_class_weight(prm, cw, c, t[c]), prm.gamma,
+                           &slope)
+        slope = q * slope if keras_unclipped(q) else 0
+        through += slope
+        g[c] = slope
+    flags[0] |= bad * TARGET_NOT_PROBABILITY
+    for c in range(C):  # q again: exp is cheaper than a second log and power
+        g[c] = scale_row * (g[c] - exp_(x[c] - m) * inv_s * through)
+    return sw * loss
+
+
+cdef inline double categorical_hinge_row(const RowParams* restrict prm,
+                                         const floating* restrict x, floating* restrict g,
+                                         const floating* restrict t, floating sw,
+                                         floating scale_row) noexcept nogil:
+    """Keras categorical_hinge: max(0, 1 + max_c (1 - t_c) x_c - sum_c t_c x_c).
+
+    The gradient is that of the formula under autograd (torch, JAX): the max shares its
+    gradient equally between tied classes, and max(a, 0) passes half at a = 0.
+    """
+    cdef Py_ssize_t c, C = prm.n_classes
+    cdef floating one = 1, pos = 0, neg = (one - t[0]) * x[0], share, half = 0.5
+    cdef floating a, k
+    cdef Py_ssize_t ties = 0
+    for c in range(C):
+        pos += t[c] * x[c]
+        neg = max_((one - t[c]) * x[c], neg)
+    for c in range(C):
+        ties += (one - t[c]) * x[c] == neg
+    a = neg - pos + one
+    k = scale_row * (0 if a < 0 else (half if a == 0 else one))
+    share = k / ties if ties else 0
+    for c in range(C):
+        g[c] = (one - t[c]) * (share if (one - t[c]) * x[c] == neg else 0) - k * t[c]
+    return sw * (a if not a < 0 else 0)
+
+
+cdef inline double cosine_similarity_row(const RowParams* restrict prm,
+                                         const floating* restrict x, floating* restrict g,
+                                         const floating* restrict t, floating sw,
+                                         floating scale_row) noexcept nogil:
+    """Keras cosine_similarity: -sum_c x_c t_c / (|x| |t|), each norm at least 1e-7
+    (Keras' epsilon: the squared norm is clamped at 1e-14).
+
+    Gradient -t_c / (|x| |t|) + (x.t) x_c / (|x|^3 |t|), without the second term where
+    the norm of x is clamped.
+    """
+    cdef Py_ssize_t c, C = prm.n_classes
+    # single-signed sums (the squares) are accurate in the element type; the dot
+    # product too, to the rounding of its largest term, as Keras' own float32 sum
+    cdef floating xx = 0, tt = 0, xt = 0
+    cdef double inv_x, inv_t, value, k_t, k_x
+    cdef double floor = KERAS_EPSILON * KERAS_EPSILON
+    for c in range(C):
+        xx += x[c] * x[c]
+        tt += t[c] * t[c]
+        xt += x[c] * t[c]
+    inv_x = 1 / sqrt(max_(<double>xx, floor))
+    inv_t = 1 / sqrt(max_(<double>tt, floor))
+    value = -xt * inv_x * inv_t
+    k_t = -scale_row * inv_x * inv_t
+    k_x = -scale_row * value * inv_x * inv_x if xx > floor else 0
+    for c in range(C):
+        g[c] = <floating>k_t * t[c] + <floating>k_x * x[c]
+    return sw * value
+
+
+cdef inline double multilabel_soft_margin_row(const RowParams* restrict prm,
+                                              const floating* restrict x,
+                                              floating* restrict g,
+                                              const floating* restrict t,
+                                              const floating* restrict cw, floating sw,
+                                              floating scale_row) noexcept nogil:
+    """torch multilabel_soft_margin_loss: the mean over the classes of w_c (t_c
+    softplus(-x_c) + (1 - t_c) softplus(x_c)); any real target, as torch."""
+    cdef Py_ssize_t c, C = prm.n_classes
+    cdef floating one = 1, term, grad, sig, sig_minus
+    cdef floating k = scale_row / <floating>C
+    cdef double total = 0
+    for c in range(C):
+        term = logistic_cross_entropy(x[c], t[c], one, &grad, &sig, &sig_minus)
+        if cw != NULL:
+            term = cw[c] * term
+            grad = cw[c] * grad
+        total += term
+        g[c] = k * grad
+    return sw * (total / C)
+
+
 # -- the loops -------------------------------------------------------------------------
 
 cdef inline void softmax_block(const floating* restrict x, Py_ssize_t n_rows,
@@ -463,7 +631,7 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
     cdef floating* g
     cdef floating sw = 1
     cdef double acc = 0, v = 0
-    if RowLoss is CategoricalCrossEntropyFromLogits or RowLoss is KLDivergenceFromLogits or RowLoss is SparseCategoricalCrossEntropyFromLogits:
+    if RowLoss is CategoricalCrossEntropyFromLogits or RowLoss is KLDivergenceFromLogits or RowLoss is SparseCategoricalCrossEntropyFromLogits or RowLoss is CategoricalFocalCrossEntropyFromLogits:
         block_rows = min(<Py_ssize_t>SOFTMAX_MAX_BLOCK_ROWS, SOFTMAX_BLOCK_ELEMS // C)
         if block_rows < SOFTMAX_MIN_BLOCK_ROWS:
             block_rows = 1
@@ -476,7 +644,7 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
     while block < stop:
         n_block = min(block_rows, stop - block)
         buf = scratch if grad == NULL else grad + block * C
-        if RowLoss is CategoricalCrossEntropyFromLogits or RowLoss is KLDivergenceFromLogits or RowLoss is SparseCategoricalCrossEntropyFromLogits:
+        if RowLoss is CategoricalCrossEntropyFromLogits or RowLoss is KLDivergenceFromLogits or RowLoss is SparseCategoricalCrossEntropyFromLogits or RowLoss is CategoricalFocalCrossEntropyFromLogits:
             softmax_block(x + block * C, n_block, C, buf, maxes, inv_sums, log_sums)
         for r in range(n_block):
             row = block + r
@@ -505,6 +673,21 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
             elif RowLoss is MultiMargin:
                 v = multi_margin_row(prm, x + row * C, g, labels[row], class_weight, sw,
                                      scale * sw)
+            elif RowLoss is CategoricalFocalCrossEntropyFromLogits:
+                v = focal_logits_row(prm, x + row * C, g, maxes[r], inv_sums[r],
+                                     target + row * C, class_weight, sw, scale * sw, flags)
+            elif RowLoss is CategoricalFocalCrossEntropyFromProbabilities:
+                v = focal_probs_row(prm, x + row * C, g, target + row * C, class_weight, sw,
+                                    scale * sw, flags)
+            elif RowLoss is CategoricalHinge:
+                v = categorical_hinge_row(prm, x + row * C, g, target + row * C, sw,
+                                          scale * sw)
+            elif RowLoss is CosineSimilarity:
+                v = cosine_similarity_row(prm, x + row * C, g, target + row * C, sw,
+                                          scale * sw)
+            elif RowLoss is MultilabelSoftMargin:
+                v = multilabel_soft_margin_row(prm, x + row * C, g, target + row * C,
+                                               class_weight, sw, scale * sw)
             acc += v
             if values != NULL:
                 values[row] = <floating>v
@@ -644,6 +827,21 @@ cdef double dense_dispatch(int kernel, const RowParams* prm, const RowCall* call
     if kernel == KL_DIVERGENCE_FROM_PROBABILITIES:
         return rows_call(<const KLDivergenceFromProbabilities*>NULL, prm, call, no_labels,
                          grad_scale, flags)
+    if kernel == CATEGORICAL_FOCAL_CROSS_ENTROPY_FROM_LOGITS:
+        return rows_call(<const CategoricalFocalCrossEntropyFromLogits*>NULL, prm, call,
+                         no_labels, grad_scale, flags)
+    if kernel == CATEGORICAL_FOCAL_CROSS_ENTROPY_FROM_PROBABILITIES:
+        return rows_call(<const CategoricalFocalCrossEntropyFromProbabilities*>NULL, prm,
+                         call, no_labels, grad_scale, flags)
+    if kernel == CATEGORICAL_HINGE:
+        return rows_call(<const CategoricalHinge*>NULL, prm, call, no_labels, grad_scale,
+                         flags)
+    if kernel == COSINE_SIMILARITY:
+        return rows_call(<const CosineSimilarity*>NULL, prm, call, no_labels, grad_scale,
+                         flags)
+    if kernel == MULTILABEL_SOFT_MARGIN:
+        return rows_call(<const MultilabelSoftMargin*>NULL, prm, call, no_labels,
+                         grad_scale, flags)
     flags[0] |= UNKNOWN_KERNEL
     return 0
 
@@ -685,8 +883,10 @@ cdef (double, int, double, Py_ssize_t) sparse_run(
 
 cdef RowParams row_params(cnp.ndarray y_pred, object class_weight, double label_smoothing,
                           double z_loss, double margin, int power, bint log_target,
-                          object ignore_index):
+                          object ignore_index, double gamma=0, double alpha=1):
     cdef RowParams prm
+    prm.gamma = gamma
+    prm.alpha = alpha
     prm.n_classes = cnp.PyArray_DIMS(y_pred)[1]
     prm.keep = 1 - label_smoothing
     prm.spread = label_smoothing / prm.n_classes
@@ -725,18 +925,19 @@ cdef RowCall row_call(cnp.ndarray y_pred, object target, object class_weight,
 
 def dense_rows(int kernel, cnp.ndarray y_pred, cnp.ndarray y_true, object class_weight,
                object grad, object values, object sample_weight, double label_smoothing,
-               double z_loss, bint log_target, double grad_scale, int n_threads,
-               int cost):
+               double z_loss, bint log_target, double gamma, double alpha,
+               double grad_scale, int n_threads, int cost):
     """Run the row loss ``kernel`` (a RowKernel id) with (N, C) float targets over
     C-contiguous arrays of one dtype.
 
     The Python layer has checked shapes, dtypes, contiguity, overlap and the class-weight
-    length.  ``cost`` is the work of one element (sets the block size); up to
-    ``n_threads`` threads run the blocks.  Returns ``(sum of the weighted row losses,
-    flags)``.
+    length (for the focal loss ``class_weight`` holds the per-class alpha, else
+    ``alpha`` applies to every class).  ``cost`` is the work of one element (sets the
+    block size); up to ``n_threads`` threads run the blocks.  Returns ``(sum of the
+    weighted row losses, flags)``.
     """
     cdef RowParams prm = row_params(y_pred, class_weight, label_smoothing, z_loss, 0.0, 1,
-                                    log_target, None)
+                                    log_target, None, gamma, alpha)
     cdef RowCall call = row_call(y_pred, y_true, class_weight, grad, values,
                                  sample_weight, n_threads,
                                  block_size(cnp.PyArray_DIMS(y_pred)[0],

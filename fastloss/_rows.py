@@ -35,6 +35,8 @@ class RowLoss(Loss):
     _labels = False
     #: per-class weights {dtype: array}, or None
     _class_weights = None
+    #: the constructor parameter that gives them
+    _class_weight_name = "class_weight"
 
     @property
     def class_weight(self):
@@ -65,7 +67,7 @@ class RowLoss(Loss):
             return None
         weights = weights[pred.dtype]
         if weights.size != pred.shape[1]:
-            raise ValueError(f"class_weight: {weights.size} weights for y_pred with "
+            raise ValueError(f"{self._class_weight_name}: {weights.size} weights for y_pred with "
                              f"{pred.shape[1]} classes (shape {pred.shape})")
         return weights
 
@@ -92,16 +94,16 @@ class _DenseRowLoss(RowLoss):
     """y_true of the shape of y_pred, (N, C) floats."""
 
     def _kernel_options(self):
-        """(label_smoothing, z_loss, log_target) for the kernel."""
-        return 0.0, 0.0, False
+        """(label_smoothing, z_loss, log_target, gamma, alpha) for the kernel."""
+        return 0.0, 0.0, False, 0.0, 1.0
 
     def _run(self, pred, target, weight, weight_block, grad, values, want_value):
         n = pred.shape[0]
-        smoothing, z_loss, log_target = self._kernel_options()
+        smoothing, z_loss, log_target, gamma, alpha = self._kernel_options()
         total, flags = kernels.dense_rows(
             self._kernel_id, pred, target, self._class_weight(pred), grad, values, weight,
-            smoothing, z_loss, log_target, self._mean_scale(n), self._n_threads(pred),
-            self._cost)
+            smoothing, z_loss, log_target, gamma, alpha, self._mean_scale(n),
+            self._n_threads(pred), self._cost)
         if flags:
             self._raise_for_flags(flags, pred, target)
         return self._reduce(total, n)
@@ -157,7 +159,7 @@ class CategoricalCrossEntropy(_DenseRowLoss):
                 **super().get_params()}
 
     def _kernel_options(self):
-        return self.label_smoothing, self.z_loss, False
+        return self.label_smoothing, self.z_loss, False, 0.0, 1.0
 
 
 class KLDivergence(_DenseRowLoss):
@@ -198,7 +200,140 @@ class KLDivergence(_DenseRowLoss):
                 **super().get_params()}
 
     def _kernel_options(self):
-        return 0.0, 0.0, self.log_target
+        return 0.0, 0.0, self.log_target, 0.0, 1.0
+
+
+class CategoricalFocalCrossEntropy(_DenseRowLoss):
+    """Categorical focal cross-entropy (Lin et al.) of (N, C) scores against (N, C)
+    probability targets: Keras ``categorical_focal_crossentropy``.
+
+    Per row ``sum_c α_c t'_c (1 - q_c)^gamma (-log q_c)``, with the smoothed target
+    ``t' = t (1 - ε) + ε / C`` and ``q`` the row's probabilities renormalised to sum 1
+    (``softmax(y_pred)`` with ``from_logits=True``) and clipped to [1e-7, 1 - 1e-7], as
+    :class:`CategoricalCrossEntropy` from probabilities (the clip passes no gradient:
+    from logits, a class whose softmax is below 1e-7 contributes a capped term and no
+    gradient, as in Keras).  The gradient is the exact derivative of this formula,
+    through the renormalisation (or the softmax).  ``gamma=0, alpha=1`` is the
+    categorical cross-entropy.  Targets must lie in [0, 1]; ``y_pred`` too when it
+    holds probabilities.
+
+    Parameters
+    ----------
+    from_logits : bool, default False
+        Whether ``y_pred`` holds logits (else probabilities).
+    gamma : float >= 0, default 2
+        The focusing exponent.
+    alpha : float or array of C reals, default 0.25
+        The weight of every class, or one per class (checked against C at each call).
+    label_smoothing : float in [0, 1], default 0
+        ε above.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "none" returns one value per row, shape (N,).
+    """
+
+    name = "categorical_focal_cross_entropy"
+    _cost = 12
+    _class_weight_name = "alpha"
+
+    def __init__(self, from_logits=False, gamma=2.0, alpha=0.25, label_smoothing=0.0, *,
+                 reduction="mean"):
+        super().__init__(reduction=reduction)
+        self.from_logits = v.check_bool("from_logits", from_logits)
+        self.gamma = v.check_nonnegative("gamma", gamma)
+        if isinstance(alpha, numbers.Real) and not isinstance(alpha, (bool, np.bool_)):
+            self._alpha = v.check_finite("alpha", alpha)
+        else:
+            self._alpha = 1.0
+            self._class_weights = v.check_class_vector("alpha", alpha)
+        self.label_smoothing = v.check_fraction("label_smoothing", label_smoothing)
+        self._kernel_id = (Kernel.CATEGORICAL_FOCAL_CROSS_ENTROPY_FROM_LOGITS
+                           if self.from_logits
+                           else Kernel.CATEGORICAL_FOCAL_CROSS_ENTROPY_FROM_PROBABILITIES)
+
+    @property
+    def alpha(self):
+        """The class weight: a float, or the per-class weights (float64, read-only)."""
+        return self._alpha if self._class_weights is None else self.class_weight
+
+    def get_params(self):
+        return {"from_logits": self.from_logits, "gamma": self.gamma, "alpha": self.alpha,
+                "label_smoothing": self.label_smoothing, **super().get_params()}
+
+    def _kernel_options(self):
+        return self.label_smoothing, 0.0, False, self.gamma, self._alpha
+
+
+class CategoricalHinge(_DenseRowLoss):
+    """Categorical hinge loss of (N, C) scores and (N, C) one-hot targets: Keras
+    ``categorical_hinge``, per row ``max(0, 1 + max_c (1 - t_c) x_c - sum_c t_c x_c)``.
+
+    Targets are used as given (Keras expects one-hot rows, or rows of -1 and 1; nothing
+    is checked).  The gradient is the formula's under autograd: the inner max shares its
+    gradient equally among tied classes, the outer max passes half of it at 0.
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "none" returns one value per row, shape (N,).
+    """
+
+    name = "categorical_hinge"
+    _cost = 1
+
+    def __init__(self, *, reduction="mean"):
+        super().__init__(reduction=reduction)
+        self._kernel_id = Kernel.CATEGORICAL_HINGE
+
+
+class CosineSimilarity(_DenseRowLoss):
+    """Negative cosine similarity of each row of (N, C) predictions and targets: Keras
+    ``cosine_similarity``, ``-sum_c x_c t_c / (max(|x|, 1e-7) max(|t|, 1e-7))``.
+
+    The value lies in [-1, 1] (-1: same direction); a zero row gives 0.  Gradient
+    ``-t / (|x| |t|) - loss x / |x|^2``, without the second term where ``|x|`` is
+    below Keras' epsilon 1e-7 (clamped).
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "none" returns one value per row, shape (N,).
+    """
+
+    name = "cosine_similarity"
+    _cost = 1
+
+    def __init__(self, *, reduction="mean"):
+        super().__init__(reduction=reduction)
+        self._kernel_id = Kernel.COSINE_SIMILARITY
+
+
+class MultilabelSoftMargin(_DenseRowLoss):
+    """Multi-label soft-margin loss of (N, C) logits and (N, C) targets:
+    ``torch.nn.functional.multilabel_soft_margin_loss``, per row the mean over the C
+    classes of ``w_c (t_c softplus(-x_c) + (1 - t_c) softplus(x_c))`` (a binary
+    cross-entropy with logits per class), gradient ``w_c (sigmoid(x_c) - t_c) / C``.
+
+    Targets are used as given (1 for the labels of the row, 0 elsewhere; soft targets
+    work as in torch, which checks nothing).  Finite for every finite logit.
+
+    Parameters
+    ----------
+    class_weight : array of C reals, optional
+        Per-class weights w (torch's ``weight``); checked against C at each call.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "none" returns one value per row, shape (N,).
+    """
+
+    name = "multilabel_soft_margin"
+    _cost = 5
+
+    def __init__(self, class_weight=None, *, reduction="mean"):
+        super().__init__(reduction=reduction)
+        self._class_weights = v.check_class_vector("class_weight", class_weight)
+        self._kernel_id = Kernel.MULTILABEL_SOFT_MARGIN
+
+    def get_params(self):
+        return {"class_weight": self.class_weight, **super().get_params()}
 
 
 class _SparseRowLoss(RowLoss):
@@ -352,4 +487,5 @@ class MultiMargin(_SparseRowLoss):
 
 
 ROW_LOSSES = (CategoricalCrossEntropy, SparseCategoricalCrossEntropy, KLDivergence,
-                     MultiMargin)
+              MultiMargin, CategoricalFocalCrossEntropy, CategoricalHinge, CosineSimilarity,
+              MultilabelSoftMargin)

@@ -208,7 +208,7 @@ def test_bad_pos_weight():
 
 def test_unknown_loss_and_parameter():
     with pytest.raises(ValueError, match=r"unknown loss 'nope'.*available: "
-                                         r"binary_cross_entropy, categorical_cross_entropy"):
+                                         r"binary_cross_entropy, binary_focal_cross_entropy"):
         fl.get("nope")
     for bad in (None, 3, ["mse"]):
         with pytest.raises(ValueError, match=rf"unknown loss {re.escape(repr(bad))}"):

@@ -557,6 +557,10 @@ def reference_spec(name):
 
     def params(draw, n_classes):
         variant, options = draw(st.sampled_from(ref.variants), label="variant")
+        # a per-class vector of the variant (written for five classes) fitted to the
+        # drawn class count
+        variant = {key: np.resize(value, max(n_classes, 1)).tolist()
+                   if isinstance(value, list) else value for key, value in variant.items()}
         return {**variant, "__options": options}
 
     def pair(draw, rng, shape, params):

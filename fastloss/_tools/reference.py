@@ -403,6 +403,32 @@ def _bce(p, t, scale, from_logits=False, pos_weight=None, label_smoothing=0.0):
     return terms, ((1 - t) - lw * sigmoid_neg) * scale
 
 
+def _logistic_parts(x):
+    """(softplus(-x), sigmoid(x), sigmoid(-x)) from one exp of -|x|."""
+    e = np.exp(-np.abs(x))
+    r = 1 / (1 + e)
+    return np.log1p(e) + np.maximum(-x, 0), np.where(x >= 0, r, e * r), \
+        np.where(x >= 0, e * r, r)
+
+
+def _binary_focal(p, t, scale, from_logits=False, gamma=2.0, alpha=None,
+                  label_smoothing=0.0):
+    t = _smooth_binary(t, label_smoothing)
+    if from_logits:
+        softplus_neg, sig, sig_neg = _logistic_parts(p)
+        bce, dbce = (1 - t) * p + softplus_neg, sig - t
+        q, dq = t * sig_neg + (1 - t) * sig, (1 - 2 * t) * sig * sig_neg
+    else:
+        c = np.clip(p, EPSILON, 1 - EPSILON)
+        bce = -(t * np.log(c) + (1 - t) * np.log1p(-c))
+        dbce = np.where(p == c, (c - t) / (c * (1 - c)), 0)
+        q, dq = t * (1 - p) + (1 - t) * p, 1 - 2 * t
+    focal = q ** gamma
+    dfocal = gamma * q ** (gamma - 1) * dq if gamma else 0
+    w = 1 if alpha is None else alpha * t + (1 - alpha) * (1 - t)
+    return w * focal * bce, w * (dfocal * bce + focal * dbce) * scale
+
+
 # torch: same semantics, reduction applied
 
 
@@ -473,6 +499,23 @@ def _t_bce(x, t, reduction, from_logits=False, pos_weight=None, label_smoothing=
     return _F().binary_cross_entropy(x, t, reduction=reduction)
 
 
+def _t_binary_focal(x, t, reduction, from_logits=False, gamma=2.0, alpha=None,
+                    label_smoothing=0.0):
+    # Keras binary_focal_crossentropy, with torchvision's exact cross-entropy of logits
+    t = _smooth_binary(t, label_smoothing)
+    if from_logits:
+        p = x.sigmoid()
+        bce = _F().binary_cross_entropy_with_logits(x, t, reduction="none")
+    else:
+        p = x
+        bce = _F().binary_cross_entropy(x.clamp(EPSILON, 1 - EPSILON), t, reduction="none")
+    p_t = t * p + (1 - t) * (1 - p)
+    terms = (1 - p_t) ** gamma * bce
+    if alpha is not None:
+        terms = (alpha * t + (1 - alpha) * (1 - t)) * terms
+    return _torch_reduce(terms, reduction)
+
+
 # jax: per-term values in the NumPy API, bench parameters only
 
 
@@ -528,6 +571,12 @@ def _j_squared_hinge(xp, p, t):
 
 def _j_bce_logits(xp, p, t):
     return (1 - t) * p + xp.logaddexp(0, -p)
+
+
+def _j_binary_focal_logits(xp, x, t):
+    p = 1 / (1 + xp.exp(-x))
+    q = t * (1 - p) + (1 - t) * p
+    return q * q * _j_bce_logits(xp, x, t)
 
 
 # ----------------------------------------------------------------------------------
@@ -663,6 +712,74 @@ def _multi_margin(x, labels, scale, margin=1.0, p=1, class_weight=None):
     return terms, grad
 
 
+def _focal_alpha(alpha, like):
+    return alpha if isinstance(alpha, (int, float)) else _as(alpha, like)
+
+
+def _categorical_focal(x, t, scale, from_logits=False, gamma=2.0, alpha=0.25,
+                       label_smoothing=0.0):
+    if label_smoothing:
+        t = t * (1 - label_smoothing) + label_smoothing / x.shape[1]
+    a = t * _focal_alpha(alpha, x)
+    if from_logits:
+        total, q = 1.0, _log_softmax(x)[1]
+    else:
+        total = x.sum(axis=1, keepdims=True)
+        q = x / total
+    c = np.clip(q, EPSILON, 1 - EPSILON)
+    focal, nll = (1 - c) ** gamma, -np.log(c)
+    dfocal = gamma * (1 - c) ** (gamma - 1) if gamma else 0
+    dq = np.where(q == c, -a * (dfocal * nll + focal / c), 0)
+    through = (dq * q).sum(axis=1, keepdims=True)
+    grad = q * (dq - through) if from_logits else (dq - through) / total
+    return (a * focal * nll).sum(axis=1), grad * scale
+
+
+def _categorical_hinge_inputs(rng, shape, params):
+    """One-hot targets, scores with the hinge 1 + neg - pos away from 0."""
+    n_rows, n_classes = shape
+    labels = rng.integers(0, n_classes, n_rows)
+    target = np.eye(n_classes)[labels]
+    x = rng.normal(0.0, 1.0, shape)
+    a = 1 + ((1 - target) * x).max(axis=1) - (target * x).sum(axis=1)
+    x[np.arange(n_rows), labels] += np.where(np.abs(a) < 0.1, 0.3, 0.0)
+    return x, target
+
+
+def _categorical_hinge(x, t, scale):
+    products = (1 - t) * x
+    neg = products.max(axis=1)
+    a = neg - (t * x).sum(axis=1) + 1
+    tie = products == neg[:, None]
+    share = tie / tie.sum(axis=1, keepdims=True)
+    k = np.where(a > 0, 1.0, np.where(a == 0, 0.5, 0.0))[:, None]
+    return np.maximum(a, 0), k * ((1 - t) * share - t) * scale
+
+
+def _cosine_similarity(x, t, scale):
+    floor = EPSILON * EPSILON
+    xx, tt, xt = (x * x).sum(axis=1), (t * t).sum(axis=1), (x * t).sum(axis=1)
+    inv_x = 1 / np.sqrt(np.maximum(xx, floor))
+    inv_t = 1 / np.sqrt(np.maximum(tt, floor))
+    terms = -xt * inv_x * inv_t
+    grad = (-(inv_x * inv_t)[:, None] * t
+            - np.where(xx > floor, terms * inv_x * inv_x, 0)[:, None] * x)
+    return terms, grad * scale
+
+
+def _multilabel_inputs(rng, shape, params):
+    return rng.normal(0.0, 3.0, shape), (rng.uniform(size=shape) < 0.3).astype(np.float64)
+
+
+def _multilabel_soft_margin(x, t, scale, class_weight=None):
+    softplus_neg, sig, _ = _logistic_parts(x)
+    terms, grad = (1 - t) * x + softplus_neg, sig - t
+    if class_weight is not None:
+        terms, grad = terms * _as(class_weight, x), grad * _as(class_weight, x)
+    n_classes = x.shape[1]
+    return terms.sum(axis=1) / n_classes, grad * (scale / n_classes)
+
+
 # torch
 
 
@@ -729,6 +846,35 @@ def _t_multi_margin(x, labels, reduction, margin=1.0, p=1, class_weight=None):
                                   weight=_as_tensor(class_weight, x), reduction=reduction)
 
 
+def _t_categorical_focal(x, t, reduction, from_logits=False, gamma=2.0, alpha=0.25,
+                         label_smoothing=0.0):
+    if label_smoothing:
+        t = t * (1 - label_smoothing) + label_smoothing / x.shape[1]
+    p = _F().softmax(x, dim=1) if from_logits else x
+    out = (p / p.sum(dim=1, keepdim=True)).clamp(EPSILON, 1 - EPSILON)
+    alpha = alpha if isinstance(alpha, (int, float)) else _as_tensor(alpha, x)
+    terms = ((1 - out) ** gamma * alpha * -(t * out.log())).sum(dim=1)
+    return _torch_reduce(terms, reduction)
+
+
+def _t_categorical_hinge(x, t, reduction):
+    torch = _torch()
+    a = ((1 - t) * x).amax(dim=1) - (t * x).sum(dim=1) + 1
+    return _torch_reduce(torch.maximum(a, torch.zeros_like(a)), reduction)
+
+
+def _t_cosine_similarity(x, t, reduction):
+    floor = EPSILON * EPSILON
+    x_n = x * (x * x).sum(dim=1, keepdim=True).clamp(min=floor).rsqrt()
+    t_n = t * (t * t).sum(dim=1, keepdim=True).clamp(min=floor).rsqrt()
+    return _torch_reduce(-(x_n * t_n).sum(dim=1), reduction)
+
+
+def _t_multilabel_soft_margin(x, t, reduction, class_weight=None):
+    return _F().multilabel_soft_margin_loss(x, t, weight=_as_tensor(class_weight, x),
+                                            reduction=reduction)
+
+
 # jax (bench parameters: logits for the cross-entropies and KL)
 
 
@@ -747,6 +893,25 @@ def _j_sparse_ce_logits(xp, x, labels):
 
 def _j_kl_logits(xp, x, t):
     return xp.sum(t * (xp.log(t) - _j_log_softmax(xp, x)), axis=1)
+
+
+def _j_categorical_focal_logits(xp, x, t):
+    q = xp.clip(xp.exp(_j_log_softmax(xp, x)), EPSILON, 1 - EPSILON)
+    return xp.sum(0.25 * (1 - q) ** 2 * -(t * xp.log(q)), axis=1)
+
+
+def _j_categorical_hinge(xp, x, t):
+    return xp.maximum(xp.max((1 - t) * x, axis=1) - xp.sum(t * x, axis=1) + 1, 0)
+
+
+def _j_cosine_similarity(xp, x, t):
+    x_n = x / xp.sqrt(xp.maximum(xp.sum(x * x, axis=1, keepdims=True), EPSILON ** 2))
+    t_n = t / xp.sqrt(xp.maximum(xp.sum(t * t, axis=1, keepdims=True), EPSILON ** 2))
+    return -xp.sum(x_n * t_n, axis=1)
+
+
+def _j_multilabel_soft_margin(xp, x, t):
+    return xp.mean((1 - t) * x + xp.logaddexp(0, -x), axis=1)
 
 
 def _j_multi_margin(xp, x, labels):
@@ -801,6 +966,17 @@ REFERENCES = {ref.name: ref for ref in [
                inputs=_sign_label_inputs,
                variants=[({}, {}), ({"margin": 0.5}, {}), ({"margin": 2.0}, {})]),
     _pointwise("mape", _mape, _t_mape, _j_mape, inputs=_mape_inputs),
+    _pointwise("binary_focal_cross_entropy", _binary_focal, _t_binary_focal,
+               _j_binary_focal_logits, inputs=_bce_inputs,
+               bench_params={"from_logits": True},
+               variants=[({}, {}), ({"alpha": 0.25}, {}),
+                         ({"gamma": 0.5, "label_smoothing": 0.1}, {}),
+                         ({"gamma": 3.0, "alpha": 0.7}, {}),
+                         ({"from_logits": True}, {}),
+                         ({"from_logits": True, "alpha": 0.25}, {}),
+                         ({"from_logits": True, "gamma": 1.5, "alpha": 0.4,
+                           "label_smoothing": 0.2}, {}),
+                         ({"from_logits": True, "gamma": 0.0}, {})]),
     Reference("categorical_cross_entropy", "dense_rows", _dense_row_inputs, _cce, _t_cce,
               bench_params={"from_logits": True}, jax=_j_cce_logits,
               variants=[({"from_logits": True}, {}),
@@ -833,6 +1009,23 @@ REFERENCES = {ref.name: ref for ref in [
               bench_params={"from_logits": True}, jax=_j_kl_logits,
               variants=[({}, {}), ({"from_logits": True}, {}), ({"log_target": True}, {}),
                         ({"from_logits": True, "log_target": True}, {})]),
+    Reference("categorical_focal_cross_entropy", "dense_rows", _dense_row_inputs,
+              _categorical_focal, _t_categorical_focal,
+              bench_params={"from_logits": True}, jax=_j_categorical_focal_logits,
+              variants=[({}, {}), ({"from_logits": True}, {}),
+                        ({"gamma": 0.5, "alpha": _CLASS_WEIGHT}, {}),
+                        ({"from_logits": True, "gamma": 3.0, "alpha": 1.0,
+                          "label_smoothing": 0.1}, {}),
+                        ({"from_logits": True, "gamma": 0.0, "alpha": _CLASS_WEIGHT}, {})]),
+    Reference("categorical_hinge", "dense_rows", _categorical_hinge_inputs,
+              _categorical_hinge, _t_categorical_hinge, jax=_j_categorical_hinge,
+              variants=_PLAIN),
+    Reference("cosine_similarity", "dense_rows", _normal_pair, _cosine_similarity,
+              _t_cosine_similarity, jax=_j_cosine_similarity, variants=_PLAIN),
+    Reference("multilabel_soft_margin", "dense_rows", _multilabel_inputs,
+              _multilabel_soft_margin, _t_multilabel_soft_margin,
+              jax=_j_multilabel_soft_margin,
+              variants=[({}, {}), ({"class_weight": _CLASS_WEIGHT}, {})]),
     Reference("multi_margin", "label_rows", _multi_margin_inputs, _multi_margin,
               _t_multi_margin, jax=_j_multi_margin,
               variants=[({}, {}), ({"p": 2}, {}),
