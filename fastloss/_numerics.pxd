@@ -154,24 +154,18 @@ cdef inline floating power_and_slope(floating b, double exponent,
                                      floating* slope) noexcept nogil:
     """b**e for b >= 0 and e >= 0, storing its derivative e b**(e - 1) in ``slope``, as
     torch.pow and its autograd: 0**0 = 1 with slope 0; at b = 0 the slope is inf for
-    e < 1.  e = 1 and 2 (the focal losses' usual gamma) are exact products; the branch
-    on e is the same for every element of a call (gcc takes it out of the loop)."""
-    cdef floating r, e = <floating>exponent
-    if exponent == 2:
-        slope[0] = b + b
-        return b * b
-    if exponent == 1:
-        slope[0] = 1
-        return b
-    if exponent == 0:
-        slope[0] = 0
-        return 1
-    r = exp_(e * log_(b))
-    if b > 0:
-        slope[0] = e * r / b
-    else:
-        slope[0] = <floating>INFINITY if exponent < 1 else 0
-    return r
+    e < 1; e = 1 and 2 (the focal losses' usual gamma) are the exact products.
+
+    Written without branches (every case computed, then selected) so that a loop
+    calling it vectorises: gcc does not take a branch on ``exponent`` out of a loop as
+    large as a loss's, and a loop with a branch around a libm call stays scalar.
+    """
+    cdef floating e = <floating>exponent
+    cdef floating one = 1, zero = 0
+    cdef floating r = exp_(e * log_(b))
+    cdef floating s = e * r / b if b > 0 else (<floating>INFINITY if e < 1 else zero)
+    slope[0] = b + b if e == 2 else (one if e == 1 else (zero if e == 0 else s))
+    return b * b if e == 2 else (b if e == 1 else (one if e == 0 else r))
 
 
 cdef inline floating log_cosh(floating x) noexcept nogil:

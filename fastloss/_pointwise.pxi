@@ -160,10 +160,10 @@ cdef inline floating focal_weight(const PointwiseParams* params, floating t, flo
     """The factor of a binary focal term: w q^gamma with q = 1 - p_t, w = alpha t +
     (1 - alpha) (1 - t) under class balancing (else 1); stores its derivative, given the
     derivative ``dq`` of q."""
-    cdef floating one = 1, w = 1
+    cdef floating one = 1
     cdef floating f = power_and_slope(q, params.gamma, slope)
-    if params.class_balancing:
-        w = <floating>params.alpha * t + <floating>(1 - params.alpha) * (one - t)
+    cdef floating w = (<floating>params.alpha * t + <floating>(1 - params.alpha) * (one - t)
+                       if params.class_balancing else one)
     slope[0] = w * slope[0] * dq
     return w * f
 

@@ -117,7 +117,6 @@ cdef struct RowParams:
     int64_t ignore_index
     double class_weight_sum   # sum of the class weights (C without class weights)
     double gamma              # focal: the focusing exponent
-    double alpha              # focal: the class weight when no per-class alpha is given
 
 
 # -- per-row math --------------------------------------------------------------------
@@ -420,34 +419,30 @@ cdef inline double multi_margin_row(const RowParams* restrict prm,
 
 cdef inline floating focal_term(floating q, floating a, double gamma,
                                 floating* slope) noexcept nogil:
-    """Keras' categorical focal term a (1 - q)^gamma (-log q) of a clipped probability q;
-    stores its derivative in q."""
+    """Keras' categorical focal term a (1 - c)^gamma (-log c) of the clipped probability
+    c = clip(q); stores its derivative in q (0 where the clip is active)."""
     cdef floating one = 1, df
-    cdef floating f = power_and_slope(one - q, gamma, &df)
-    cdef floating nll = -log_(q)
-    slope[0] = -a * (df * nll + f / q)
+    cdef floating clipped = keras_clip(q)
+    cdef floating f = power_and_slope(one - clipped, gamma, &df)
+    cdef floating nll = -log_(clipped)
+    slope[0] = -a * (df * nll + f / clipped) if keras_unclipped(q) else 0
     return a * f * nll
-
-
-cdef inline floating focal_class_weight(const RowParams* prm, const floating* cw,
-                                        Py_ssize_t c, floating t) noexcept nogil:
-    """alpha_c t'_c: the smoothed target times the class's alpha."""
-    cdef floating alpha = <floating>prm.alpha if cw == NULL else cw[c]
-    return alpha * (t * <floating>prm.keep + <floating>prm.spread)
 
 
 cdef inline double focal_probs_row(const RowParams* restrict prm,
                                    const floating* restrict x, floating* restrict g,
                                    const floating* restrict t,
-                                   const floating* restrict cw, floating sw,
+                                   const floating* restrict alpha, floating sw,
                                    floating scale_row, int* restrict flags) noexcept nogil:
     """Keras categorical_focal_crossentropy of probabilities: sum_c alpha_c t'_c
-    (1 - q_c)^gamma (-log q_c), q = clip(x / X) as categorical_probs_row.
+    (1 - q_c)^gamma (-log q_c), q = clip(x / X) as categorical_probs_row; ``alpha``
+    holds C class weights (the Python layer expands a scalar alpha).
 
     With G_c the derivative of term c in q_c (0 where clipped), the gradient through the
     renormalisation is (G_j - sum_c G_c x_c / X) / X.
     """
     cdef Py_ssize_t c, C = prm.n_classes
+    cdef floating keep = <floating>prm.keep, spread = <floating>prm.spread
     cdef floating total = probability_sum(x, C, flags)
     cdef floating q, slope, through = 0, k
     cdef double loss = 0
@@ -455,9 +450,7 @@ cdef inline double focal_probs_row(const RowParams* restrict prm,
     for c in range(C):
         bad |= (t[c] < 0) | (t[c] > 1)
         q = x[c] / total
-        loss += focal_term(keras_clip(q), focal_class_weight(prm, cw, c, t[c]), prm.gamma,
-                           &slope)
-        slope = slope if keras_unclipped(q) else 0
+        loss += focal_term(q, alpha[c] * (t[c] * keep + spread), prm.gamma, &slope)
         through += slope * q
         g[c] = slope
     flags[0] |= bad * TARGET_NOT_PROBABILITY
@@ -471,23 +464,24 @@ cdef inline double focal_logits_row(const RowParams* restrict prm,
                                     const floating* restrict x, floating* restrict g,
                                     floating m, floating inv_s,
                                     const floating* restrict t,
-                                    const floating* restrict cw, floating sw,
+                                    const floating* restrict alpha, floating sw,
                                     floating scale_row, int* restrict flags) noexcept nogil:
     """focal_probs_row of q = softmax(x) (Keras from_logits: the softmax, renormalised and
     clipped; where the clip is active the term is capped and passes no gradient).
 
-    On entry ``g`` holds exp(x - m); the gradient is q_j (G_j - sum_c G_c q_c).
+    On entry ``g`` holds exp(x - m), whose row sum is 1 / ``inv_s``; the gradient through
+    the softmax is q_j (G_j - sum_c G_c q_c).
     """
     cdef Py_ssize_t c, C = prm.n_classes
+    cdef floating keep = <floating>prm.keep, spread = <floating>prm.spread
     cdef floating q, slope, through = 0
     cdef double loss = 0
     cdef int bad = 0
     for c in range(C):
         bad |= (t[c] < 0) | (t[c] > 1)
         q = g[c] * inv_s
-        loss += focal_term(keras_clip(q), focal_class_weight(prm, cw, c, t[c]), prm.gamma,
-                           &slope)
-        slope = q * slope if keras_unclipped(q) else 0
+        loss += focal_term(q, alpha[c] * (t[c] * keep + spread), prm.gamma, &slope)
+        slope = q * slope
         through += slope
         g[c] = slope
     flags[0] |= bad * TARGET_NOT_PROBABILITY
@@ -564,13 +558,15 @@ cdef inline double multilabel_soft_margin_row(const RowParams* restrict prm,
     cdef floating one = 1, term, grad, sig, sig_minus
     cdef floating k = scale_row / <floating>C
     cdef double total = 0
-    for c in range(C):
-        term = logistic_cross_entropy(x[c], t[c], one, &grad, &sig, &sig_minus)
-        if cw != NULL:
-            term = cw[c] * term
-            grad = cw[c] * grad
-        total += term
-        g[c] = k * grad
+    if cw == NULL:    # two loops: a test of cw per element would keep gcc from vectorising
+        for c in range(C):
+            total += logistic_cross_entropy(x[c], t[c], one, &grad, &sig, &sig_minus)
+            g[c] = k * grad
+    else:
+        for c in range(C):
+            total += cw[c] * logistic_cross_entropy(x[c], t[c], one, &grad, &sig,
+                                                    &sig_minus)
+            g[c] = k * cw[c] * grad
     return sw * (total / C)
 
 
@@ -883,10 +879,9 @@ cdef (double, int, double, Py_ssize_t) sparse_run(
 
 cdef RowParams row_params(cnp.ndarray y_pred, object class_weight, double label_smoothing,
                           double z_loss, double margin, int power, bint log_target,
-                          object ignore_index, double gamma=0, double alpha=1):
+                          object ignore_index, double gamma=0):
     cdef RowParams prm
     prm.gamma = gamma
-    prm.alpha = alpha
     prm.n_classes = cnp.PyArray_DIMS(y_pred)[1]
     prm.keep = 1 - label_smoothing
     prm.spread = label_smoothing / prm.n_classes
@@ -925,19 +920,22 @@ cdef RowCall row_call(cnp.ndarray y_pred, object target, object class_weight,
 
 def dense_rows(int kernel, cnp.ndarray y_pred, cnp.ndarray y_true, object class_weight,
                object grad, object values, object sample_weight, double label_smoothing,
-               double z_loss, bint log_target, double gamma, double alpha,
-               double grad_scale, int n_threads, int cost):
+               double z_loss, bint log_target, double gamma, double grad_scale,
+               int n_threads, int cost):
     """Run the row loss ``kernel`` (a RowKernel id) with (N, C) float targets over
     C-contiguous arrays of one dtype.
 
     The Python layer has checked shapes, dtypes, contiguity, overlap and the class-weight
-    length (for the focal loss ``class_weight`` holds the per-class alpha, else
-    ``alpha`` applies to every class).  ``cost`` is the work of one element (sets the
-    block size); up to ``n_threads`` threads run the blocks.  Returns ``(sum of the
-    weighted row losses, flags)``.
+    length; the focal losses need their per-class alpha there (never None).  ``cost``
+    is the work of one element (sets the block size); up to ``n_threads`` threads run
+    the blocks.  Returns ``(sum of the weighted row losses, flags)``.
     """
-    cdef RowParams prm = row_params(y_pred, class_weight, label_smoothing, z_loss, 0.0, 1,
-                                    log_target, None, gamma, alpha)
+    cdef RowParams prm
+    if class_weight is None and kernel in (CATEGORICAL_FOCAL_CROSS_ENTROPY_FROM_LOGITS,
+                                           CATEGORICAL_FOCAL_CROSS_ENTROPY_FROM_PROBABILITIES):
+        raise ValueError("class_weight: the focal kernels need the per-class alpha")
+    prm = row_params(y_pred, class_weight, label_smoothing, z_loss, 0.0, 1, log_target,
+                     None, gamma)
     cdef RowCall call = row_call(y_pred, y_true, class_weight, grad, values,
                                  sample_weight, n_threads,
                                  block_size(cnp.PyArray_DIMS(y_pred)[0],

@@ -94,15 +94,15 @@ class _DenseRowLoss(RowLoss):
     """y_true of the shape of y_pred, (N, C) floats."""
 
     def _kernel_options(self):
-        """(label_smoothing, z_loss, log_target, gamma, alpha) for the kernel."""
-        return 0.0, 0.0, False, 0.0, 1.0
+        """(label_smoothing, z_loss, log_target, gamma) for the kernel."""
+        return 0.0, 0.0, False, 0.0
 
     def _run(self, pred, target, weight, weight_block, grad, values, want_value):
         n = pred.shape[0]
-        smoothing, z_loss, log_target, gamma, alpha = self._kernel_options()
+        smoothing, z_loss, log_target, gamma = self._kernel_options()
         total, flags = kernels.dense_rows(
             self._kernel_id, pred, target, self._class_weight(pred), grad, values, weight,
-            smoothing, z_loss, log_target, gamma, alpha, self._mean_scale(n),
+            smoothing, z_loss, log_target, gamma, self._mean_scale(n),
             self._n_threads(pred), self._cost)
         if flags:
             self._raise_for_flags(flags, pred, target)
@@ -159,7 +159,7 @@ class CategoricalCrossEntropy(_DenseRowLoss):
                 **super().get_params()}
 
     def _kernel_options(self):
-        return self.label_smoothing, self.z_loss, False, 0.0, 1.0
+        return self.label_smoothing, self.z_loss, False, 0.0
 
 
 class KLDivergence(_DenseRowLoss):
@@ -200,7 +200,7 @@ class KLDivergence(_DenseRowLoss):
                 **super().get_params()}
 
     def _kernel_options(self):
-        return 0.0, 0.0, self.log_target, 0.0, 1.0
+        return 0.0, 0.0, self.log_target, 0.0
 
 
 class CategoricalFocalCrossEntropy(_DenseRowLoss):
@@ -240,6 +240,7 @@ class CategoricalFocalCrossEntropy(_DenseRowLoss):
         super().__init__(reduction=reduction)
         self.from_logits = v.check_bool("from_logits", from_logits)
         self.gamma = v.check_nonnegative("gamma", gamma)
+        self._alpha_rows = {}
         if isinstance(alpha, numbers.Real) and not isinstance(alpha, (bool, np.bool_)):
             self._alpha = v.check_finite("alpha", alpha)
         else:
@@ -260,7 +261,20 @@ class CategoricalFocalCrossEntropy(_DenseRowLoss):
                 "label_smoothing": self.label_smoothing, **super().get_params()}
 
     def _kernel_options(self):
-        return self.label_smoothing, 0.0, False, self.gamma, self._alpha
+        return self.label_smoothing, 0.0, False, self.gamma
+
+    def _class_weight(self, pred):
+        if self._class_weights is not None:
+            return super()._class_weight(pred)
+        # a scalar alpha goes to the kernel as C equal weights (one vectorised loop for
+        # both forms), made once per class count and dtype
+        key = pred.dtype, pred.shape[1]
+        weights = self._alpha_rows.get(key)
+        if weights is None:
+            weights = np.full(pred.shape[1], self._alpha, dtype=pred.dtype)
+            weights.flags.writeable = False
+            self._alpha_rows[key] = weights
+        return weights
 
 
 class CategoricalHinge(_DenseRowLoss):

@@ -55,7 +55,7 @@ def test_an_unknown_kernel_id_is_an_error_not_a_silent_zero(dtype):
                                      None, 1, None, True, 1.0, 1, 1)
     assert flags & kernels.Flag.UNKNOWN_KERNEL and total == 0
     total, flags = kernels.dense_rows(999, x, x, None, grad, None, None, 0.0, 0.0, False,
-                                      0.0, 1.0, 1.0, 1, 8)
+                                      0.0, 1.0, 1, 8)
     assert flags & kernels.Flag.UNKNOWN_KERNEL
     labels = np.zeros(4, dtype=np.int64)
     total, flags, _, _ = kernels.sparse_rows(999, x, labels, None, grad, None, None, 0.0,
@@ -63,7 +63,7 @@ def test_an_unknown_kernel_id_is_an_error_not_a_silent_zero(dtype):
     assert flags & kernels.Flag.UNKNOWN_KERNEL
     # a row kernel asked of the other dispatch is unknown there too
     _, flags = kernels.dense_rows(int(kernels.RowKernel.MULTI_MARGIN), x, x, None, grad,
-                                  None, None, 0.0, 0.0, False, 0.0, 1.0, 1.0, 1, 8)
+                                  None, None, 0.0, 0.0, False, 0.0, 1.0, 1, 8)
     assert flags & kernels.Flag.UNKNOWN_KERNEL
 
 
