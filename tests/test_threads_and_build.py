@@ -162,6 +162,7 @@ def test_import_and_kernels_leave_subnormals_alone():
         import numpy as np
         import fastloss
         from fastloss import _dispatch, _threads
+        from fastloss._tools.reference import REFERENCES
 
         def subnormals_work():
             return (np.float64(1e-310) * 1 != 0 and np.float32(1e-40) * 1 != 0
@@ -177,20 +178,14 @@ def test_import_and_kernels_leave_subnormals_alone():
                 continue
             fastloss._pointwise.kernels = fastloss._rows.kernels = module
             module.set_min_block_work(16)
-            pred = np.full(1000, 0.25)
-            scores = np.full((100, 10), 0.1)
-            labels = np.arange(100) % 10
-            targets = {"categorical_cross_entropy": np.eye(10)[labels],
-                       "kl_divergence": np.eye(10)[labels],
-                       "sparse_categorical_cross_entropy": labels, "multi_margin": labels}
+            rng = np.random.default_rng(0)
             for name in fastloss.available():
                 loss = fastloss.get(name)
-                if name in targets:
-                    loss.value_and_grad(scores, targets[name])
-                    loss.value_and_grad(scores.astype(np.float32), targets[name])
-                else:
-                    loss.value_and_grad(pred, np.ones(1000))
-                    loss.value_and_grad(pred.astype(np.float32), np.ones(1000))
+                ref = REFERENCES[name]
+                pred, target = ref.inputs(rng, (100, 10) if ref.rows else (1000,), {})
+                for dtype in (np.float64, np.float32):
+                    loss.value_and_grad(pred.astype(dtype), target if ref.labels
+                                        else target.astype(dtype))
             # a subnormal gradient survives the kernel itself (DAZ/FTZ would zero it)
             grad = fastloss.MeanSquaredError(reduction="sum").grad(
                 np.full(64, 1e-310), np.zeros(64))
