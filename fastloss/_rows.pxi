@@ -437,7 +437,7 @@ cdef inline double multilabel_margin_row(const RowParams* restrict prm,
     cdef Py_ssize_t c, k, C = prm.n_classes, end = prm.n_classes
     cdef int64_t j
     cdef int bad = 0
-    cdef floating shift, z, n_counted
+    cdef floating shift, z, hit, n_counted
     cdef floating coef = scale_row / C
     cdef double total = 0
     for c in range(C):
@@ -459,9 +459,10 @@ cdef inline double multilabel_margin_row(const RowParams* restrict prm,
         n_counted = 0
         for c in range(C):
             z = shift + masked[c]
+            hit = <floating>(z > 0)
             total += z if z > 0 else 0
-            n_counted += 1 if z > 0 else 0
-            g[c] += 1 if z > 0 else 0
+            n_counted += hit
+            g[c] += hit
         g[j] -= n_counted
     for c in range(C):
         g[c] *= coef
