@@ -62,7 +62,9 @@ class Loss:
         y_true : array_like
             The targets: an array of ``y_pred``'s shape (converted to the dtype
             ``y_pred`` is computed in), or (N,) integer class labels for
-            ``sparse_categorical_cross_entropy`` and ``multi_margin``.
+            ``sparse_categorical_cross_entropy`` and ``multi_margin``, or an (N, C)
+            integer matrix of class indices (each row's targets, ended by -1) for
+            ``multilabel_margin``.
         sample_weight : array_like of shape (N,), optional
             One weight per sample along the first axis of ``y_pred``, multiplying that
             sample's terms; ``"mean"`` still divides by the unweighted count.
@@ -93,7 +95,8 @@ class Loss:
         call raises, ``out`` is untouched if the error was found before the gradient pass
         (a wrong type, shape, dtype or layout, shared memory, a class label outside
         [0, C)); after a ValueError about a value found during the pass (a probability
-        outside [0, 1], a hinge label, a log-target > 0), the contents of ``out`` are
+        outside [0, 1], a hinge label, a log-target > 0, a class index of
+        ``multilabel_margin`` outside [-1, C)), the contents of ``out`` are
         unspecified, as with NumPy's ufuncs.  The inputs are never modified.
 
         Parameters

@@ -218,6 +218,16 @@ def is_kernel_float_array(object a):
             and cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray>a))
 
 
+cdef bint same_shape(cnp.ndarray a, cnp.ndarray b):
+    cdef int d
+    if a.ndim != b.ndim:
+        return False
+    for d in range(a.ndim):
+        if a.shape[d] != b.shape[d]:
+            return False
+    return True
+
+
 def matches(object a, cnp.ndarray like, bint writeable):
     """True when ``a`` is an exact ndarray with ``like``'s dtype and shape, C-contiguous,
     aligned, in native byte order (and writeable if asked): usable by a kernel next to
@@ -225,15 +235,11 @@ def matches(object a, cnp.ndarray like, bint writeable):
     if type(a) is not cnp.ndarray:
         return False
     cdef cnp.ndarray b = <cnp.ndarray>a
-    cdef int d
-    if (cnp.PyArray_TYPE(b) != cnp.PyArray_TYPE(like) or b.ndim != like.ndim
+    if (cnp.PyArray_TYPE(b) != cnp.PyArray_TYPE(like)
             or not cnp.PyArray_IS_C_CONTIGUOUS(b) or not cnp.PyArray_ISBEHAVED_RO(b)
             or (writeable and not cnp.PyArray_ISWRITEABLE(b))):
         return False
-    for d in range(b.ndim):
-        if b.shape[d] != like.shape[d]:
-            return False
-    return True
+    return same_shape(b, like)
 
 
 cdef bint shares_memory(object a, object b):
@@ -260,16 +266,28 @@ def is_ready_pair(object y_pred, object y_true, object out):
                            and not shares_memory(out, y_true))
 
 
-def is_ready_rows(object y_pred, object y_true, object out, bint labels):
+cpdef enum RowTargets:
+    # what y_true of a row loss holds (the ``targets`` of is_ready_rows)
+    SCORES_LIKE_PRED = 0    # (N, C) floats of y_pred's dtype
+    CLASS_LABELS = 1        # (N,) int32/int64 class labels
+    LABEL_MATRIX = 2        # (N, C) int32/int64 class indices
+
+
+def is_ready_rows(object y_pred, object y_true, object out, int targets):
     """is_ready_pair for a row loss: ``y_pred`` of shape (N, C) with C >= 1, and
-    ``y_true`` its (N,) int32/int64 labels (``labels``) or an array like ``y_pred``."""
+    ``y_true`` as ``targets`` (a RowTargets value; False and True are the first two)
+    says: an array like ``y_pred``, its (N,) int32/int64 labels, or an (N, C)
+    int32/int64 matrix of class indices."""
     if not is_kernel_float_array(y_pred):
         return False
     cdef cnp.ndarray pred = <cnp.ndarray>y_pred
     if pred.ndim != 2 or pred.shape[1] < 1:
         return False
-    if labels:
+    if targets == CLASS_LABELS:
         if not is_label_array(y_true, pred.shape[0]):
+            return False
+    elif targets == LABEL_MATRIX:
+        if not (is_kernel_label_array(y_true) and same_shape(<cnp.ndarray>y_true, pred)):
             return False
     elif not matches(y_true, pred, False):
         return False
@@ -277,16 +295,27 @@ def is_ready_rows(object y_pred, object y_true, object out, bint labels):
                            and not shares_memory(out, y_true))
 
 
+cdef bint is_kernel_label_array(object a):
+    """An exact ndarray of int32/int64, C-contiguous, aligned, native byte order."""
+    if type(a) is not cnp.ndarray:
+        return False
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>a)
+    return ((typenum == cnp.NPY_INT32 or typenum == cnp.NPY_INT64)
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            and cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray>a))
+
+
 def is_label_array(object a, Py_ssize_t n_rows):
     """True for an exact 1-D ndarray of ``n_rows`` int32/int64 labels, C-contiguous,
     aligned, native byte order: usable by a kernel as it is."""
-    if type(a) is not cnp.ndarray:
-        return False
-    cdef cnp.ndarray b = <cnp.ndarray>a
-    cdef int typenum = cnp.PyArray_TYPE(b)
-    return ((typenum == cnp.NPY_INT32 or typenum == cnp.NPY_INT64) and b.ndim == 1
-            and b.shape[0] == n_rows and cnp.PyArray_IS_C_CONTIGUOUS(b)
-            and cnp.PyArray_ISBEHAVED_RO(b))
+    return (is_kernel_label_array(a) and (<cnp.ndarray>a).ndim == 1
+            and (<cnp.ndarray>a).shape[0] == n_rows)
+
+
+def is_label_matrix(object a, cnp.ndarray like):
+    """True for an exact ndarray of int32/int64 class indices of ``like``'s shape,
+    C-contiguous, aligned, native byte order: usable by a kernel as it is."""
+    return is_kernel_label_array(a) and same_shape(<cnp.ndarray>a, like)
 
 
 def build_info():

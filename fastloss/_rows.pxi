@@ -1,5 +1,6 @@
 # Row losses: one term per row of an (N, C) y_pred (categorical and sparse categorical
-# cross-entropy, KL divergence, multi-margin), value and gradient in one pass.
+# cross-entropy, KL divergence, multi-margin, multilabel margin), value and gradient in
+# one pass.
 #
 # Layout of the work:
 #   * ``rows_run`` cuts the rows into blocks (see _kernels.pxi) run serially or by a team
@@ -20,9 +21,10 @@
 #     ``flags``, turned into a ValueError by the Python layer (fastloss/_rows.py).
 #     Labels are checked in a cheap O(N) pass before the main pass (which also computes
 #     the weighted-mean denominator of sparse cross-entropy), so the main pass never
-#     indexes with a bad label.
+#     indexes with a bad label.  An (N, C) matrix of class indices (multilabel margin)
+#     is checked row by row in the main pass, before the row indexes with it.
 
-from libc.math cimport NAN
+from libc.math cimport INFINITY, NAN
 from libc.stdint cimport int32_t, int64_t
 
 cdef enum:
@@ -59,6 +61,7 @@ cpdef enum RowKernel:
     CATEGORICAL_HINGE
     COSINE_SIMILARITY
     MULTILABEL_SOFT_MARGIN
+    MULTILABEL_MARGIN
 
 
 cdef struct CategoricalCrossEntropyFromLogits:
@@ -85,6 +88,8 @@ cdef struct CosineSimilarity:
     char unused
 cdef struct MultilabelSoftMargin:
     char unused
+cdef struct MultilabelMargin:
+    char unused
 
 ctypedef fused RowLoss:
     CategoricalCrossEntropyFromLogits
@@ -99,6 +104,7 @@ ctypedef fused RowLoss:
     CategoricalHinge
     CosineSimilarity
     MultilabelSoftMargin
+    MultilabelMargin
 
 ctypedef fused label_t:
     int32_t
@@ -567,6 +573,60 @@ cdef inline double multilabel_soft_margin_row(const RowParams* restrict prm,
             total += cw[c] * logistic_cross_entropy(x[c], t[c], one, &grad, &sig,
                                                     &sig_minus)
             g[c] = k * cw[c] * grad
+cdef inline double multilabel_margin_row(const RowParams* restrict prm,
+                                         const floating* restrict x, floating* restrict g,
+                                         const label_t* restrict y,
+                                         floating* restrict masked, floating sw,
+                                         floating scale_row,
+                                         int* restrict flags) noexcept nogil:
+    """torch multilabel_margin_loss: 1/C sum_k sum_{c not a target} max(0, 1 - x_{y_k} + x_c)
+    over the entries y_k before the row's first -1 (a repeated target counts once per
+    entry, as torch), the targets being the classes those entries name.
+
+    Every entry of ``y``, also after the end, must lie in [-1, C), as torch checks the
+    whole matrix: else LABEL_OUT_OF_RANGE is raised and the row left at zero before
+    anything is indexed with it.  A term counts only where z = 1 - x_j + x_c > 0, as
+    torch (a NaN score drops its term; at z = 0 the gradient is 0).  Gradient: 1/C per
+    counted term on x_c, minus 1/C per counted term of target j on x_j, times
+    ``scale_row``.
+
+    ``masked`` (C elements of scratch) receives the row with its targets at -inf, so the
+    inner loop has no membership test: -inf plus a score is -inf or NaN, never > 0.  The
+    gradient row first counts the terms (small integers, exact in floating point), then
+    is scaled once.
+    """
+    cdef Py_ssize_t c, k, C = prm.n_classes, end = prm.n_classes
+    cdef int64_t j
+    cdef int bad = 0
+    cdef floating shift, z, hit, n_counted
+    cdef floating coef = scale_row / C
+    cdef double total = 0
+    for c in range(C):
+        bad |= (y[c] < -1) | (y[c] >= C)
+    memset(g, 0, C * sizeof(floating))
+    if bad:
+        flags[0] |= LABEL_OUT_OF_RANGE
+        return 0
+    memcpy(masked, x, C * sizeof(floating))
+    for k in range(C):
+        if y[k] < 0:
+            end = k
+            break
+        masked[y[k]] = -INFINITY
+    for k in range(end):
+        j = y[k]
+        # torch's grouping (1 - x_j) + x_c, which decides the value at large scores
+        shift = exactly(1 - x[j])
+        n_counted = 0
+        for c in range(C):
+            z = shift + masked[c]
+            hit = <floating>(z > 0)
+            total += z if z > 0 else 0
+            n_counted += hit
+            g[c] += hit
+        g[j] -= n_counted
+    for c in range(C):
+        g[c] *= coef
     return sw * (total / C)
 
 
@@ -623,6 +683,7 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
     cdef floating inv_sums[SOFTMAX_MAX_BLOCK_ROWS]
     cdef floating log_sums[SOFTMAX_MAX_BLOCK_ROWS]
     cdef floating* scratch = NULL
+    cdef floating* masked = NULL  # multilabel margin: a row with its targets masked
     cdef floating* buf
     cdef floating* g
     cdef floating sw = 1
@@ -634,6 +695,12 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
     if grad == NULL:
         scratch = <floating*>malloc(block_rows * C * sizeof(floating))
         if scratch == NULL:
+            flags[0] |= OUT_OF_MEMORY
+            return 0
+    if RowLoss is MultilabelMargin:
+        masked = <floating*>malloc(C * sizeof(floating))
+        if masked == NULL:
+            free(scratch)
             flags[0] |= OUT_OF_MEMORY
             return 0
     block = start
@@ -684,11 +751,15 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
             elif RowLoss is MultilabelSoftMargin:
                 v = multilabel_soft_margin_row(prm, x + row * C, g, target + row * C,
                                                class_weight, sw, scale * sw)
+            elif RowLoss is MultilabelMargin:
+                v = multilabel_margin_row(prm, x + row * C, g, labels + row * C, masked, sw,
+                                          scale * sw, flags)
             acc += v
             if values != NULL:
                 values[row] = <floating>v
         block += n_block
     free(scratch)
+    free(masked)
     return acc
 
 
@@ -858,6 +929,18 @@ cdef double sparse_dispatch(int kernel, const RowParams* prm, const RowCall* cal
     return 0
 
 
+cdef double label_matrix_dispatch(int kernel, const RowParams* prm, const RowCall* call,
+                                  const label_t* labels, floating grad_scale,
+                                  int* flags) noexcept nogil:
+    """Run the row loss ``kernel`` (a RowKernel id) of an (N, C) matrix of class
+    indices: one line per loss."""
+    if kernel == MULTILABEL_MARGIN:
+        return rows_call(<const MultilabelMargin*>NULL, prm, call, labels, grad_scale,
+                         flags)
+    flags[0] |= UNKNOWN_KERNEL
+    return 0
+
+
 cdef (double, int, double, Py_ssize_t) sparse_run(
         int kernel, const RowParams* prm, const RowCall* call, const label_t* labels,
         bint weighted_mean, floating grad_scale) noexcept nogil:
@@ -987,3 +1070,39 @@ def sparse_rows(int kernel, cnp.ndarray y_pred, cnp.ndarray labels, object class
             result = sparse_run(kernel, &prm, &call, <const int64_t*>y, weighted_mean,
                                 grad_scale)
     return result
+
+
+def label_matrix_rows(int kernel, cnp.ndarray y_pred, cnp.ndarray labels, object grad,
+                      object values, object sample_weight, double grad_scale,
+                      int n_threads, int cost):
+    """Run the row loss ``kernel`` (a RowKernel id) with an (N, C) int32/int64 matrix of
+    class indices over C-contiguous arrays.
+
+    The Python layer has checked shapes, dtypes, contiguity and overlap; the indices are
+    range-checked by the kernel, row by row (``Flag.LABEL_OUT_OF_RANGE``).  Returns
+    ``(sum of the weighted row losses, flags)``; ``cost`` and ``n_threads`` as for
+    dense_rows.
+    """
+    cdef RowParams prm = row_params(y_pred, None, 0.0, 0.0, 0.0, 1, False, None)
+    cdef RowCall call = row_call(y_pred, None, None, grad, values, sample_weight,
+                                 n_threads, block_size(cnp.PyArray_DIMS(y_pred)[0],
+                                                       cost * prm.n_classes, 1))
+    cdef const void* y = cnp.PyArray_DATA(labels)
+    cdef bint single = cnp.PyArray_TYPE(y_pred) == cnp.NPY_FLOAT
+    cdef bint int32_labels = cnp.PyArray_TYPE(labels) == cnp.NPY_INT32
+    cdef int flags = 0
+    cdef double total
+    with nogil:
+        if single and int32_labels:
+            total = label_matrix_dispatch(kernel, &prm, &call, <const int32_t*>y,
+                                          <float>grad_scale, &flags)
+        elif single:
+            total = label_matrix_dispatch(kernel, &prm, &call, <const int64_t*>y,
+                                          <float>grad_scale, &flags)
+        elif int32_labels:
+            total = label_matrix_dispatch(kernel, &prm, &call, <const int32_t*>y,
+                                          grad_scale, &flags)
+        else:
+            total = label_matrix_dispatch(kernel, &prm, &call, <const int64_t*>y,
+                                          grad_scale, &flags)
+    return total, flags

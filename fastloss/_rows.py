@@ -1,8 +1,9 @@
 """The row losses of an (N, C) y_pred: kernels in ``_rows.pxi``.
 
 Categorical and sparse categorical cross-entropy (torch ``cross_entropy`` from logits,
-Keras from probabilities), KL divergence (torch ``kl_div``) and the multi-class margin
-loss (torch ``multi_margin_loss``).  ``reduction="none"`` gives one value per row.
+Keras from probabilities), KL divergence (torch ``kl_div``), the multi-class margin
+loss (torch ``multi_margin_loss``) and the multilabel margin loss (torch
+``multilabel_margin_loss``).  ``reduction="none"`` gives one value per row.
 """
 import math
 import numbers
@@ -18,6 +19,8 @@ from ._pointwise import _first_bad, raise_for_probability_flags
 # The kernel table and the flag bits are defined once, in the kernels (_rows.pxi,
 # _kernels.pxi); these are their Python names.
 Kernel = plain_ints(kernels.RowKernel)
+#: what y_true holds (kernels.is_ready_rows)
+Targets = plain_ints(kernels.RowTargets)
 
 INT64_MIN, INT64_MAX = v.INT64_MIN, v.INT64_MAX
 
@@ -31,8 +34,9 @@ class RowLoss(Loss):
 
     per_row = True
     _kernel_id = None
-    #: y_true holds (N,) integer labels, else (N, C) floats like y_pred
-    _labels = False
+    #: what y_true holds (a Targets value): (N, C) floats like y_pred, (N,) integer
+    #: labels, or an (N, C) matrix of class indices
+    _labels = Targets.SCORES_LIKE_PRED
     #: per-class weights {dtype: array}, or None
     _class_weights = None
     #: the constructor parameter that gives them
@@ -355,7 +359,7 @@ class _SparseRowLoss(RowLoss):
 
     _ignore_index = None
     _weighted_mean = False
-    _labels = True
+    _labels = Targets.CLASS_LABELS
 
     def _prepare_row_target(self, y_true, pred):
         return v.prepare_labels(y_true, pred.shape[0], pred.shape[1],
@@ -500,6 +504,56 @@ class MultiMargin(_SparseRowLoss):
         return 0.0, 0.0, self.margin, self.p
 
 
+class MultilabelMargin(RowLoss):
+    """Multilabel margin loss of (N, C) scores and an (N, C) matrix of class indices.
+
+    ``torch.nn.functional.multilabel_margin_loss(x, y)``: row i's targets are the
+    classes ``y[i, 0], y[i, 1], ...`` up to the first -1 (the entries after it are
+    ignored; a row starting with -1 has no target), and its value is
+    ``1 / C sum_{k} sum_{c not a target} max(0, 1 - x[y_k] + x[c])``, k running over
+    those entries (a repeated target counts once per entry, as torch).  ``"mean"``
+    divides by N.  As torch, a term counts only where ``1 - x[y_k] + x[c] > 0``: the
+    gradient is 0 at 0, and a NaN score drops its term rather than propagating.
+
+    ``y_true`` holds integers (int32 and int64 are used as they are, other integer dtypes
+    are widened; floats and bools are a TypeError) in [-1, C), every entry, also those
+    after the first -1, as torch checks them all.  The work of a row is O(targets x C).
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "none" returns one value per row, shape (N,).
+    """
+
+    name = "multilabel_margin"
+    _labels = Targets.LABEL_MATRIX
+    #: an element costs its check and copy, then one cheap pass per listed target: with
+    #: the few targets of usual rows, about 4 squared errors (an estimate; a row of
+    #: many targets costs more than this says)
+    _cost = 4
+
+    def __init__(self, *, reduction="mean"):
+        super().__init__(reduction=reduction)
+        self._kernel_id = Kernel.MULTILABEL_MARGIN
+
+    def _prepare_row_target(self, y_true, pred):
+        return v.prepare_label_matrix(y_true, pred)
+
+    def _run(self, pred, labels, weight, weight_block, grad, values, want_value):
+        n = pred.shape[0]
+        total, flags = kernels.label_matrix_rows(
+            self._kernel_id, pred, labels, grad, values, weight, self._mean_scale(n),
+            self._n_threads(pred), self._cost)
+        if flags:
+            self._raise_for_flags(flags, pred, labels)
+        return self._reduce(total, n)
+
+    def _raise_for_input_flags(self, flags, pred, target):
+        if flags & Flag.LABEL_OUT_OF_RANGE:
+            raise v.class_index_out_of_range(target, pred.shape[1])
+        super()._raise_for_input_flags(flags, pred, target)
+
+
 ROW_LOSSES = (CategoricalCrossEntropy, SparseCategoricalCrossEntropy, KLDivergence,
               MultiMargin, CategoricalFocalCrossEntropy, CategoricalHinge, CosineSimilarity,
-              MultilabelSoftMargin)
+              MultilabelSoftMargin, MultilabelMargin)

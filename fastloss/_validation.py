@@ -167,14 +167,25 @@ def prepare_labels(y_true, n_rows, n_classes, ignore_index=None):
                          f"{n_rows} rows, got shape {array.shape}")
     if kind == "f":
         return _float_labels(array, n_classes, ignore_index)
-    if kind == "u" and array.dtype.itemsize == 8 and array.size \
-            and array.max() > INT64_MAX:
-        # int64 would wrap these (2**64 - 100 would become -100, the default ignore_index)
+
+    def beyond_int64():
         bad = array >= n_classes
         if ignore_index is not None and ignore_index >= 0:
             bad &= array != ignore_index
-        raise _first_label_out_of_range(array, bad, n_classes, ignore_index)
-    is_int32 = kind == "i" and array.dtype.itemsize == 4  # any byte order
+        return _first_label_out_of_range(array, bad, n_classes, ignore_index)
+
+    return _integer_labels(array, beyond_int64)
+
+
+def _integer_labels(array, beyond_int64):
+    """Integer labels for the kernels: int32 kept (any byte order), any other integer
+    dtype as int64.  uint64 labels beyond int64 cannot be converted (int64 would wrap
+    them: 2**64 - 100 would become -100, the default ignore_index); ``beyond_int64()``
+    then gives the error raised."""
+    if array.dtype.kind == "u" and array.dtype.itemsize == 8 and array.size \
+            and array.max() > INT64_MAX:
+        raise beyond_int64()
+    is_int32 = array.dtype.kind == "i" and array.dtype.itemsize == 4  # any byte order
     return as_kernel_array(array, np.int32 if is_int32 else np.int64)
 
 
@@ -212,6 +223,43 @@ def label_out_of_range(label, row, n_classes, ignore_index):
     ignore = "" if ignore_index is None else f" and is not ignore_index={ignore_index}"
     return ValueError(f"y_true: label {label} at row {row} is outside [0, {n_classes}) "
                       f"(y_pred has {n_classes} classes){ignore}")
+
+
+def prepare_label_matrix(y_true, pred):
+    """An (N, C) matrix of class indices of ``pred``'s shape: int32 or int64, C-contiguous.
+
+    int32 and int64 are used as they are, other integer dtypes widened to int64 (uint64
+    beyond int64 is the ValueError of an index out of range, never wrapped).  Floats and
+    bools are a TypeError: the matrix lists class indices, it is not a multi-hot
+    indicator.  The range of the indices is checked by the kernel.
+    """
+    if kernels.is_label_matrix(y_true, pred):
+        return y_true
+    if y_true is None:
+        raise TypeError("y_true: expected an (N, C) array of integer class indices, "
+                        "got None")
+    array = as_array("y_true", y_true)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"y_true: expected integer class indices (each row lists its "
+                        f"target classes, ended by -1; not a multi-hot matrix), got "
+                        f"dtype {array.dtype}")
+    if array.shape != pred.shape:
+        raise ValueError(f"y_true: shape {array.shape} does not match y_pred shape "
+                         f"{pred.shape} (one row of C class indices per row of scores)")
+    return _integer_labels(array, lambda: class_index_out_of_range(array, pred.shape[1]))
+
+
+def class_index_out_of_range(indices, n_classes):
+    """The ValueError of the first entry of an (N, C) matrix of class indices outside
+    [-1, n_classes), in row-major order (there must be one)."""
+    bad = indices >= n_classes
+    if indices.dtype.kind == "i":
+        bad |= indices < -1
+    row, column = np.unravel_index(int(np.argmax(bad)), indices.shape)
+    return ValueError(f"y_true: class index {indices[row, column].item()} at row {row}, "
+                      f"column {column} is outside [-1, {n_classes}) (y_pred has "
+                      f"{n_classes} classes; -1 ends a row's list, and every entry, also "
+                      f"after it, must be in that range)")
 
 
 def prepare_sample_weight(sample_weight, pred):

@@ -84,7 +84,7 @@ class _KernelsCheckingTheirArrays:
     """The kernel module, with every array argument of a kernel asserted to be aligned,
     native-order and C-contiguous."""
 
-    KERNELS = ("pointwise", "dense_rows", "sparse_rows")
+    KERNELS = ("pointwise", "dense_rows", "sparse_rows", "label_matrix_rows")
 
     def __init__(self, real):
         self._real = real

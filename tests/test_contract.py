@@ -68,7 +68,7 @@ class Case:
     @property
     def rows(self):
         """Whether the loss has one term per row of an (N, C) y_pred."""
-        return self.kind in ("dense_rows", "label_rows")
+        return self.ref is not None and self.ref.rows
 
     def reference(self):
         if self.ref is None:
@@ -277,7 +277,7 @@ def test_every_reference_is_of_a_registered_loss():
                                                           - set(fl.available()))
     for name, ref in REFERENCES.items():
         assert ref.name == name
-        assert ref.kind in ("pointwise", "dense_rows", "label_rows")
+        assert ref.kind in reference.KINDS
         assert ref.variants, name
 
 
@@ -684,12 +684,12 @@ def test_integer_and_bool_predictions_of_any_width_are_computed_in_float64(case,
                      outputs(loss, signs.astype(np.float64), target, weight), "bool")
 
 
-def target_versions(target, pred_dtype):
+def target_versions(case, target, pred_dtype):
     """y_true in other dtypes, each with the values of y_true in y_pred's dtype once
     cast: {name: (given, as the kernel reads it)}."""
-    if target.dtype.kind in "iu":  # labels
-        dtypes = ["int32", "int16", "float64", "float32"] + ["uint8"] * bool(
-            target.min() >= 0)
+    if case.ref.labels:
+        dtypes = (["int32", "int16"] + ["float64", "float32"] * case.ref.float_labels
+                  + ["uint8"] * bool(target.min() >= 0))
         return {dtype: (target.astype(dtype), target) for dtype in dtypes}
     versions = {}
     for dtype in ("float16", "float32", "float64"):
@@ -710,7 +710,7 @@ def test_target_and_weight_of_other_dtypes_are_cast_to_the_prediction_dtype(case
     other = np.float32 if dtype == np.float64 else np.float64
     weight = weights(rng, N, other)
     loss = case.loss("none")
-    for name, (given, as_read) in target_versions(target, dtype).items():
+    for name, (given, as_read) in target_versions(case, target, dtype).items():
         kept = snapshot(given, weight)
         got = outputs(loss, pred, given, weight)
         assert got[0].dtype == dtype and got[1].dtype == dtype

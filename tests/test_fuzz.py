@@ -301,6 +301,13 @@ def multi_margin_params(draw, n_classes):
             "class_weight": class_vector(draw, n_classes)}
 
 
+def class_index_lists(draw, rng, shape, params):
+    """(N, C) class indices: none, one, a few or any number of targets a row, a target
+    sometimes listed twice, then -1 and entries to ignore (anything in [-1, C))."""
+    max_targets = draw(st.sampled_from([0, 1, 4, None]))
+    return _reference.label_lists(rng, shape, max_targets)[0]
+
+
 SPECS = {
     "mse": Spec(no_params, real_pred, real_target),
     "mae": Spec(no_params, real_pred, real_target),
@@ -315,6 +322,8 @@ SPECS = {
     "sparse_categorical_cross_entropy": Spec(sparse_params, row_scores, class_labels),
     "kl_divergence": Spec(kl_params, kl_pred, kl_target, int_pred=False),
     "multi_margin": Spec(multi_margin_params, grid_pred, class_labels),
+    # the grid puts hinges exactly at 0, where the gradient is 0 (as torch)
+    "multilabel_margin": Spec(no_params, grid_pred, class_index_lists),
 }
 
 #: properties that fail on the current kernels: (loss, property) -> the reason, turned
@@ -437,11 +446,11 @@ class Case:
 
     @property
     def rows(self):
-        return _reference.REFERENCES[self.name].kind != "pointwise"
+        return _reference.REFERENCES[self.name].rows
 
     @property
     def labels(self):
-        return _reference.REFERENCES[self.name].kind == "label_rows"
+        return _reference.REFERENCES[self.name].labels
 
     @property
     def compute_dtype(self):
@@ -576,8 +585,8 @@ def draw_case(data, name, layouts=LAYOUTS):
     """Draw one valid call of loss ``name``."""
     draw = data.draw
     spec = SPECS.get(name) or reference_spec(name)
-    rows = _reference.REFERENCES[name].kind != "pointwise"
-    labels = _reference.REFERENCES[name].kind == "label_rows"
+    ref = _reference.REFERENCES[name]
+    rows, labels = ref.rows, ref.labels
     shape = draw_shape(draw, rows)
     n_classes = shape[1] if rows else (shape[-1] if shape else 1)
     params = spec.params(draw, n_classes)
@@ -596,7 +605,8 @@ def draw_case(data, name, layouts=LAYOUTS):
     target = np.array(spec.target(draw, rng, shape, params))
     params = {k: v for k, v in params.items() if k != "__options"}
     if labels:
-        label_dtype = draw(st.sampled_from(LABEL_DTYPES))
+        label_dtype = draw(st.sampled_from(
+            [t for t in LABEL_DTYPES if t.kind != "f" or ref.float_labels]))
         if label_dtype.kind in "iu" and target.size and (
                 target.min() < np.iinfo(label_dtype).min
                 or target.max() > np.iinfo(label_dtype).max):

@@ -65,6 +65,15 @@ def test_an_unknown_kernel_id_is_an_error_not_a_silent_zero(dtype):
     _, flags = kernels.dense_rows(int(kernels.RowKernel.MULTI_MARGIN), x, x, None, grad,
                                   None, None, 0.0, 0.0, False, 0.0, 1.0, 1, 8)
     assert flags & kernels.Flag.UNKNOWN_KERNEL
+    indices = np.zeros((4, 3), dtype=np.int64)
+    for kernel in (999, int(kernels.RowKernel.MULTI_MARGIN)):
+        total, flags = kernels.label_matrix_rows(kernel, x, indices, grad, None, None, 1.0,
+                                                 1, 4)
+        assert flags & kernels.Flag.UNKNOWN_KERNEL and total == 0
+    _, flags, _, _ = kernels.sparse_rows(int(kernels.RowKernel.MULTILABEL_MARGIN), x,
+                                         labels, None, grad, None, None, 0.0, 0.0, None,
+                                         1.0, 1, False, 1.0, 1, 8)
+    assert flags & kernels.Flag.UNKNOWN_KERNEL
 
 
 def test_a_loss_whose_kernel_is_unknown_raises(monkeypatch):

@@ -178,13 +178,14 @@ def test_import_and_kernels_leave_subnormals_alone():
                 continue
             fastloss._pointwise.kernels = fastloss._rows.kernels = module
             module.set_min_block_work(16)
+            rng = np.random.default_rng(0)
             for name in fastloss.available():
                 loss = fastloss.get(name)
                 ref = REFERENCES[name]
-                shape = (1000,) if ref.pointwise else (100, 10)
-                pred, target = ref.inputs(np.random.default_rng(0), shape, {})
-                loss.value_and_grad(pred, target)
-                loss.value_and_grad(pred.astype(np.float32), target)
+                pred, target = ref.inputs(rng, (100, 10) if ref.rows else (1000,), {})
+                for dtype in (np.float64, np.float32):
+                    loss.value_and_grad(pred.astype(dtype), target if ref.labels
+                                        else target.astype(dtype))
             # a subnormal gradient survives the kernel itself (DAZ/FTZ would zero it)
             grad = fastloss.MeanSquaredError(reduction="sum").grad(
                 np.full(64, 1e-310), np.zeros(64))

@@ -31,6 +31,10 @@ BCE_LOG_FLOOR = -100.0
 BCE_GRAD_EPSILON = 1e-12
 
 
+#: the kinds of loss a Reference describes (see Reference)
+KINDS = ("pointwise", "dense_rows", "label_rows", "label_matrix_rows")
+
+
 class Reference:
     """How one loss is computed by the peers, and how to feed it.
 
@@ -38,10 +42,11 @@ class Reference:
     ----------
     name : str
         The registry name.
-    kind : {"pointwise", "dense_rows", "label_rows"}
+    kind : {"pointwise", "dense_rows", "label_rows", "label_matrix_rows"}
         Pointwise: y_true has y_pred's shape, one term per element.  Dense rows: (N, C)
         y_pred and y_true, one term per row.  Label rows: (N, C) y_pred and (N,) integer
-        labels, one term per row.
+        labels, one term per row.  Label matrix rows: (N, C) y_pred and an (N, C)
+        integer matrix of class indices (integers only), one term per row.
     inputs : callable
         ``inputs(rng, shape, params, **options) -> (y_pred, y_true)`` in float64 (labels
         int64), valid for the loss and away from its kinks.
@@ -66,6 +71,8 @@ class Reference:
 
     def __init__(self, name, kind, inputs, numpy, torch, variants, bench_params=None,
                  jax=None, count=None):
+        if kind not in KINDS:
+            raise ValueError(f"{name}: kind {kind!r} is not one of {KINDS}")
         self.name = name
         self.kind = kind
         self.inputs = inputs
@@ -79,6 +86,22 @@ class Reference:
     @property
     def pointwise(self):
         return self.kind == "pointwise"
+
+    @property
+    def rows(self):
+        """One term per row of an (N, C) y_pred."""
+        return self.kind != "pointwise"
+
+    @property
+    def labels(self):
+        """y_true holds integer class labels or indices (kept as integers, never cast to
+        y_pred's dtype)."""
+        return self.kind in ("label_rows", "label_matrix_rows")
+
+    @property
+    def float_labels(self):
+        """Integral float labels are accepted too (as Keras passes them)."""
+        return self.kind == "label_rows"
 
     def count(self, y_pred, y_true, params):
         """The number the "mean" reduction divides the (weighted) sum of the terms by."""
@@ -285,6 +308,36 @@ def _multi_margin_inputs(rng, shape, params):
     scores = true_score - margin + _away_from(rng, shape, 0.0, 0.05, 1.0)
     scores[np.arange(n_rows), labels] = true_score[:, 0]
     return scores, labels
+
+
+def label_lists(rng, shape, max_targets=4, repeats=True):
+    """(N, C) class indices: each row lists 0 to ``max_targets`` distinct classes (fewer
+    when C is smaller; None: up to C), one of them listed twice in a quarter of the rows
+    (``repeats``), then -1 and arbitrary valid entries that must be ignored.  Returns
+    (indices, the (N, C) mask of each row's targets)."""
+    n_rows, n_classes = shape
+    indices = rng.integers(-1, n_classes, shape)   # what follows each row's end
+    is_target = np.zeros(shape, dtype=bool)
+    most = n_classes if max_targets is None else min(max_targets, n_classes)
+    for row in range(n_rows):
+        targets = rng.choice(n_classes, rng.integers(0, most + 1), replace=False)
+        if repeats and targets.size and rng.random() < 0.25:
+            targets = np.append(targets, targets[0])
+        listed = targets[:n_classes]
+        indices[row, :listed.size] = listed
+        if listed.size < n_classes:
+            indices[row, listed.size] = -1
+        is_target[row, targets] = True
+    return indices, is_target
+
+
+def _label_matrix_inputs(rng, shape, params, targets="few"):
+    """Scores on a lattice that keeps every 1 - x_j + x_c of a target j and another
+    class c at least 0.1 away from 0 (the hinge's kink): multiples of 0.5, targets 0.1
+    higher.  ``targets``: "few" (up to 4 a row) or "any" (up to C)."""
+    indices, is_target = label_lists(rng, shape, 4 if targets == "few" else None)
+    scores = 0.5 * rng.integers(-4, 5, shape) + np.where(is_target, 0.1, 0.0)
+    return scores, indices
 
 
 # ----------------------------------------------------------------------------------
@@ -778,6 +831,37 @@ def _multilabel_soft_margin(x, t, scale, class_weight=None):
         terms, grad = terms * _as(class_weight, x), grad * _as(class_weight, x)
     n_classes = x.shape[1]
     return terms.sum(axis=1) / n_classes, grad * (scale / n_classes)
+def _listed_targets(indices):
+    """(row, class) of every entry before its row's first -1, in row-major order
+    (repeats kept), and the (N, C) mask of each row's targets."""
+    listed = np.cumprod(indices >= 0, axis=1).astype(bool)
+    rows, positions = np.nonzero(listed)
+    classes = indices[rows, positions]
+    is_target = np.zeros(indices.shape, dtype=bool)
+    is_target[rows, classes] = True
+    return rows, classes, is_target
+
+
+def _multilabel_margin(x, indices, scale):
+    """Per (row, target) entry, the hinges 1 - x_j + x_c of the other classes, a chunk
+    of entries at a time (an entry x class temporary, never N x C x C)."""
+    n_rows, n_classes = x.shape
+    rows, classes, is_target = _listed_targets(indices)
+    row_scale = np.broadcast_to(np.asarray(scale, dtype=x.dtype), (n_rows, 1))[:, 0]
+    terms = np.zeros(n_rows)
+    grad = np.zeros_like(x)
+    chunk = max(1, (1 << 22) // n_classes)
+    for start in range(0, rows.size, chunk):
+        r, j = rows[start:start + chunk], classes[start:start + chunk]
+        with np.errstate(invalid="ignore"):                 # inf - inf: not counted
+            z = (1 - x[r, j])[:, None] + x[r]               # torch's grouping
+            counted = (z > 0) & ~is_target[r]
+        terms += np.bincount(r, weights=np.where(counted, z, 0).sum(axis=1),
+                             minlength=n_rows)
+        step = counted * (row_scale[r] / n_classes)[:, None]
+        np.add.at(grad, r, step)
+        np.subtract.at(grad, (r, j), step.sum(axis=1))
+    return (terms / n_classes).astype(x.dtype), grad
 
 
 # torch
@@ -873,6 +957,11 @@ def _t_cosine_similarity(x, t, reduction):
 def _t_multilabel_soft_margin(x, t, reduction, class_weight=None):
     return _F().multilabel_soft_margin_loss(x, t, weight=_as_tensor(class_weight, x),
                                             reduction=reduction)
+def _t_multilabel_margin(x, indices, reduction):
+    if x.shape[0] == 0:   # torch leaves the reduced value of an empty batch unwritten
+        return _torch_reduce(_F().multilabel_margin_loss(x, indices.long(),
+                                                         reduction="none"), reduction)
+    return _F().multilabel_margin_loss(x, indices.long(), reduction=reduction)
 
 
 # jax (bench parameters: logits for the cross-entropies and KL)
@@ -919,6 +1008,38 @@ def _j_multi_margin(xp, x, labels):
     h = xp.maximum(1 - x_true + x, 0)
     # the true class contributes max(1 - 0, 0) = 1: remove it
     return (xp.sum(h, axis=1) - 1) / x.shape[1]
+
+
+def _j_multilabel_margin(xp, x, indices):
+    """Two stable sorts a row, no N x C x C temporary and no scatter (neither is in the
+    NumPy API jit takes): which classes are listed, then for each listed entry j the
+    count and the sum of the other classes' scores above x_j - 1, read off cumulative
+    sums in sorted order (stable: a score equal to a threshold sorts before it, as a
+    hinge of 0 counts nothing)."""
+    n_rows, n_classes = x.shape
+    listed = xp.cumprod(indices >= 0, axis=1) > 0           # before the first -1
+    no = xp.zeros(x.shape, dtype=bool)
+    # which classes are targets: sorted, the entries naming c come just before c
+    keys = xp.concatenate([xp.where(listed, indices, n_classes),
+                           xp.broadcast_to(xp.arange(n_classes), x.shape)], axis=1)
+    order = xp.argsort(keys, axis=1, stable=True)
+    ordered = xp.take_along_axis(keys, order, axis=1)
+    named = xp.concatenate([no[:, :1], ordered[:, 1:] == ordered[:, :-1]], axis=1)
+    is_target = xp.take_along_axis(named, xp.argsort(order, axis=1),
+                                   axis=1)[:, n_classes:]
+    # per entry, the hinges 1 - x_j + x_c > 0: the scores x_c above x_j - 1
+    x_listed = xp.take_along_axis(x, xp.where(listed, indices, 0), axis=1)
+    order = xp.argsort(xp.concatenate([x, x_listed - 1], axis=1), axis=1, stable=True)
+
+    def in_order(first, second):
+        return xp.take_along_axis(xp.concatenate([first, second], axis=1), order, axis=1)
+
+    counts = in_order(xp.where(is_target, 0.0, 1.0), xp.zeros_like(x))
+    sums = in_order(xp.where(is_target, 0.0, x), xp.zeros_like(x))
+    above_count = counts.sum(axis=1, keepdims=True) - xp.cumsum(counts, axis=1)
+    above_sum = sums.sum(axis=1, keepdims=True) - xp.cumsum(sums, axis=1)
+    hinges = above_count * in_order(xp.zeros_like(x), 1 - x_listed) + above_sum
+    return xp.sum(xp.where(in_order(no, listed), hinges, 0), axis=1) / n_classes
 
 
 # ----------------------------------------------------------------------------------
@@ -1031,4 +1152,7 @@ REFERENCES = {ref.name: ref for ref in [
               variants=[({}, {}), ({"p": 2}, {}),
                         ({"margin": 0.5, "class_weight": _CLASS_WEIGHT}, {}),
                         ({"p": 2, "margin": 0.8, "class_weight": _CLASS_WEIGHT}, {})]),
+    Reference("multilabel_margin", "label_matrix_rows", _label_matrix_inputs,
+              _multilabel_margin, _t_multilabel_margin, jax=_j_multilabel_margin,
+              variants=[({}, {}), ({}, {"targets": "any"})]),
 ]}
