@@ -289,11 +289,15 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
         # t != -1 (labels other than +-1 take both terms, as torch)
         s = <floating>loss.params.margin
         d = s - p
-        m = half * (d + abs_(d))                  # max(d, 0), NaN propagates
-        a = one if t != 1 else 0                  # the margin term applies
-        e = one if t != -1 else 0                 # the identity term applies
-        grad[0] = e - (a if d >= 0 else 0)        # torch's clamp passes d = 0
-        return a * m + e * p
+        # max(d, 0) with NaN propagating and 0 for d = -inf (p = +inf), where (d + |d|) / 2
+        # alone is NaN.  Not max_(d, 0): -fassociative-math folds its sum with p below
+        # into max(margin, p), which drops torch's NaN for p = NaN or -inf.
+        m = 0 if d < 0 else half * (d + abs_(d))
+        grad[0] = ((one if t != -1 else 0)        # the identity term applies
+                   - (one if t != 1 and d >= 0 else 0))   # torch's clamp passes d = 0
+        # each term selected, not multiplied by a 0/1 factor: 0 * inf would be NaN where
+        # torch gives 0 or +-inf (p = +-inf)
+        return (m if t != 1 else 0) + (p if t != -1 else 0)
     elif Pointwise is MeanAbsolutePercentageError:
         # Keras mean_absolute_percentage_error: 100 |t - p| / max(|t|, 1e-7)
         d = p - t

@@ -24,7 +24,9 @@ Design, in three layers (the split of Liger-Kernel):
 
 Everything fastloss does not compute exactly as torch does falls back to
 ``torch.nn.functional`` itself, so results always equal torch's: tensors that are not
-plain CPU float32/float64 (CUDA, float16/bfloat16, sparse, subclasses), mixed dtypes or
+plain CPU float32/float64 (CUDA, float16/bfloat16, sparse, subclasses), mixed dtypes
+(but the signed integer targets of ``poisson_nll_loss``, ``soft_margin_loss`` and
+``hinge_embedding_loss``, converted to the input's dtype as torch promotes them) or
 broadcasting shapes, a target or weight that requires a gradient, per-element weights,
 ``kl_div(reduction="none")``, torch.compile / jit tracing / functorch transforms / dispatch
 modes, any value fastloss rejects (torch then raises its own error or computes its own
@@ -32,7 +34,9 @@ answer), and a double backward (``create_graph=True``), which differentiates tor
 formula.  ``nll_loss`` is torch's: its input already is log-probabilities, so there is no
 softmax to fuse and its gradient is a scatter of ``-weight`` (see :func:`nll_loss`).
 ``kl_div`` runs fastloss's elementwise ``PointwiseKLDivergence`` kernel, which reads its
-input as log q, as torch does (see :func:`kl_div`).
+input as log q, as torch does (see :func:`kl_div`).  One result differs on purpose:
+``soft_margin_loss`` stays finite where torch's ``log(1 + exp(-target * input))``
+overflows to inf (with a NaN gradient).
 
 Gradients and in-place edits:
 
@@ -43,11 +47,12 @@ Gradients and in-place edits:
   the saved input and returns a new tensor.
 - The input may be modified in place after the loss is computed wherever torch allows it.
   torch's backward of ``cross_entropy``, ``kl_div``, ``l1_loss`` (and ``smooth_l1_loss``
-  with ``beta=0``) and ``mse_loss`` with a ``weight`` does not read the input, and the
-  first backward here needs only the gradient from forward: ``loss.backward()`` works and
-  gives the gradient at the values the loss was computed from, as torch's does.  Where
-  torch's backward reads the input (``mse_loss``, ``huber_loss``, ``smooth_l1_loss``,
-  ``binary_cross_entropy``, ``binary_cross_entropy_with_logits``, ``multi_margin_loss``),
+  with ``beta=0``), ``mse_loss`` with a ``weight``, ``poisson_nll_loss`` and
+  ``hinge_embedding_loss`` does not read the input, and the first backward here needs
+  only the gradient from forward: ``loss.backward()`` works and gives the gradient at the
+  values the loss was computed from, as torch's does.  Where torch's backward reads the
+  input (``mse_loss``, ``huber_loss``, ``smooth_l1_loss``, ``binary_cross_entropy``,
+  ``binary_cross_entropy_with_logits``, ``soft_margin_loss``, ``multi_margin_loss``),
   backward raises torch's own "modified by an inplace operation" error, as
   ``torch.nn.functional`` does, so a call behaves the same whether the kernel or torch's
   fallback (CUDA, half precision, ...) computes it.
@@ -63,6 +68,7 @@ The kernels use fastloss's thread count (:func:`fastloss.set_num_threads`); torc
 left alone.
 """
 import functools
+import math
 import warnings
 
 import numpy as np
@@ -74,14 +80,20 @@ import fastloss as fl
 
 __all__ = [
     "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "binary_cross_entropy",
-    "binary_cross_entropy_with_logits", "cross_entropy", "nll_loss", "kl_div",
-    "multi_margin_loss",
+    "binary_cross_entropy_with_logits", "poisson_nll_loss", "soft_margin_loss",
+    "hinge_embedding_loss", "cross_entropy", "nll_loss", "kl_div", "multi_margin_loss",
     "MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss", "BCELoss", "BCEWithLogitsLoss",
-    "CrossEntropyLoss", "NLLLoss", "KLDivLoss", "MultiMarginLoss",
+    "PoissonNLLLoss", "SoftMarginLoss", "HingeEmbeddingLoss", "CrossEntropyLoss",
+    "NLLLoss", "KLDivLoss", "MultiMarginLoss",
 ]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 _LABEL_DTYPES = (torch.int64,)     # torch's cross_entropy/multi_margin labels are Long
+# Integer targets (labels +-1, counts) that torch promotes to the input's dtype inside
+# the losses that take them: the kernel reads them converted the same way.  Not bool or
+# unsigned: torch's soft_margin_loss backward negates the target in its own dtype (an
+# error for bool, 255 for a uint8 1), and those calls stay torch's.
+_INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 # torch.nn.functional.kl_div's warning for reduction="mean", repeated on the fast path.
@@ -257,6 +269,26 @@ def _constant(tensor, like):
     return _plain(tensor, (like.dtype,)) and not _needs_grad(tensor)
 
 
+def _target_dtype(input, target, labels=False, integers=False):
+    """The dtype in which a kernel reads ``target``, or None when fastloss cannot compute
+    the call from these tensors (it then falls back to torch): torch is tracing or
+    transforming, the input is not a plain CPU float32/float64 tensor, or the target is
+    not one the kernel reads.
+
+    ``labels``: int64 class indices, read as they are.  Otherwise a plain tensor of the
+    input's dtype that needs no gradient; with ``integers``, also a signed integer
+    tensor, which the caller converts to the input's dtype (``target.to(dtype)``, one
+    copy, the values torch's type promotion gives inside the loss).
+    """
+    if not (_kernels_may_run() and _plain(input, _KERNEL_DTYPES)):
+        return None
+    if labels:
+        return torch.int64 if _plain(target, _LABEL_DTYPES) else None
+    if _constant(target, input) or (integers and _plain(target, _INTEGER_DTYPES)):
+        return input.dtype
+    return None
+
+
 def _legacy_reduction(size_average, reduce, reduction):
     """torch's mapping of the deprecated size_average/reduce (with its warning)."""
     if size_average is not None or reduce is not None:
@@ -299,22 +331,27 @@ def _row_weights(weight, input):
 
 
 def _elementwise(make_loss, input, target, reduction, torch_loss, *, reads_input,
-                 weight=None, weight_mean="count", scale=1.0, nan_is_torchs_error=False):
+                 weight=None, weight_mean="count", scale=1.0, nan_is_torchs_error=False,
+                 integer_target=False):
     """A pointwise loss (target of input's shape): fastloss, else ``torch_loss``.
 
-    ``make_loss(reduction)`` builds the fastloss loss.  torch's ``weight`` is accepted when
-    it is one weight per row.  ``weight_mean`` says how torch's weighted "mean" divides:
-    by the element count (fastloss's own mean) or by the weights' sum (mse/l1; that
-    1/sum goes into the sample weights).  ``scale`` multiplies value and gradient
-    (smooth_l1 = huber / beta).  Not as a sample weight: fastloss's loop with one weight
-    per element is scalar, several times slower than one multiply of the gradient.
+    ``make_loss(reduction)`` builds the fastloss loss.  ``integer_target``: the kernel
+    also reads signed integer targets, converted (see :func:`_target_dtype`).  A target
+    of another shape falls back: torch broadcasts it (for some losses with a warning,
+    for others silently).  torch's ``weight`` is accepted when it is one weight per
+    row.  ``weight_mean`` says how torch's weighted "mean" divides: by the element count
+    (fastloss's own mean) or by the weights' sum (mse/l1; that 1/sum goes into the
+    sample weights).  ``scale`` multiplies value and gradient (smooth_l1 = huber /
+    beta).  Not as a sample weight: fastloss's loop with one weight per element is
+    scalar, several times slower than one multiply of the gradient.
     ``nan_is_torchs_error``: torch rejects NaN inputs of this loss, so a NaN result is
     recomputed by torch to raise torch's error.  ``reads_input``: torch's backward of this
     call reads the input (it fails after an in-place edit of it; see :class:`_FusedLoss`).
     """
-    if not (_kernels_may_run() and _plain(input, _KERNEL_DTYPES) and _constant(target, input)
-            and target.shape == input.shape):
+    dtype = _target_dtype(input, target, integers=integer_target)
+    if dtype is None or target.shape != input.shape:
         return torch_loss(input, target)
+    kernel_target = target.to(dtype)
     sample_weight = None
     kernel_reduction = reduction
     if weight is not None:
@@ -331,7 +368,8 @@ def _elementwise(make_loss, input, target, reduction, torch_loss, *, reads_input
             kernel_reduction = "sum"
     try:
         loss = make_loss(kernel_reduction)
-        result = _run(loss, input, target, sample_weight, torch_loss, scale, reads_input)
+        result = _run(loss, input, kernel_target, sample_weight, torch_loss, scale,
+                      reads_input)
     except (ValueError, TypeError):
         return torch_loss(input, target)
     if nan_is_torchs_error and bool(result.isnan().any()):
@@ -396,7 +434,9 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mea
     if isinstance(beta, (int, float)) and beta == 0:
         return _elementwise(lambda r: _cached_loss(fl.MeanAbsoluteError, reduction=r),
                             input, target, reduction, torch_loss, reads_input=False)
-    if not (isinstance(beta, (int, float)) and beta > 0 and np.isfinite(1.0 / beta)):
+    # math, not NumPy: torch.compile traces this line (before the fall-back decision) and
+    # cannot branch on a NumPy result
+    if not (isinstance(beta, (int, float)) and beta > 0 and math.isfinite(1.0 / beta)):
         return torch_loss(input, target)
     return _elementwise(
         lambda r: _cached_loss(fl.Huber, delta=beta, reduction=r),
@@ -447,6 +487,51 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
                         weight=weight)
 
 
+def poisson_nll_loss(input, target, log_input=True, full=False, size_average=None, eps=1e-08,
+                     reduce=None, reduction="mean"):
+    """Drop-in ``torch.nn.functional.poisson_nll_loss``: fastloss ``poisson(log_input,
+    full, eps)``.
+
+    Integer counts are read as the input's dtype, as torch promotes them; with
+    ``full=True`` only when the input has torch's default dtype (torch computes the
+    Stirling term of integer counts in the default dtype).
+    """
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    torch_loss = functools.partial(F.poisson_nll_loss, log_input=log_input, full=full,
+                                   eps=eps, reduction=reduction)
+    return _elementwise(
+        lambda r: _cached_loss(fl.Poisson, log_input=log_input, full=full, eps=eps,
+                               reduction=r),
+        input, target, reduction, torch_loss, reads_input=False,
+        integer_target=not full or getattr(input, "dtype", None) == torch.get_default_dtype())
+
+
+def soft_margin_loss(input, target, size_average=None, reduce=None, reduction="mean"):
+    """Drop-in ``torch.nn.functional.soft_margin_loss``: fastloss ``soft_margin``
+    (integer labels are read as the input's dtype).
+
+    Finite where torch's ``log(1 + exp(-target * input))`` overflows (``-target *
+    input`` beyond about 88 in float32, 709 in float64): torch gives inf and a NaN
+    gradient there, fastloss the value ``-target * input`` and the gradient ``-target``.
+    """
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    torch_loss = functools.partial(F.soft_margin_loss, reduction=reduction)
+    return _elementwise(lambda r: _cached_loss(fl.SoftMargin, reduction=r), input, target,
+                        reduction, torch_loss, reads_input=True, integer_target=True)
+
+
+def hinge_embedding_loss(input, target, margin=1.0, size_average=None, reduce=None,
+                         reduction="mean"):
+    """Drop-in ``torch.nn.functional.hinge_embedding_loss``: fastloss
+    ``hinge_embedding(margin)`` (integer labels are read as the input's dtype)."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    torch_loss = functools.partial(F.hinge_embedding_loss, margin=margin,
+                                   reduction=reduction)
+    return _elementwise(
+        lambda r: _cached_loss(fl.HingeEmbedding, margin=margin, reduction=r),
+        input, target, reduction, torch_loss, reads_input=False, integer_target=True)
+
+
 def _class_weight(weight, input, n_classes):
     """torch's per-class ``weight`` as an array for fastloss, None for no weight, or
     False when fastloss cannot take it."""
@@ -457,8 +542,9 @@ def _class_weight(weight, input, n_classes):
     return False
 
 
-def _as_rows(input, target, labels, max_ndim=None):
-    """The (N, C) scores and (N,) labels or (N, C) target of a row loss, or None.
+def _as_rows(input, target, per_row, max_ndim=None):
+    """The (N, C) scores and the (N,) target (``per_row``: one entry per row, such as a
+    class label) or (N, C) target of a row loss, or None.
 
     torch also takes an unbatched (C,) input and, for cross-entropy, (N, C, d1, ...) with
     the classes on axis 1: both become rows (views, or one copy for the moved axis).
@@ -468,35 +554,40 @@ def _as_rows(input, target, labels, max_ndim=None):
     if ndim == 0 or (max_ndim is not None and ndim > max_ndim):
         return None
     if ndim == 1:
-        if target.shape != (() if labels else input.shape):
+        if target.shape != (() if per_row else input.shape):
             return None
         return input.unsqueeze(0), target.unsqueeze(0), ()
     none_shape = input.shape[:1] + input.shape[2:]
-    if target.shape != (none_shape if labels else input.shape):
+    if target.shape != (none_shape if per_row else input.shape):
         return None
     if ndim == 2:
         return input, target, None
     n_classes = input.shape[1]
     rows = input.movedim(1, -1).reshape(-1, n_classes)
-    target2 = target.reshape(-1) if labels else target.movedim(1, -1).reshape(-1, n_classes)
+    target2 = (target.reshape(-1) if per_row
+               else target.movedim(1, -1).reshape(-1, n_classes))
     return rows, target2, none_shape
 
 
 def _row_loss(make_loss, input, target, labels, reduction, torch_loss, *, reads_input,
-              max_ndim=None):
+              max_ndim=None, per_row=None, integer_target=False):
     """A row loss (one value per row of (N, C) scores): fastloss, else ``torch_loss``.
 
-    ``labels``: the target is integer class labels (else a float tensor of input's
-    shape).  ``make_loss()`` builds the fastloss loss or returns None when it cannot.
-    ``reads_input`` as for :func:`_elementwise`.
+    ``labels``: the target holds int64 class indices (else it is of input's dtype, or
+    with ``integer_target`` integers converted to it: see :func:`_target_dtype`).
+    ``per_row``: the target has one entry per row, (N,) for (N, C) scores (by default,
+    when it holds labels), else one per score, input's shape (dense targets, or label
+    sets padded with -1).  ``make_loss()`` builds the fastloss loss or returns None when
+    it cannot.  ``reads_input`` as for :func:`_elementwise`.
     """
-    if not (_kernels_may_run() and _plain(input, _KERNEL_DTYPES) and not _needs_grad(target)
-            and _plain(target, _LABEL_DTYPES if labels else (input.dtype,))):
+    dtype = _target_dtype(input, target, labels, integer_target)
+    if dtype is None:
         return torch_loss(input, target)
-    rows = _as_rows(input, target, labels, max_ndim)
+    rows = _as_rows(input, target, labels if per_row is None else per_row, max_ndim)
     if rows is None:
         return torch_loss(input, target)
     scores, target2, none_shape = rows
+    target2 = target2.to(dtype)
     try:
         loss = make_loss()
         if loss is None:
@@ -577,8 +668,8 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean",
             return torch.kl_div(i, t, _reduction.get_enum(reduction), log_target=log_target)
     else:
         torch_loss = functools.partial(F.kl_div, reduction=reduction, log_target=log_target)
-    if not (reduction in ("mean", "batchmean", "sum") and _kernels_may_run()
-            and _plain(input, _KERNEL_DTYPES) and _constant(target, input)
+    if not (reduction in ("mean", "batchmean", "sum")
+            and _target_dtype(input, target) is not None
             and target.shape == input.shape and input.numel() > 0
             and isinstance(log_target, (bool, np.bool_))):
         return torch_loss(input, target)
@@ -670,6 +761,29 @@ class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
         return binary_cross_entropy_with_logits(input, target, self.weight,
                                                 pos_weight=self.pos_weight,
                                                 reduction=self.reduction)
+
+
+class PoissonNLLLoss(torch.nn.PoissonNLLLoss):
+    """``torch.nn.PoissonNLLLoss`` computed by :func:`poisson_nll_loss`."""
+
+    def forward(self, log_input, target):
+        return poisson_nll_loss(log_input, target, log_input=self.log_input, full=self.full,
+                                eps=self.eps, reduction=self.reduction)
+
+
+class SoftMarginLoss(torch.nn.SoftMarginLoss):
+    """``torch.nn.SoftMarginLoss`` computed by :func:`soft_margin_loss`."""
+
+    def forward(self, input, target):
+        return soft_margin_loss(input, target, reduction=self.reduction)
+
+
+class HingeEmbeddingLoss(torch.nn.HingeEmbeddingLoss):
+    """``torch.nn.HingeEmbeddingLoss`` computed by :func:`hinge_embedding_loss`."""
+
+    def forward(self, input, target):
+        return hinge_embedding_loss(input, target, margin=self.margin,
+                                    reduction=self.reduction)
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):

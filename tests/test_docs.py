@@ -63,6 +63,21 @@ def test_every_loss_is_in_the_docs_and_the_readme():
         assert f"| `{name}` | `{cls.__name__}" in readme, f"{name}: no row in the README"
 
 
+def test_every_adapter_function_is_in_the_docs_and_the_readme():
+    pytest.importorskip("torch")
+    import fastloss.torch as FL
+    page = (DOCS / "torch.rst").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in FL.__all__:
+        if isinstance(getattr(FL, name), type):
+            assert f".. autoclass:: {name}\n" in page, f"{name}: no entry in docs/torch.rst"
+            assert f"(``{name}``)" in page, f"{name}: not in the table of docs/torch.rst"
+        else:
+            assert f".. autofunction:: {name}\n" in page, f"{name}: no entry in docs/torch.rst"
+            assert f"   * - ``{name}``" in page, f"{name}: no row in docs/torch.rst"
+            assert f"`{name}`" in readme, f"{name}: not listed in the README"
+
+
 def _has_section(doc, section):
     return re.search(rf"^\s*{section}\n\s*-{{{len(section)}}}\s*$", doc or "",
                      re.MULTILINE) is not None

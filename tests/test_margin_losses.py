@@ -55,3 +55,30 @@ def test_mape_divides_zero_targets_by_keras_epsilon():
     np.testing.assert_allclose(values, 100 * np.abs(p - t) / np.maximum(np.abs(t), 1e-7),
                                rtol=1e-15)
     np.testing.assert_array_equal(grad, 100 * np.sign(p - t) / np.maximum(np.abs(t), 1e-7))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("margin", [1.0, -0.5])
+def test_hinge_embedding_infinite_and_nan_distances_follow_torch(dtype, margin):
+    # every label against every special distance, tiled so the vectorised loops run
+    x = np.array([np.nan, np.inf, -np.inf, margin, 0.5, 2.0], dtype=dtype)
+    labels = np.array([1.0, -1.0, 0.0, 2.0], dtype=dtype)
+    x, t = (np.tile(a, 8) for a in np.meshgrid(x, labels))
+    want, want_grad = torch_value_and_grad(
+        lambda xt: F.hinge_embedding_loss(xt, torch.tensor(t), margin=margin,
+                                          reduction="none"), x)
+    loss = fl.HingeEmbedding(margin=margin, reduction="none")
+    values, grad = loss.value_and_grad(x, t)
+    np.testing.assert_array_equal(values, want)
+    np.testing.assert_array_equal(loss(x, t), want)
+    np.testing.assert_array_equal(grad, want_grad)
+    np.testing.assert_array_equal(loss.grad(x, t), want_grad)
+    # the reduced loops, on the elements whose loss is finite (x = +inf among them)
+    keep = np.isfinite(want)
+    for reduction, expected in (("sum", want[keep].sum(dtype=np.float64)),
+                                ("mean", want[keep].mean(dtype=np.float64))):
+        loss = fl.HingeEmbedding(margin=margin, reduction=reduction)
+        value, grad = loss.value_and_grad(x[keep], t[keep])
+        np.testing.assert_allclose([value, loss(x[keep], t[keep])], expected, rtol=1e-6)
+        scale = 1 if reduction == "sum" else 1 / keep.sum()
+        np.testing.assert_allclose(grad, want_grad[keep] * scale, rtol=1e-6)

@@ -9,6 +9,9 @@ stand-ins written with torch ops that follow the fastloss protocol, which check 
 adapter's own work (argument mapping, reshapes, reductions, upstream gradients) before
 the kernels are merged.
 """
+import functools
+import inspect
+import re
 import warnings
 
 import numpy as np
@@ -84,7 +87,19 @@ def assert_same_as_torch(ours, theirs, inputs, dtype, seed=7, rtol=None):
     torch.testing.assert_close(v1, v2, equal_nan=True, **tol)
     assert len(g1) == len(g2)
     for a, b in zip(g1, g2):
-        torch.testing.assert_close(a, b, **tol)
+        torch.testing.assert_close(a, b, equal_nan=True, **tol)
+
+
+def assert_same_outcome_as_torch(ours, theirs, inputs, dtype):
+    """As assert_same_as_torch; where torch raises (in forward or backward), ours raises
+    the same error."""
+    try:
+        value_and_grads(theirs, inputs, torch.Generator().manual_seed(7))
+    except RuntimeError as error:
+        with pytest.raises(type(error), match=re.escape(str(error))):
+            value_and_grads(ours, inputs, torch.Generator().manual_seed(7))
+        return
+    assert_same_as_torch(ours, theirs, inputs, dtype)
 
 
 # -- pointwise losses ------------------------------------------------------------------------
@@ -102,6 +117,25 @@ def logit_data(shape, dtype, rng):
     return 3 * randn(shape, dtype, rng).requires_grad_(True), rand(shape, dtype, rng)
 
 
+def counts(shape, dtype, rng):
+    """Poisson counts 0 to 5: both sides of the Stirling term's t > 1."""
+    return torch.randint(0, 6, shape, generator=rng).to(dtype)
+
+
+def log_rate_data(shape, dtype, rng):
+    return randn(shape, dtype, rng, requires_grad=True), counts(shape, dtype, rng)
+
+
+def rate_data(shape, dtype, rng):
+    return rand(shape, dtype, rng, 0.1, 3.0).requires_grad_(True), counts(shape, dtype, rng)
+
+
+def sign_data(shape, dtype, rng):
+    """Scores (or distances) and labels +-1."""
+    labels = 2 * torch.randint(0, 2, shape, generator=rng) - 1
+    return (2 * randn(shape, dtype, rng)).requires_grad_(True), labels.to(dtype)
+
+
 POINTWISE_CASES = [
     ("mse_loss", {}, regression_data),
     ("l1_loss", {}, regression_data),
@@ -114,7 +148,25 @@ POINTWISE_CASES = [
     ("smooth_l1_loss", {"beta": 0.0}, regression_data),
     ("binary_cross_entropy", {}, probability_data),
     ("binary_cross_entropy_with_logits", {}, logit_data),
+    ("poisson_nll_loss", {}, log_rate_data),
+    ("poisson_nll_loss", {"full": True}, log_rate_data),
+    ("poisson_nll_loss", {"log_input": False}, rate_data),
+    ("poisson_nll_loss", {"log_input": False, "full": True, "eps": 0.01}, rate_data),
+    ("soft_margin_loss", {}, sign_data),
+    ("hinge_embedding_loss", {}, sign_data),
+    ("hinge_embedding_loss", {"margin": 0.4}, sign_data),
+    ("hinge_embedding_loss", {"margin": -0.5}, sign_data),
 ]
+
+
+def first_case_of_each_function(cases):
+    first = {}
+    for case in cases:
+        first.setdefault(case[0], case)
+    return list(first.values())
+
+
+FUNCTION_CASES = first_case_of_each_function(POINTWISE_CASES)
 
 
 def case_id(case):
@@ -236,17 +288,23 @@ def test_bce_with_logits_pos_weight_per_element_falls_back(rng, fast):
     assert fast == []
 
 
+@pytest.mark.parametrize("case", [case for case in FUNCTION_CASES if "size_average" in
+                                  inspect.signature(getattr(F, case[0])).parameters],
+                         ids=case_id)
 @pytest.mark.parametrize("size_average,reduce", [(None, False), (True, None), (False, None),
                                                  (False, True), (True, False)])
-def test_legacy_size_average_and_reduce(size_average, reduce, rng, fast):
-    x, y = regression_data((5, 3), torch.float64, rng)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_legacy_size_average_and_reduce(case, size_average, reduce, dtype, rng, fast):
+    name, kwargs, make_data = case
+    x, y = make_data((6, 4), dtype, rng)
+    legacy = dict(kwargs, size_average=size_average, reduce=reduce)
     with pytest.warns(UserWarning, match="size_average and reduce"):
-        ours = FL.mse_loss(x, y, size_average, reduce)
+        getattr(FL, name)(x, y, **legacy)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = F.mse_loss(x, y, size_average, reduce)
-    torch.testing.assert_close(ours, theirs)
-    assert len(fast) == 1
+        assert_same_as_torch(lambda a, b: getattr(FL, name)(a, b, **legacy),
+                             lambda a, b: getattr(F, name)(a, b, **legacy), (x, y), dtype)
+    assert len(fast) == 2
 
 
 # -- the fast path itself --------------------------------------------------------------------
@@ -308,13 +366,16 @@ def test_non_contiguous_input(rng, fast):
     assert len(fast) == 1
 
 
-def test_empty_batch(fast):
+@pytest.mark.parametrize("case", FUNCTION_CASES, ids=case_id)
+def test_empty_batch(case, fast):
+    name, kwargs, _ = case
     x = torch.zeros(0, 3, requires_grad=True)
     y = torch.zeros(0, 3)
-    for reduction in REDUCTIONS:
-        assert_same_as_torch(lambda a, b: FL.mse_loss(a, b, reduction=reduction),
-                             lambda a, b: F.mse_loss(a, b, reduction=reduction), (x, y),
-                             torch.float32)
+    for reduction in REDUCTIONS:       # "mean" is NaN, as torch's
+        assert_same_as_torch(lambda a, b: getattr(FL, name)(a, b, reduction=reduction),
+                             lambda a, b: getattr(F, name)(a, b, reduction=reduction),
+                             (x, y), torch.float32)
+    assert len(fast) == len(REDUCTIONS)
 
 
 def test_torch_threads_unchanged(rng):
@@ -334,10 +395,15 @@ def test_half_precision_falls_back(dtype, rng, fast):
     assert fast == []
 
 
-def test_target_requiring_grad_falls_back(rng, fast):
-    x, y = regression_data((5, 4), torch.float64, rng)
+@pytest.mark.parametrize("case", FUNCTION_CASES, ids=case_id)
+def test_target_requiring_grad_falls_back(case, rng, fast):
+    # torch differentiates some of these with respect to the target and refuses others
+    name, kwargs, make_data = case
+    x, y = make_data((5, 4), torch.float64, rng)
     y.requires_grad_(True)
-    assert_same_as_torch(FL.huber_loss, F.huber_loss, (x, y), torch.float64)
+    assert_same_outcome_as_torch(lambda a, b: getattr(FL, name)(a, b, **kwargs),
+                                 lambda a, b: getattr(F, name)(a, b, **kwargs), (x, y),
+                                 torch.float64)
     assert fast == []
 
 
@@ -360,6 +426,104 @@ def test_mixed_dtypes_and_broadcasting_fall_back(rng, fast):
         theirs = F.mse_loss(x, row)
     torch.testing.assert_close(ours, theirs)
     assert fast == []
+
+
+@pytest.mark.parametrize("name", ["poisson_nll_loss", "soft_margin_loss",
+                                  "hinge_embedding_loss"])
+@pytest.mark.parametrize("broadcast", [lambda y: y[0], lambda y: y[:, :1],
+                                       lambda y: y.unsqueeze(0)], ids=["row", "column", "3d"])
+def test_silently_broadcast_targets_fall_back(name, broadcast, rng, fast):
+    # torch broadcasts these without a warning (soft_margin_loss refuses a larger result)
+    name, kwargs, make_data = next(case for case in FUNCTION_CASES if case[0] == name)
+    x, y = make_data((5, 4), torch.float64, rng)
+    y = broadcast(y)
+    assert_same_outcome_as_torch(lambda a, b: getattr(FL, name)(a, b, **kwargs),
+                                 lambda a, b: getattr(F, name)(a, b, **kwargs), (x, y),
+                                 torch.float64)
+    assert fast == []
+
+
+INTEGER_TARGET_CASES = [
+    ("poisson_nll_loss", {}, log_rate_data),
+    ("poisson_nll_loss", {"log_input": False}, rate_data),
+    ("poisson_nll_loss", {"full": True}, log_rate_data),
+    ("soft_margin_loss", {}, sign_data),
+    ("hinge_embedding_loss", {"margin": 0.5}, sign_data),
+]
+
+
+@pytest.mark.parametrize("case", INTEGER_TARGET_CASES, ids=case_id)
+@pytest.mark.parametrize("target_dtype", [torch.int64, torch.int32, torch.int8])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_integer_targets_are_read_as_torch_promotes_them(case, target_dtype, reduction, dtype,
+                                                         rng, fast):
+    name, kwargs, make_data = case
+    x, y = make_data((7, 5), dtype, rng)
+    kwargs = dict(kwargs, reduction=reduction)
+    assert_same_as_torch(lambda a, b: getattr(FL, name)(a, b, **kwargs),
+                         lambda a, b: getattr(F, name)(a, b, **kwargs),
+                         (x, y.to(target_dtype)), dtype)
+    # torch computes the Stirling term of integer counts in the default dtype
+    stirling_in_other_dtype = kwargs.get("full") and dtype != torch.get_default_dtype()
+    assert len(fast) == (0 if stirling_in_other_dtype else 1)
+
+
+@pytest.mark.parametrize("case", INTEGER_TARGET_CASES, ids=case_id)
+@pytest.mark.parametrize("target_dtype", [torch.bool, torch.uint8])
+def test_bool_and_unsigned_targets_fall_back(case, target_dtype, rng, fast):
+    # torch's soft_margin_loss backward negates the target in its dtype: an error for
+    # bool, 255 for a uint8 1
+    name, kwargs, make_data = case
+    x, y = make_data((4, 3), torch.float64, rng)
+    assert_same_outcome_as_torch(lambda a, b: getattr(FL, name)(a, b, **kwargs),
+                                 lambda a, b: getattr(F, name)(a, b, **kwargs),
+                                 (x, (y > 0).to(target_dtype)), torch.float64)
+    assert fast == []
+
+
+@pytest.mark.parametrize("case", [
+    ("poisson_nll_loss", {}, log_rate_data),
+    ("poisson_nll_loss", {"log_input": False, "full": True}, rate_data),
+    ("soft_margin_loss", {}, sign_data),
+    ("hinge_embedding_loss", {"margin": 0.5}, sign_data),
+], ids=case_id)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_and_infinite_input_as_torch(case, reduction, dtype, rng, fast):
+    name, kwargs, make_data = case
+    x, y = make_data((6, 5), dtype, rng)
+    # soft_margin_loss differs at +-inf on purpose (test below)
+    special = [float("nan")] + ([] if name == "soft_margin_loss" else [np.inf, -np.inf])
+    x = x.detach().clone()
+    x[:, :len(special)] = torch.tensor(special, dtype=dtype)
+    if name == "hinge_embedding_loss":         # labels other than +-1 take both terms
+        y[::2] = torch.tensor([0.0, 2.0, -1.0, 1.0, 3.0], dtype=dtype)
+    kwargs = dict(kwargs, reduction=reduction)
+    assert_same_as_torch(lambda a, b: getattr(FL, name)(a, b, **kwargs),
+                         lambda a, b: getattr(F, name)(a, b, **kwargs),
+                         (x.requires_grad_(True), y), dtype)
+    assert len(fast) == 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_soft_margin_loss_is_finite_where_torch_overflows(dtype, fast):
+    big = 100.0 if dtype == torch.float32 else 800.0    # exp(big) overflows the dtype
+    x = torch.tensor([-big, big, -np.inf, 0.5, -3.0], dtype=dtype, requires_grad=True)
+    y = torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0], dtype=dtype)
+    values, grads = [], []
+    for module in (FL, F):
+        value = module.soft_margin_loss(x, y, reduction="none")
+        values.append(value.detach())
+        grads.append(torch.autograd.grad(value.sum(), x)[0])
+    (ours, theirs), (ours_grad, grad) = values, grads
+    assert torch.isinf(theirs[:3]).all() and torch.isnan(grad[:3]).all()
+    # softplus(z) = z to the dtype's precision there; its derivative -y
+    torch.testing.assert_close(ours[:3], -y[:3] * x.detach()[:3])
+    torch.testing.assert_close(ours_grad[:3], -y[:3])
+    torch.testing.assert_close(ours[3:], theirs[3:], **tolerances(dtype))
+    torch.testing.assert_close(ours_grad[3:], grad[3:], **tolerances(dtype))
+    assert len(fast) == 1
 
 
 def test_meta_device_falls_back(fast):
@@ -407,33 +571,43 @@ def test_bce_probabilities_at_0_and_1(reduction, dtype, fast):
     assert len(fast) == 1
 
 
-def test_functorch_transforms_fall_back(rng, fast):
-    x, y = regression_data((4, 3), torch.float64, rng)
-    batched = torch.func.vmap(lambda a, b: FL.mse_loss(a, b))(x.detach(), y)
-    torch.testing.assert_close(batched, torch.func.vmap(F.mse_loss)(x.detach(), y))
-    grad = torch.func.grad(lambda a: FL.huber_loss(a, y, delta=0.5))(x.detach())
-    torch.testing.assert_close(grad, torch.func.grad(lambda a: F.huber_loss(a, y, delta=0.5))(
-        x.detach()))
+@pytest.mark.filterwarnings("ignore:There is a performance drop")   # torch's vmap fallback
+@pytest.mark.parametrize("case", FUNCTION_CASES, ids=case_id)
+def test_functorch_transforms_fall_back(case, rng, fast):
+    name, kwargs, make_data = case
+    x, y = make_data((4, 3), torch.float64, rng)
+    ours = functools.partial(getattr(FL, name), **kwargs)
+    theirs = functools.partial(getattr(F, name), **kwargs)
+    batched = torch.func.vmap(lambda a, b: ours(a, b))(x.detach(), y)
+    torch.testing.assert_close(batched, torch.func.vmap(theirs)(x.detach(), y))
+    grad = torch.func.grad(lambda a: ours(a, y))(x.detach())
+    torch.testing.assert_close(grad, torch.func.grad(lambda a: theirs(a, y))(x.detach()))
     assert fast == []
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
-def test_jit_trace_records_torchs_ops(rng, fast):
-    x, y = regression_data((4, 3), torch.float32, rng)
-    traced = torch.jit.trace(lambda a, b: FL.mse_loss(a, b), (x.detach(), y),
+@pytest.mark.parametrize("case", FUNCTION_CASES, ids=case_id)
+def test_jit_trace_records_torchs_ops(case, rng, fast):
+    name, kwargs, make_data = case
+    x, y = make_data((4, 3), torch.float32, rng)
+    traced = torch.jit.trace(lambda a, b: getattr(FL, name)(a, b, **kwargs), (x.detach(), y),
                              check_trace=False)
-    assert "mse_loss" in str(traced.graph)
-    x2, y2 = regression_data((4, 3), torch.float32, rng)
-    torch.testing.assert_close(traced(x2.detach(), y2), F.mse_loss(x2, y2).detach())
+    assert f"aten::{name}" in str(traced.graph)
+    x2, y2 = make_data((4, 3), torch.float32, rng)
+    torch.testing.assert_close(traced(x2.detach(), y2),
+                               getattr(F, name)(x2, y2, **kwargs).detach())
     assert fast == []
 
 
 @pytest.mark.slow
-def test_torch_compile_traces_torchs_function(rng, fast):
-    x, y = regression_data((4, 3), torch.float32, rng)
-    compiled = torch.compile(lambda a, b: FL.huber_loss(a, b, delta=0.5), backend="eager",
+@pytest.mark.parametrize("case", FUNCTION_CASES, ids=case_id)
+def test_torch_compile_traces_torchs_function(case, rng, fast):
+    name, kwargs, make_data = case
+    x, y = make_data((4, 3), torch.float32, rng)
+    torch.compiler.reset()     # each case compiles the same lambda: no recompile limit
+    compiled = torch.compile(lambda a, b: getattr(FL, name)(a, b, **kwargs), backend="eager",
                              fullgraph=True)
-    assert_same_as_torch(compiled, lambda a, b: F.huber_loss(a, b, delta=0.5), (x, y),
+    assert_same_as_torch(compiled, lambda a, b: getattr(F, name)(a, b, **kwargs), (x, y),
                          torch.float32)
     assert fast == []
 
@@ -467,7 +641,7 @@ def test_torch_function_mode_sees_torchs_function(rng, fast):
 
 # -- double backward and gradcheck --------------------------------------------------------
 
-@pytest.mark.parametrize("case", POINTWISE_CASES[::2], ids=case_id)
+@pytest.mark.parametrize("case", POINTWISE_CASES, ids=case_id)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_gradcheck_and_gradgradcheck(case, reduction, rng, fast):
     name, kwargs, make_data = case
@@ -501,6 +675,9 @@ MODULE_CASES = [
     ("SmoothL1Loss", {"beta": 0.25, "reduction": "none"}, regression_data),
     ("BCELoss", {"weight": "rows"}, probability_data),
     ("BCEWithLogitsLoss", {"weight": "rows", "pos_weight": "classes"}, logit_data),
+    ("PoissonNLLLoss", {"log_input": False, "full": True, "eps": 1e-3}, rate_data),
+    ("SoftMarginLoss", {"reduction": "sum"}, sign_data),
+    ("HingeEmbeddingLoss", {"margin": 0.5, "reduction": "none"}, sign_data),
 ]
 
 
@@ -557,6 +734,24 @@ def test_module_legacy_arguments_and_repr():
         module = FL.SmoothL1Loss(size_average=False, beta=0.5)
     assert module.reduction == "sum" and module.beta == 0.5
     assert repr(module) == "SmoothL1Loss()"
+
+
+def parameters(function):
+    return [(p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()]
+
+
+@pytest.mark.parametrize("name", FL.__all__)
+def test_signatures_are_torchs(name):
+    """Names, order, kinds and defaults of the arguments: torch's (a module keeps torch's
+    constructor and takes forward's arguments)."""
+    ours = getattr(FL, name)
+    if isinstance(ours, type):
+        theirs = getattr(torch.nn, name)
+        assert issubclass(ours, theirs) and ours.__init__ is theirs.__init__
+        ours, theirs = ours.forward, theirs.forward
+    else:
+        theirs = getattr(F, name)
+    assert parameters(ours) == parameters(theirs)
 
 
 # -- row_losses losses --------------------------------------------------------------------
@@ -810,6 +1005,43 @@ def test_multi_margin_loss(row_losses, reduction, dtype, p, margin, weighted, rn
     assert len(fast) == 2
 
 
+class StandInMultilabelMargin(_StandIn):
+    def rows(self, x, label_sets):
+        return F.multilabel_margin_loss(x, label_sets, reduction="none")
+
+
+class StandInMultilabelSoftMargin(_StandIn):
+    def rows(self, x, target):
+        return F.multilabel_soft_margin_loss(x, target, reduction="none")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_loss_helper_takes_label_sets_and_integer_targets(reduction, dtype, rng, fast):
+    """_row_loss with the targets of the multilabel losses: (N, C) int64 label sets padded
+    with -1 (one target per score, not per row), and (N, C) 0/1 integers read as the
+    input's dtype; batched and unbatched."""
+    x = randn((5, 4), dtype, rng, requires_grad=True)
+    label_sets = torch.tensor([[3, 0, -1, 2], [1, -1, 0, 0], [-1, 2, 2, 2], [0, 1, 2, 3],
+                               [2, 3, -1, -1]])
+    dense = torch.randint(0, 2, (5, 4), generator=rng)
+    cases = [(StandInMultilabelMargin, F.multilabel_margin_loss, label_sets, True,
+              dict(per_row=False)),
+             (StandInMultilabelSoftMargin, F.multilabel_soft_margin_loss, dense, False,
+              dict(integer_target=True))]
+    for stand_in, torch_function, target, labels, options in cases:
+        theirs = functools.partial(torch_function, reduction=reduction)
+
+        def ours(a, b):
+            return FL._row_loss(lambda: stand_in(reduction=reduction), a, b, labels,
+                                reduction, theirs, reads_input=True, max_ndim=2, **options)
+
+        assert_same_as_torch(ours, theirs, (x, target), dtype)
+        assert_same_as_torch(ours, theirs, (x[0].detach().requires_grad_(True), target[0]),
+                             dtype)
+    assert len(fast) == 4
+
+
 @pytest.mark.parametrize("name,make_args", [
     ("cross_entropy", lambda rng: (randn((4, 3), torch.float64, rng, True),
                                    labels_for((4,), 3, rng))),
@@ -912,6 +1144,11 @@ EDIT_CASES = [
     ("kl_div", {"reduction": "sum", "log_target": True}, log_probability_data),
     ("multi_margin_loss", {}, labels_data),
     ("multi_margin_loss", {"p": 2, "reduction": "none"}, labels_data),
+    ("poisson_nll_loss", {}, log_rate_data),
+    ("poisson_nll_loss", {"log_input": False, "full": True, "reduction": "none"}, rate_data),
+    ("soft_margin_loss", {}, sign_data),
+    ("soft_margin_loss", {"reduction": "none"}, sign_data),
+    ("hinge_embedding_loss", {"margin": 0.5, "reduction": "sum"}, sign_data),
 ]
 
 
