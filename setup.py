@@ -9,7 +9,6 @@ import importlib.util
 import os
 import platform
 import sys
-import sysconfig
 
 import numpy as np
 from Cython.Build import cythonize
@@ -27,12 +26,13 @@ MATH_FLAGS = [
     "-fassociative-math",
     "-fno-signed-zeros",
 ]
-# One module holds every loss, and gcc stops inlining once the translation unit has grown
-# by inline-unit-growth (40 %): the losses whose inline functions come later in the unit
-# then call their per-element term instead of inlining it, and such a loop does not
-# vectorise (5-15x slower).  The limit is gcc's flag: lifted there.
-_CC = os.environ.get("CC") or sysconfig.get_config_var("CC") or ""
-INLINE_FLAGS = [] if "clang" in _CC else ["--param=inline-unit-growth=1000"]
+# Every ``cdef inline`` function of the kernels is inlined, always: one module holds every
+# loss, and gcc stops inlining once the translation unit has grown by its
+# inline-unit-growth budget, so the losses met late would call their per-element term
+# instead of inlining it, and such a loop does not vectorise (5-15x slower).  Cython
+# writes its inline functions with CYTHON_INLINE; GCC and clang take the attribute.
+INLINE_MACROS = ([] if sys.platform == "win32"
+                 else [("CYTHON_INLINE", "__inline__ __attribute__((always_inline))")])
 OPENMP_FLAG = "-fopenmp"
 # FASTLOSS_SANITIZE=1: an AddressSanitizer + UndefinedBehaviorSanitizer build for testing
 # (tests/test_sanitizers.py); the modules then need libasan preloaded to import.
@@ -71,10 +71,9 @@ def kernel_extension(level, flags):
             ("FASTLOSS_ISA_LEVEL", f'"{level}"'),
             ("FASTLOSS_SOURCE_HASH", f'"{SOURCE_HASH}"'),
             ("FASTLOSS_COMPILE_FLAGS",
-             '"' + " ".join(MATH_FLAGS + INLINE_FLAGS + [OPENMP_FLAG] + flags
-                            + SANITIZE_FLAGS) + '"'),
-        ],
-        extra_compile_args=MATH_FLAGS + INLINE_FLAGS + [OPENMP_FLAG] + flags + SANITIZE_FLAGS,
+             '"' + " ".join(MATH_FLAGS + [OPENMP_FLAG] + flags + SANITIZE_FLAGS) + '"'),
+        ] + INLINE_MACROS,
+        extra_compile_args=MATH_FLAGS + [OPENMP_FLAG] + flags + SANITIZE_FLAGS,
         # libm last: the vector math variants (_ZGV*) live in libmvec, pulled in by -lm.
         extra_link_args=SANITIZE_FLAGS + [OPENMP_FLAG, "-lm"],
     )

@@ -158,12 +158,14 @@ cdef inline floating power_and_slope(floating b, double exponent,
 
     Written without branches (every case computed, then selected) so that a loop
     calling it vectorises: gcc does not take a branch on ``exponent`` out of a loop as
-    large as a loss's, and a loop with a branch around a libm call stays scalar.
+    large as a loss's, and it keeps a libm call or a division under a branch as a
+    branch, which leaves the loop scalar.
     """
     cdef floating e = <floating>exponent
     cdef floating one = 1, zero = 0
     cdef floating r = exp_(e * log_(b))
-    cdef floating s = e * r / b if b > 0 else (<floating>INFINITY if e < 1 else zero)
+    cdef floating s = e * r / b     # computed before the select: a division inside a
+    s = s if b > 0 else (<floating>INFINITY if e < 1 else zero)   # branch blocks it
     slope[0] = b + b if e == 2 else (one if e == 1 else (zero if e == 0 else s))
     return b * b if e == 2 else (b if e == 1 else (one if e == 0 else r))
 
@@ -246,5 +248,7 @@ cdef inline void log_inplace(floating* x, Py_ssize_t n) noexcept nogil:
 
 
 cdef inline floating xlogx(floating x) noexcept nogil:
-    """x log x with 0 log 0 = 0 (torch.xlogy(x, x)); NaN propagates."""
-    return 0 if x == 0 else x * log_(x)
+    """x log x with 0 log 0 = 0 (torch.xlogy(x, x)); NaN propagates.  The log is taken
+    for every x, then selected: a libm call under a branch keeps a loop scalar."""
+    cdef floating value = x * log_(x)
+    return 0 if x == 0 else value

@@ -162,8 +162,11 @@ cdef inline floating focal_weight(const PointwiseParams* params, floating t, flo
     derivative ``dq`` of q."""
     cdef floating one = 1
     cdef floating f = power_and_slope(q, params.gamma, slope)
-    cdef floating w = (<floating>params.alpha * t + <floating>(1 - params.alpha) * (one - t)
-                       if params.class_balancing else one)
+    # both computed, then selected: a load of the parameters under a branch keeps gcc
+    # from vectorising the loop
+    cdef floating balanced = (<floating>params.alpha * t
+                              + <floating>(1 - params.alpha) * (one - t))
+    cdef floating w = balanced if params.class_balancing else one
     slope[0] = w * slope[0] * dq
     return w * f
 
@@ -258,7 +261,7 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
     elif Pointwise is PointwiseKLDivergence:
         # torch kl_div(input=log q, target=p), elementwise: xlogy(p, p) - p log q
         grad[0] = -t
-        return (t * log_(t) if t != 0 else t) - t * p
+        return xlogx(t) - t * p
     elif Pointwise is PointwiseKLDivergenceLogTarget:
         # torch kl_div(log_target=True): exp(lp) (lp - log q)
         e = exp_(t)
@@ -275,10 +278,10 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
             a = p + <floating>loss.params.eps
             grad[0] = one - t / a
             s = p - t * log_(a)
-        if loss.params.full:
-            s += (t * log_(t) - t + half * log_(<floating>6.283185307179586 * t)
-                  if t > one else 0)
-        return s
+        # computed for every t, then selected (log under a branch would keep the loop
+        # scalar; for t <= 1 the discarded value may be NaN)
+        a = t * log_(t) - t + half * log_(<floating>6.283185307179586 * t)
+        return s + (a if loss.params.full and t > one else 0)
     elif Pointwise is SoftMargin:
         # torch soft_margin_loss: log(1 + exp(-t p)) = softplus(-t p)
         d = -t * p
@@ -312,7 +315,8 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
         t = smoothed_binary_target(&loss.params, t)
         a = keras_clip(p)
         s = -(t * log_(a) + (one - t) * log1p_(-a))
-        d = (a - t) / (a * (one - a)) if keras_unclipped(p) else 0
+        d = (a - t) / (a * (one - a))
+        d = d if keras_unclipped(p) else 0
         m = focal_weight(&loss.params, t, t * (one - p) + (one - t) * p, one - two * t, &r)
         grad[0] = r * s + m * d
         return m * s

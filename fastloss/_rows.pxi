@@ -431,7 +431,9 @@ cdef inline floating focal_term(floating q, floating a, double gamma,
     cdef floating clipped = keras_clip(q)
     cdef floating f = power_and_slope(one - clipped, gamma, &df)
     cdef floating nll = -log_(clipped)
-    slope[0] = -a * (df * nll + f / clipped) if keras_unclipped(q) else 0
+    # the division before the select: under a branch it would keep the loop scalar
+    cdef floating derivative = -a * (df * nll + f / clipped)
+    slope[0] = derivative if keras_unclipped(q) else 0
     return a * f * nll
 
 

@@ -82,9 +82,11 @@ __all__ = [
     "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "binary_cross_entropy",
     "binary_cross_entropy_with_logits", "poisson_nll_loss", "soft_margin_loss",
     "hinge_embedding_loss", "cross_entropy", "nll_loss", "kl_div", "multi_margin_loss",
+    "multilabel_soft_margin_loss", "multilabel_margin_loss", "sigmoid_focal_loss",
     "MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss", "BCELoss", "BCEWithLogitsLoss",
     "PoissonNLLLoss", "SoftMarginLoss", "HingeEmbeddingLoss", "CrossEntropyLoss",
-    "NLLLoss", "KLDivLoss", "MultiMarginLoss",
+    "NLLLoss", "KLDivLoss", "MultiMarginLoss", "MultiLabelSoftMarginLoss",
+    "MultiLabelMarginLoss",
 ]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
@@ -714,6 +716,72 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=
                      reads_input=True, max_ndim=2)
 
 
+def multilabel_soft_margin_loss(input, target, weight=None, size_average=None, reduce=None,
+                                reduction="mean"):
+    """Drop-in ``torch.nn.functional.multilabel_soft_margin_loss``: fastloss
+    ``multilabel_soft_margin(class_weight=weight)``; (N, C) or unbatched (C,) input
+    (integer targets are read as the input's dtype, as torch promotes them)."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    torch_loss = functools.partial(F.multilabel_soft_margin_loss, weight=weight,
+                                   reduction=reduction)
+
+    def make_loss():
+        class_weight = _class_weight(weight, input, input.shape[-1])
+        if class_weight is False:
+            return None
+        if class_weight is None:
+            return _cached_loss(fl.MultilabelSoftMargin, reduction=reduction)
+        return fl.MultilabelSoftMargin(class_weight=class_weight, reduction=reduction)
+
+    return _row_loss(make_loss, input, target, False, reduction, torch_loss,
+                     reads_input=True, max_ndim=2, integer_target=True)
+
+
+def multilabel_margin_loss(input, target, size_average=None, reduce=None, reduction="mean"):
+    """Drop-in ``torch.nn.functional.multilabel_margin_loss``: fastloss
+    ``multilabel_margin``; (N, C) or unbatched (C,) input, int64 target of the input's
+    shape (each row's classes, ended by -1)."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    torch_loss = functools.partial(F.multilabel_margin_loss, reduction=reduction)
+    return _row_loss(lambda: _cached_loss(fl.MultilabelMargin, reduction=reduction), input,
+                     target, True, reduction, torch_loss, reads_input=True, max_ndim=2,
+                     per_row=False)
+
+
+def _torchvision_sigmoid_focal_loss(inputs, targets, alpha, gamma, reduction):
+    """torchvision.ops.sigmoid_focal_loss, as torchvision writes it (the fall-back)."""
+    p = torch.sigmoid(inputs)
+    ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce_loss * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2, reduction="none"):
+    """Drop-in ``torchvision.ops.sigmoid_focal_loss`` (RetinaNet's focal loss of logits):
+    fastloss ``binary_focal_cross_entropy(from_logits=True, gamma=gamma, alpha=alpha)``,
+    ``alpha < 0`` meaning no class balancing, as in torchvision.
+
+    Where torchvision's ``1 - p_t`` cancels (``|inputs|`` beyond ~15, terms below ~1e-7
+    relative to the cross-entropy) the kernel's value is the exact one.
+    """
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"Invalid Value for arg 'reduction': '{reduction} \n Supported "
+                         f"reduction modes: 'none', 'mean', 'sum'")
+    torch_loss = functools.partial(_torchvision_sigmoid_focal_loss, alpha=alpha,
+                                   gamma=gamma, reduction=reduction)
+    return _elementwise(
+        lambda r: _cached_loss(fl.BinaryFocalCrossEntropy, from_logits=True, gamma=gamma,
+                               alpha=None if alpha < 0 else alpha, reduction=r),
+        inputs, targets, reduction, torch_loss, reads_input=True, integer_target=True)
+
+
 # -- layer 3: the modules ----------------------------------------------------------------
 # Subclasses of torch.nn's modules: the same constructor, attributes, registered buffers
 # (weight, pos_weight), state_dict and isinstance; only forward calls fastloss.
@@ -816,3 +884,18 @@ class MultiMarginLoss(torch.nn.MultiMarginLoss):
     def forward(self, input, target):
         return multi_margin_loss(input, target, p=self.p, margin=self.margin,
                                  weight=self.weight, reduction=self.reduction)
+
+
+class MultiLabelSoftMarginLoss(torch.nn.MultiLabelSoftMarginLoss):
+    """``torch.nn.MultiLabelSoftMarginLoss`` computed by :func:`multilabel_soft_margin_loss`."""
+
+    def forward(self, input, target):
+        return multilabel_soft_margin_loss(input, target, weight=self.weight,
+                                           reduction=self.reduction)
+
+
+class MultiLabelMarginLoss(torch.nn.MultiLabelMarginLoss):
+    """``torch.nn.MultiLabelMarginLoss`` computed by :func:`multilabel_margin_loss`."""
+
+    def forward(self, input, target):
+        return multilabel_margin_loss(input, target, reduction=self.reduction)

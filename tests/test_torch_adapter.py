@@ -1005,41 +1005,82 @@ def test_multi_margin_loss(row_losses, reduction, dtype, p, margin, weighted, rn
     assert len(fast) == 2
 
 
-class StandInMultilabelMargin(_StandIn):
-    def rows(self, x, label_sets):
-        return F.multilabel_margin_loss(x, label_sets, reduction="none")
-
-
-class StandInMultilabelSoftMargin(_StandIn):
-    def rows(self, x, target):
-        return F.multilabel_soft_margin_loss(x, target, reduction="none")
+LABEL_SETS = torch.tensor([[3, 0, -1, 2], [1, -1, 0, 0], [-1, 2, 2, 2], [0, 1, 2, 3],
+                           [2, 3, -1, -1]])
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_row_loss_helper_takes_label_sets_and_integer_targets(reduction, dtype, rng, fast):
-    """_row_loss with the targets of the multilabel losses: (N, C) int64 label sets padded
-    with -1 (one target per score, not per row), and (N, C) 0/1 integers read as the
-    input's dtype; batched and unbatched."""
+@pytest.mark.parametrize("weighted", [False, True])
+def test_multilabel_losses_match_torch(reduction, dtype, weighted, rng, fast):
+    """multilabel_margin_loss with (N, C) int64 label sets padded with -1, and
+    multilabel_soft_margin_loss with 0/1 targets (floats, or integers read as the input's
+    dtype) and per-class weights; batched and unbatched."""
     x = randn((5, 4), dtype, rng, requires_grad=True)
-    label_sets = torch.tensor([[3, 0, -1, 2], [1, -1, 0, 0], [-1, 2, 2, 2], [0, 1, 2, 3],
-                               [2, 3, -1, -1]])
     dense = torch.randint(0, 2, (5, 4), generator=rng)
-    cases = [(StandInMultilabelMargin, F.multilabel_margin_loss, label_sets, True,
-              dict(per_row=False)),
-             (StandInMultilabelSoftMargin, F.multilabel_soft_margin_loss, dense, False,
-              dict(integer_target=True))]
-    for stand_in, torch_function, target, labels, options in cases:
-        theirs = functools.partial(torch_function, reduction=reduction)
-
-        def ours(a, b):
-            return FL._row_loss(lambda: stand_in(reduction=reduction), a, b, labels,
-                                reduction, theirs, reads_input=True, max_ndim=2, **options)
-
+    weight = rand((4,), dtype, rng, 0.2, 2.0) if weighted else None
+    cases = [(functools.partial(FL.multilabel_soft_margin_loss, weight=weight),
+              functools.partial(F.multilabel_soft_margin_loss, weight=weight), target)
+             for target in (dense, dense.to(dtype))]
+    if not weighted:
+        cases.append((FL.multilabel_margin_loss, F.multilabel_margin_loss, LABEL_SETS))
+    for ours, theirs, target in cases:
+        ours = functools.partial(ours, reduction=reduction)
+        theirs = functools.partial(theirs, reduction=reduction)
         assert_same_as_torch(ours, theirs, (x, target), dtype)
         assert_same_as_torch(ours, theirs, (x[0].detach().requires_grad_(True), target[0]),
                              dtype)
-    assert len(fast) == 4
+    assert len(fast) == 2 * len(cases)
+
+
+def test_multilabel_losses_fall_back_where_the_kernel_cannot_run(rng, fast):
+    x = randn((2, 3, 4), torch.float64, rng, requires_grad=True)   # 3-D: torch's own
+    target = torch.randint(0, 2, (2, 3, 4), generator=rng).double()
+    assert_same_as_torch(FL.multilabel_soft_margin_loss, F.multilabel_soft_margin_loss,
+                         (x, target), torch.float64)
+    with pytest.raises(RuntimeError):                               # index out of range
+        FL.multilabel_margin_loss(x[0], torch.full((3, 4), 7))
+    assert fast == []
+
+
+def torchvision_sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2, reduction="none"):
+    """torchvision.ops.sigmoid_focal_loss as torchvision publishes it."""
+    p = torch.sigmoid(inputs)
+    ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce_loss * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+        loss = alpha_t * loss
+    if reduction == "mean":
+        loss = loss.mean()
+    elif reduction == "sum":
+        loss = loss.sum()
+    return loss
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2), (-1, 2), (0.6, 1.5), (0.25, 0)])
+def test_sigmoid_focal_loss_matches_torchvision(reduction, dtype, alpha, gamma, rng, fast):
+    x = (3 * randn((6, 5), dtype, rng)).requires_grad_(True)
+    targets = (torch.rand((6, 5), generator=rng) < 0.3).to(dtype)
+    assert_same_as_torch(
+        lambda a, b: FL.sigmoid_focal_loss(a, b, alpha=alpha, gamma=gamma, reduction=reduction),
+        lambda a, b: torchvision_sigmoid_focal_loss(a, b, alpha, gamma, reduction),
+        (x, targets), dtype)
+    assert len(fast) == 1
+    with pytest.raises(ValueError, match="Invalid Value for arg 'reduction'"):
+        FL.sigmoid_focal_loss(x, targets, reduction="batchmean")
+
+
+def test_sigmoid_focal_loss_alpha_beyond_one_is_torchvisions_formula(rng, fast):
+    x = randn((4, 3), torch.float64, rng, requires_grad=True)
+    targets = (torch.rand((4, 3), generator=rng) < 0.5).double()
+    assert_same_as_torch(lambda a, b: FL.sigmoid_focal_loss(a, b, alpha=1.5),
+                         lambda a, b: torchvision_sigmoid_focal_loss(a, b, alpha=1.5),
+                         (x, targets), torch.float64)
+    assert fast == []
 
 
 @pytest.mark.parametrize("name,make_args", [
@@ -1084,6 +1125,8 @@ ROW_LOSS_MODULES = [
     ("CrossEntropyLoss", dict(weight="classes", ignore_index=1, label_smoothing=0.1)),
     ("KLDivLoss", dict(reduction="batchmean", log_target=True)),
     ("MultiMarginLoss", dict(p=2, margin=0.7, weight="classes")),
+    ("MultiLabelSoftMarginLoss", dict(weight="classes")),
+    ("MultiLabelMarginLoss", dict(reduction="sum")),
 ]
 
 
@@ -1100,6 +1143,10 @@ def test_row_loss_modules(row_losses, name, kwargs, rng, fast):
     if name == "KLDivLoss":
         x = torch.log_softmax(x.detach(), 1).requires_grad_(True)
         target = torch.log_softmax(randn((6, 4), dtype, rng), 1)
+    elif name == "MultiLabelSoftMarginLoss":
+        target = torch.randint(0, 2, (6, 4), generator=rng).to(dtype)
+    elif name == "MultiLabelMarginLoss":
+        target = torch.cat([LABEL_SETS, LABEL_SETS[:1]])
     else:
         target = labels_for((6,), 4, rng)
     assert_same_as_torch(ours, theirs, (x, target), dtype)
