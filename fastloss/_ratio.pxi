@@ -16,7 +16,8 @@
 #   * Long groups (one ratio over a whole image or batch): each group is cut into chunks
 #     whose size depends only on the call; ``run_chunks`` computes every chunk's sums,
 #     a group's sums are the ordered sum of its chunks', then ``run_chunks`` writes the
-#     gradient of every chunk.
+#     gradient of every chunk; batch by batch of whole groups, so that the second pass
+#     finds y_true in a shared cache when a batch fits there.
 #   Either way threads take whole blocks or chunks and every sum is added in an order
 #   fixed by the call, so the results have the same bits with any thread count.
 #   * No input is range-checked (as Keras): any real y_pred and y_true are used as they
@@ -47,6 +48,13 @@ cdef struct Tversky:
 ctypedef fused RatioLoss:
     Dice
     Tversky
+
+
+cdef enum:
+    # Long groups are done in batches of whole groups of about this many elements (one
+    # group if longer): y_pred and y_true of a batch, 4 MiB in float32, stay in a
+    # shared cache between the sums and the gradient.
+    RATIO_BATCH_ELEMENTS = 1 << 19
 
 
 cdef struct GroupSums:
@@ -208,20 +216,21 @@ cdef inline void chunk_pass(const Chunks* chunks, Py_ssize_t c,
                        coefficients[2 * group + 1])
 
 
-cdef void run_chunks(const Chunks* chunks, const floating* restrict p,
-                     const floating* restrict t, double* restrict sums,
-                     floating* restrict g, const floating* restrict coefficients,
-                     int n_threads) noexcept nogil:
-    """chunk_pass over every chunk: serially, or by a team of up to ``n_threads``."""
+cdef void run_chunks(const Chunks* chunks, Py_ssize_t start, Py_ssize_t stop,
+                     const floating* restrict p, const floating* restrict t,
+                     double* restrict sums, floating* restrict g,
+                     const floating* restrict coefficients, int n_threads) noexcept nogil:
+    """chunk_pass over chunks start..stop-1: serially, or by a team of up to
+    ``n_threads``."""
     cdef Py_ssize_t c
-    cdef Team team = team_for(chunks.count, n_threads)
+    cdef Team team = team_for(stop - start, n_threads)
     if team.size <= 1:
-        for c in range(chunks.count):
+        for c in range(start, stop):
             chunk_pass(chunks, c, p, t, sums, g, coefficients)
         return
-    for c in prange(chunks.count, nogil=True, schedule="static", num_threads=team.size):
+    for c in prange(start, stop, nogil=True, schedule="static", num_threads=team.size):
         chunk_pass(chunks, c, p, t, sums, g, coefficients)
-        block_done(&team, c)
+        block_done(&team, c - start)
     team_finished(&team)
 
 
@@ -234,12 +243,18 @@ cdef double ratio_chunked(const RatioLoss* loss, const RatioParams* prm,
                           int* restrict flags) noexcept nogil:
     """Groups longer than a block: the chunks' sums (pass 1), each group's value and
     gradient coefficients from its chunks' sums in order, the gradient (pass 2).  The
-    scratch is 3 doubles a chunk and 2 numbers a group, a small fraction of the input."""
+    scratch is 3 doubles a chunk and 2 numbers a group, a small fraction of the input.
+
+    The passes run over batches of whole groups of about RATIO_BATCH_ELEMENTS elements
+    (one group if longer), so that pass 2 finds a batch's y_true still in the cache where
+    it fits (the bits do not depend on the batches: a group's chunks are added in order
+    whatever they are)."""
     cdef Chunks chunks
     cdef double acc = 0, v, slope, offset, scale
     cdef GroupSums s
     cdef floating w
-    cdef Py_ssize_t k, first
+    cdef Py_ssize_t k, first, batch, stop
+    cdef Py_ssize_t per_batch = max(RATIO_BATCH_ELEMENTS // group_len, 1)
     chunks.group_len = group_len
     chunks.length = chunk
     chunks.per_group = block_count(group_len, chunk)
@@ -253,23 +268,29 @@ cdef double ratio_chunked(const RatioLoss* loss, const RatioParams* prm,
         free(coefficients)
         flags[0] |= OUT_OF_MEMORY
         return 0
-    run_chunks(&chunks, p, t, sums, <floating*>NULL, coefficients, n_threads)
-    for k in range(n_groups):
-        first = k * chunks.per_group
-        s.overlap = ordered_sum(sums + first, chunks.per_group)
-        s.target = ordered_sum(sums + chunks.count + first, chunks.per_group)
-        s.pred = ordered_sum(sums + 2 * chunks.count + first, chunks.per_group)
-        v = ratio_of(loss, prm, s, &slope, &offset)
-        w = group_weight(weight, groups_per_weight, k)
-        acc += w * v
-        if values != NULL:
-            values[k] = <floating>(w * v)
+    batch = 0
+    while batch < n_groups:
+        stop = min(batch + per_batch, n_groups)
+        run_chunks(&chunks, batch * chunks.per_group, stop * chunks.per_group, p, t, sums,
+                   <floating*>NULL, coefficients, n_threads)
+        for k in range(batch, stop):
+            first = k * chunks.per_group
+            s.overlap = ordered_sum(sums + first, chunks.per_group)
+            s.target = ordered_sum(sums + chunks.count + first, chunks.per_group)
+            s.pred = ordered_sum(sums + 2 * chunks.count + first, chunks.per_group)
+            v = ratio_of(loss, prm, s, &slope, &offset)
+            w = group_weight(weight, groups_per_weight, k)
+            acc += w * v
+            if values != NULL:
+                values[k] = <floating>(w * v)
+            if g != NULL:
+                scale = <double>grad_scale * w
+                coefficients[2 * k] = <floating>(scale * slope)
+                coefficients[2 * k + 1] = <floating>(scale * offset)
         if g != NULL:
-            scale = <double>grad_scale * w
-            coefficients[2 * k] = <floating>(scale * slope)
-            coefficients[2 * k + 1] = <floating>(scale * offset)
-    if g != NULL:
-        run_chunks(&chunks, p, t, sums, g, coefficients, n_threads)
+            run_chunks(&chunks, batch * chunks.per_group, stop * chunks.per_group, p, t,
+                       sums, g, coefficients, n_threads)
+        batch = stop
     free(sums)
     free(coefficients)
     return acc

@@ -117,10 +117,11 @@ def assert_keras_values_and_same_bits_on_1_and_2_threads(name, params, cases, rn
 @pytest.mark.parametrize("name, params", LOSSES, ids=LOSS_IDS)
 def test_long_groups_go_through_chunks_and_match_keras_with_any_thread_count(
         name, params, rng, set_threads):
-    """Groups longer than a block: sums by chunks, then the gradient."""
+    """Groups longer than a block: sums by chunks, then the gradient (40 x 20001: in
+    two batches of groups)."""
     assert_keras_values_and_same_bits_on_1_and_2_threads(
         name, params, [((200003,), None), ((3, 70001), -1), ((2, 3, 20011), (0, 2)),
-                       ((5, 40000), (1,))], rng, set_threads)
+                       ((5, 40000), (1,)), ((40, 20001), -1)], rng, set_threads)
 
 
 @pytest.mark.parametrize("name, params", LOSSES[:2], ids=LOSS_IDS[:2])
