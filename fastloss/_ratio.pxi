@@ -117,12 +117,17 @@ cdef inline GroupSums group_sums(const floating* restrict p, const floating* res
 
 
 cdef inline void ratio_gradient(const floating* restrict t, floating* restrict g,
-                                Py_ssize_t n, floating slope,
-                                floating offset) noexcept nogil:
-    """g_i = slope t_i + offset: a group's (scaled) gradient, which needs only y_true."""
+                                Py_ssize_t n, double slope, double offset) noexcept nogil:
+    """g_i = slope t_i + offset: a group's (scaled) gradient, which needs only y_true.
+
+    In float64 also for float32 data: the two terms cancel where t_i (alpha P + beta T +
+    eps) is close to alpha I (Tversky with beta = 0 on a group of equal targets, whose
+    gradient is ~eps / S^2), and coefficients rounded to float32 first would leave only
+    their rounding error there.
+    """
     cdef Py_ssize_t i
     for i in range(n):
-        g[i] = slope * t[i] + offset
+        g[i] = <floating>(slope * t[i] + offset)
 
 
 cdef inline floating group_weight(const floating* restrict weight,
@@ -154,8 +159,7 @@ cdef double ratio_groups(const RatioLoss* loss, const RatioParams* prm,
             values[k] = <floating>(w * v)
         if g != NULL:
             scale = <double>grad_scale * w
-            ratio_gradient(t + at, g + at, group_len, <floating>(scale * slope),
-                           <floating>(scale * offset))
+            ratio_gradient(t + at, g + at, group_len, scale * slope, scale * offset)
     return acc
 
 
@@ -198,7 +202,7 @@ cdef struct Chunks:
 cdef inline void chunk_pass(const Chunks* chunks, Py_ssize_t c,
                             const floating* restrict p, const floating* restrict t,
                             double* restrict sums, floating* restrict g,
-                            const floating* restrict coefficients) noexcept nogil:
+                            const double* restrict coefficients) noexcept nogil:
     """Chunk c: with ``g`` NULL its sums (into sums[c], sums[count + c] and
     sums[2 count + c]), else its gradient from its group's two coefficients."""
     cdef Py_ssize_t group = c // chunks.per_group
@@ -219,7 +223,7 @@ cdef inline void chunk_pass(const Chunks* chunks, Py_ssize_t c,
 cdef void run_chunks(const Chunks* chunks, Py_ssize_t start, Py_ssize_t stop,
                      const floating* restrict p, const floating* restrict t,
                      double* restrict sums, floating* restrict g,
-                     const floating* restrict coefficients, int n_threads) noexcept nogil:
+                     const double* restrict coefficients, int n_threads) noexcept nogil:
     """chunk_pass over chunks start..stop-1: serially, or by a team of up to
     ``n_threads``."""
     cdef Py_ssize_t c
@@ -243,7 +247,7 @@ cdef double ratio_chunked(const RatioLoss* loss, const RatioParams* prm,
                           int* restrict flags) noexcept nogil:
     """Groups longer than a block: the chunks' sums (pass 1), each group's value and
     gradient coefficients from its chunks' sums in order, the gradient (pass 2).  The
-    scratch is 3 doubles a chunk and 2 numbers a group, a small fraction of the input.
+    scratch is 3 doubles a chunk and 2 a group, a small fraction of the input.
 
     The passes run over batches of whole groups of about RATIO_BATCH_ELEMENTS elements
     (one group if longer), so that pass 2 finds a batch's y_true still in the cache where
@@ -260,9 +264,9 @@ cdef double ratio_chunked(const RatioLoss* loss, const RatioParams* prm,
     chunks.per_group = block_count(group_len, chunk)
     chunks.count = n_groups * chunks.per_group
     cdef double* sums = <double*>malloc(3 * chunks.count * sizeof(double))
-    cdef floating* coefficients = NULL
+    cdef double* coefficients = NULL
     if g != NULL:
-        coefficients = <floating*>malloc(2 * n_groups * sizeof(floating))
+        coefficients = <double*>malloc(2 * n_groups * sizeof(double))
     if sums == NULL or (g != NULL and coefficients == NULL):
         free(sums)
         free(coefficients)
@@ -285,8 +289,8 @@ cdef double ratio_chunked(const RatioLoss* loss, const RatioParams* prm,
                 values[k] = <floating>(w * v)
             if g != NULL:
                 scale = <double>grad_scale * w
-                coefficients[2 * k] = <floating>(scale * slope)
-                coefficients[2 * k + 1] = <floating>(scale * offset)
+                coefficients[2 * k] = scale * slope
+                coefficients[2 * k + 1] = scale * offset
         if g != NULL:
             run_chunks(&chunks, batch * chunks.per_group, stop * chunks.per_group, p, t,
                        sums, g, coefficients, n_threads)

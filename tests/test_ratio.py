@@ -221,6 +221,22 @@ def test_float32_at_its_largest_values_is_finite_and_exact_to_rounding(name, par
     np.testing.assert_allclose(grad, want_grad, rtol=0, atol=2 * 2.0 ** -149)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_a_gradient_whose_terms_cancel_is_exact_to_rounding(dtype):
+    """Tversky without false negatives on groups of equal targets: d/dp_i = -(t_i (alpha
+    P + eps) - alpha I) / S^2 = -eps t / S^2, its two terms equal to 7 digits or more.
+    The coefficients stay in float64 until the product with t_i, so float32 gets its
+    own rounding, float64 that of terms of P / eps times the result (~1e-8 here)."""
+    pred = np.array([[1e-3, 0.5], [0.5, 0.25], [2.0, 3.0]], dtype=dtype)
+    target = np.ones_like(pred)
+    params = {"alpha": 1.0, "beta": 0.0}
+    for axis, rows in [(-1, pred), (None, pred.reshape(1, -1))]:
+        grad = fl.Tversky(axis=axis, reduction="sum", **params).grad(pred, target)
+        _, want = exact_value_and_grad("tversky", rows, np.ones_like(rows), params)
+        np.testing.assert_allclose(grad.reshape(want.shape), want,
+                                   rtol=1e-6 if dtype == np.float32 else 1e-7)
+
+
 @pytest.mark.parametrize("name, params", LOSSES[:2], ids=LOSS_IDS[:2])
 def test_nan_spreads_over_its_group_only(name, params, rng):
     pred, target = masks_and_probabilities(rng, (3, 20))
