@@ -7,13 +7,14 @@
 from ._base import Loss
 from ._dispatch import kernels as _kernels
 from ._pointwise import POINTWISE_LOSSES
+from ._ratio import RATIO_LOSSES
 from ._rows import ROW_LOSSES
 from ._threads import get_num_threads, set_num_threads
 from ._validation import InvalidParameterError
 
 __version__ = "0.2.0"
 
-_REGISTRY = {cls.name: cls for cls in POINTWISE_LOSSES + ROW_LOSSES}
+_REGISTRY = {cls.name: cls for cls in POINTWISE_LOSSES + ROW_LOSSES + RATIO_LOSSES}
 # Every registered loss class is public under its own name (fl.Huber, ...): a loss is
 # registered once, in its module's tuple, and appears here and in fl.available().
 globals().update({cls.__name__: cls for cls in _REGISTRY.values()})
@@ -112,4 +113,4 @@ def config():
 
 __all__ = ["Loss", "available", "get", "show_config", "config", "set_num_threads",
            "get_num_threads", "InvalidParameterError"] + [
-               c.__name__ for c in POINTWISE_LOSSES + ROW_LOSSES]
+               c.__name__ for c in POINTWISE_LOSSES + ROW_LOSSES + RATIO_LOSSES]

@@ -32,7 +32,7 @@ class Loss:
     reduction : {"mean", "sum", "none"}, default "mean"
         "mean" divides the (weighted) sum of the terms by their count, "sum" returns the
         sum, "none" returns the terms themselves (one per element for pointwise losses,
-        one per row for row losses).
+        one per row for row losses, one per ratio for ratio losses).
     """
 
     #: registry name, as used by :func:`fastloss.get`
@@ -55,8 +55,8 @@ class Loss:
         Parameters
         ----------
         y_pred : array_like
-            The predictions: any shape for a pointwise loss, (N, C) scores for a row
-            loss.  float32 and float64 are computed in their own precision, float16 in
+            The predictions: any shape for a pointwise or ratio loss, (N, C) scores for
+            a row loss.  float32 and float64 are computed in their own precision, float16 in
             float32, integers and booleans in float64.  Any layout (strided,
             byte-swapped, unaligned, nested lists) is accepted and copied once.
         y_true : array_like
@@ -67,14 +67,16 @@ class Loss:
             ``multilabel_margin``.
         sample_weight : array_like of shape (N,), optional
             One weight per sample along the first axis of ``y_pred``, multiplying that
-            sample's terms; ``"mean"`` still divides by the unweighted count.
+            sample's terms; ``"mean"`` still divides by the unweighted count.  (A ratio
+            loss takes it only with axis 0 kept.)
 
         Returns
         -------
         float or ndarray
             A Python float for ``"mean"`` and ``"sum"``.  For ``"none"`` a new ndarray
             of the (weighted) terms in the dtype ``y_pred`` is computed in: ``y_pred``'s
-            shape for a pointwise loss, (N,) for a row loss.
+            shape for a pointwise loss, (N,) for a row loss, the shape of the axes not
+            summed over for a ratio loss (0-d for ``axis=None``).
 
         Raises
         ------

@@ -41,7 +41,8 @@ cdef extern from *:
     int fastloss_omp_max_threads()
 
 
-cdef double KERAS_EPSILON = 1e-7   # keras.backend.epsilon(): msle, mape, probabilities
+cdef double KERAS_EPSILON = 1e-7   # keras.backend.epsilon(): msle, mape, probabilities,
+                                   # dice and tversky
 
 
 cdef inline floating keras_clip(floating q) noexcept nogil:
@@ -333,3 +334,4 @@ def build_info():
 
 include "_pointwise.pxi"
 include "_rows.pxi"
+include "_ratio.pxi"

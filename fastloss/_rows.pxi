@@ -575,6 +575,9 @@ cdef inline double multilabel_soft_margin_row(const RowParams* restrict prm,
             total += cw[c] * logistic_cross_entropy(x[c], t[c], one, &grad, &sig,
                                                     &sig_minus)
             g[c] = k * cw[c] * grad
+    return sw * (total / C)
+
+
 cdef inline double multilabel_margin_row(const RowParams* restrict prm,
                                          const floating* restrict x, floating* restrict g,
                                          const label_t* restrict y,

@@ -391,6 +391,25 @@ def check_fraction(name, value):
     return value
 
 
+def check_axis(name, value):
+    """None, an int or a non-empty sequence of distinct ints: as None or a tuple of ints."""
+    if value is None:
+        return None
+    items = (value,) if _is_int(value) else value
+    if not isinstance(items, (tuple, list)) or not items or not all(map(_is_int, items)):
+        raise InvalidParameterError(
+            f"{name} must be None, an int or a non-empty tuple of ints, got {value!r}")
+    axes = tuple(int(item) for item in items)
+    if len(set(axes)) != len(axes):
+        raise InvalidParameterError(f"{name} must not repeat an axis, got {value!r}")
+    return axes
+
+
+def _is_int(value):
+    """An integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def check_bool(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise InvalidParameterError(f"{name} must be True or False, got {value!r}")

@@ -32,6 +32,13 @@ def run_python(code, env=None, timeout=60):
     return result.stdout
 
 
+def loss_modules():
+    """The modules of fastloss whose losses call the kernels (each holds the kernel module
+    as ``kernels``): where a test swaps in the kernels of another ISA level."""
+    return sorted({sys.modules[type(fastloss.get(name)).__module__]
+                   for name in fastloss.available()}, key=lambda module: module.__name__)
+
+
 def kernel_modules():
     """Every kernel module built here and runnable on this CPU, by ISA level."""
     modules = {}

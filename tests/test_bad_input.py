@@ -11,6 +11,7 @@ import pytest
 
 import fastloss as fl
 from fastloss import _pointwise, _rows
+from helpers import loss_modules
 
 N, C = 6, 5
 SHAPE = (N, C)
@@ -40,6 +41,8 @@ CASES = {
     "sparse_logits": (lambda: fl.SparseCategoricalCrossEntropy(
         from_logits=True, class_weight=np.linspace(0.5, 2, C)), "labels"),
     "multi_margin": (lambda: fl.MultiMargin(p=2), "labels"),
+    "dice": (lambda: fl.Dice(axis=-1), "probabilities"),
+    "tversky": (lambda: fl.Tversky(alpha=0.3, beta=0.7, axis=(1,)), "probabilities"),
 }
 LABEL_LOSSES = ["sparse", "sparse_logits", "multi_margin"]
 
@@ -84,7 +87,7 @@ class _KernelsCheckingTheirArrays:
     """The kernel module, with every array argument of a kernel asserted to be aligned,
     native-order and C-contiguous."""
 
-    KERNELS = ("pointwise", "dense_rows", "sparse_rows", "label_matrix_rows")
+    KERNELS = ("pointwise", "dense_rows", "sparse_rows", "label_matrix_rows", "ratio")
 
     def __init__(self, real):
         self._real = real
@@ -109,8 +112,8 @@ class _KernelsCheckingTheirArrays:
 @pytest.fixture
 def checked_kernels(monkeypatch):
     proxy = _KernelsCheckingTheirArrays(_pointwise.kernels)
-    monkeypatch.setattr(_pointwise, "kernels", proxy)
-    monkeypatch.setattr(_rows, "kernels", proxy)
+    for module in loss_modules():
+        monkeypatch.setattr(module, "kernels", proxy)
     return proxy
 
 

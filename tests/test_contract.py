@@ -33,7 +33,7 @@ from fastloss._tools import reference
 from fastloss._tools.check import finite_differences
 from fastloss._tools.reference import REFERENCES
 
-from helpers import kernel_modules
+from helpers import kernel_modules, loss_modules
 
 #: classes: the per-class parameters of the reference variants (pos_weight,
 #: class_weight) have this many entries, so every shape ends with it
@@ -69,6 +69,14 @@ class Case:
     def rows(self):
         """Whether the loss has one term per row of an (N, C) y_pred."""
         return self.ref is not None and self.ref.rows
+
+    def terms_shape(self, shape):
+        """The shape of the values of reduction "none" for a y_pred of ``shape``."""
+        return self.reference().terms_shape(shape, self.params)
+
+    def weighable(self, shape):
+        """Whether a call on a y_pred of ``shape`` takes a sample_weight."""
+        return self.reference().weighable(shape, self.params)
 
     def reference(self):
         if self.ref is None:
@@ -128,9 +136,12 @@ def per_class(case):
 def shapes(case):
     """Pointwise: 1-D (one weight per element; C long with per-class parameters), rows
     of C (the general loop), rows of 13 C (>= 16 elements per weight: the per-row loop).
-    Row losses: (N, C)."""
+    Row losses: (N, C).  Ratio losses: (N, C) and (3, 13, C) (whose ratios over axis 1
+    are not over the trailing axes)."""
     if case.kind == "pointwise":
         return [(C,) if per_class(case) else (37,), (N, C), (3, 13, C)]
+    if case.kind == "ratio":
+        return [(N, C), (3, 13, C)]
     return [(N, C)]
 
 
@@ -190,12 +201,22 @@ def grad_dtype(dtype):
     return dtype if dtype == np.float16 else compute_dtype(dtype)
 
 
-def weights(rng, n, dtype):
-    """Per-sample weights in [0, 2) (one of them 0) of y_pred's float dtype."""
+def weights(case, rng, shape, dtype):
+    """Per-sample weights in [0, 2) (one of them 0) of y_pred's float dtype for a y_pred
+    of ``shape``; None where the case takes no sample_weight (a ratio loss summing over
+    axis 0)."""
+    if not case.weighable(shape):
+        return None
+    n = shape[0]
     w = rng.uniform(0.0, 2.0, n)
     if n > 1:
         w[1] = 0.0
     return w.astype(dtype if np.dtype(dtype).kind == "f" else np.float64)
+
+
+def cast(array, dtype):
+    """``array.astype(dtype)``, or None for None."""
+    return None if array is None else array.astype(dtype)
 
 
 def widen(array):
@@ -315,7 +336,9 @@ def test_value_and_gradient_match_the_numpy_reference(case, shape, dtype, weight
     sample_weight; the gradient returned fresh or written into ``out``, which is then
     returned itself."""
     pred, target = case.inputs(rng, shape, dtype)
-    weight = weights(rng, shape[0], dtype) if weighted else None
+    weight = weights(case, rng, shape, dtype) if weighted else None
+    if weighted and weight is None:
+        pytest.skip("this variant takes no sample_weight")
     for reduction in REDUCTIONS:
         loss = case.loss(reduction)
         want_value, want_grad = expected(case, reduction, pred, target, weight)
@@ -339,7 +362,7 @@ def test_value_and_gradient_match_the_numpy_reference(case, shape, dtype, weight
             what = f"{reduction}: value of {what}"
             if reduction == "none":
                 assert isinstance(v, np.ndarray) and v.dtype == compute_dtype(dtype), what
-                assert v.shape == (pred.shape[:1] if case.rows else pred.shape), what
+                assert v.shape == case.terms_shape(pred.shape), what
             else:
                 assert type(v) is float, what
             assert_close(v, want_value, compute_dtype(dtype), what)
@@ -388,7 +411,7 @@ def entry_point_differences(case, pred, target, weight):
 def test_call_grad_and_value_and_grad_agree_to_rounding_and_repeat_their_bits(
         case, shape, dtype, rng):
     pred, target = case.inputs(rng, shape, dtype)
-    for weight in (None, weights(rng, shape[0], dtype)):
+    for weight in (None, weights(case, rng, shape, dtype)):
         first = entry_point_differences(case, pred, target, weight)
         again = entry_point_differences(case, pred, target, weight)
         for (what, actual, fused), (_, actual_again, _) in zip(first, again):
@@ -402,7 +425,7 @@ def test_call_grad_and_value_and_grad_agree_to_rounding_and_repeat_their_bits(
 def test_none_has_the_gradient_of_the_sum_and_mean_divides_by_the_count(case, shape,
                                                                         dtype, rng):
     pred, target = case.inputs(rng, shape, dtype)
-    weight = weights(rng, shape[0], dtype)
+    weight = weights(case, rng, shape, dtype)
     values, grad_none = case.loss("none").value_and_grad(pred, target, weight)
     total, grad_sum = case.loss("sum").value_and_grad(pred, target, weight)
     mean, grad_mean = case.loss("mean").value_and_grad(pred, target, weight)
@@ -422,9 +445,9 @@ def test_none_has_the_gradient_of_the_sum_and_mean_divides_by_the_count(case, sh
 def test_one_and_two_threads_give_the_same_bits(case, dtype, rng, set_threads,
                                                 parallel_always):
     """Small inputs take the threaded path here; blocks depend on the input only."""
-    for shape in [(N, C), (61, C)] + ([(3, 13, C)] if case.kind == "pointwise" else []):
+    for shape in [(N, C), (61, C)] + ([] if case.rows else [(3, 13, C)]):
         pred, target = case.inputs(rng, shape, dtype)
-        weight = weights(rng, shape[0], dtype)
+        weight = weights(case, rng, shape, dtype)
         for reduction in ("mean", "none"):
             loss = case.loss(reduction)
             for w in (None, weight):
@@ -440,7 +463,7 @@ def test_threads_give_the_same_bits_above_the_real_threshold(case, rng, set_thre
     """Without lowering the threshold: an input just large enough to be split."""
     shape = (_threads.PARALLEL_MIN_WORK // C + 7, C)
     pred, target = case.inputs(rng, shape, np.float32)
-    weight = weights(rng, shape[0], np.float32)
+    weight = weights(case, rng, shape, np.float32)
     loss = case.loss()
     set_threads(1)
     serial = loss.value_and_grad(pred, target, weight)
@@ -465,7 +488,7 @@ def test_every_built_isa_level_agrees_with_the_default(case, dtype, rng, monkeyp
         pytest.skip("only one kernel module built")
     shape = shapes(case)[-1]
     pred, target = case.inputs(rng, shape, dtype)
-    weight = weights(rng, shape[0], dtype)
+    weight = weights(case, rng, shape, dtype)
 
     def run():
         return [np.asarray(a, dtype=np.float64)
@@ -475,8 +498,8 @@ def test_every_built_isa_level_agrees_with_the_default(case, dtype, rng, monkeyp
     default = run()
     rtol = ISA_RTOL[np.dtype(dtype)]
     for level, module in modules.items():
-        monkeypatch.setattr(fl._pointwise, "kernels", module)
-        monkeypatch.setattr(fl._rows, "kernels", module)
+        for loss_module in loss_modules():
+            monkeypatch.setattr(loss_module, "kernels", module)
         results = run()
         assert len(results) == len(default)
         for got, want in zip(results, default):
@@ -497,6 +520,7 @@ def test_gradient_matches_central_finite_differences(case, reduction, weighted, 
     """float64, on the reference's inputs (away from kinks and clipping thresholds)."""
     shape = (4, C) if case.rows else (3, C)
     pred, target = case.inputs(rng, shape)
+    weighted = weighted and case.weighable(shape)
     weight = rng.uniform(0.5, 2.0, shape[0]) if weighted else None
     loss = case.loss(reduction)
     grad = loss.grad(pred, target, weight)
@@ -514,7 +538,7 @@ def test_gradient_matches_central_finite_differences(case, reduction, weighted, 
 @by_case()
 def test_pickle_and_deepcopy_give_an_equal_loss_with_equal_results(case, clone, rng):
     pred, target = case.inputs(rng, (N, C))
-    weight = weights(rng, N, np.float64)
+    weight = weights(case, rng, (N, C), np.float64)
     for reduction in ("sum", "none"):
         loss = case.loss(reduction)
         again = clone(loss)
@@ -527,7 +551,7 @@ def test_pickle_and_deepcopy_give_an_equal_loss_with_equal_results(case, clone, 
 @by_case()
 def test_arguments_by_keyword(case, rng):
     pred, target = case.inputs(rng, (N, C))
-    weight = weights(rng, N, np.float64)
+    weight = weights(case, rng, (N, C), np.float64)
     loss = case.loss()
     value, grad = loss.value_and_grad(pred, target, weight)
     assert loss(y_pred=pred, y_true=target, sample_weight=weight) == value
@@ -545,17 +569,17 @@ def test_results_are_fresh_arrays(case, reduction, rng):
     """No buffer is shared between calls or with the inputs."""
     loss = case.loss(reduction)
     pred, target = case.inputs(rng, (N, C))
-    weight = weights(rng, N, np.float64)
+    weight = weights(case, rng, (N, C), np.float64)
     value1, grad1 = loss.value_and_grad(pred, target, weight)
     kept = snapshot(grad1, value1)
     pred2, target2 = case.inputs(rng, (N, C))
-    weight2 = weights(rng, N, np.float64)
+    weight2 = weights(case, rng, (N, C), np.float64)
     value2, grad2 = loss.value_and_grad(pred2, target2, weight2)
     grad3 = loss.grad(pred2, target2, weight2)
     assert_unchanged([grad1, np.asarray(value1)], kept)
     for array in (grad1, grad2, grad3):
         for other in (pred, target, weight, pred2, target2, weight2):
-            assert not np.shares_memory(array, other)
+            assert other is None or not np.shares_memory(array, other)
     assert not np.shares_memory(grad1, grad2) and not np.shares_memory(grad2, grad3)
     if reduction == "none":
         assert not np.shares_memory(value2, grad2)
@@ -569,7 +593,9 @@ def test_calls_with_out_allocate_nothing_of_the_data_size(case, dtype, weighted,
     """With ``out=`` and inputs ready for the kernels: a few KiB at most unweighted (the
     one-check fast path), nothing of the data's size with sample_weight."""
     pred, target = case.inputs(rng, (4000, C), dtype)
-    weight = weights(rng, 4000, dtype) if weighted else None
+    weight = weights(case, rng, (4000, C), dtype) if weighted else None
+    if weighted and weight is None:
+        pytest.skip("this variant takes no sample_weight")
     loss = case.loss()
     out = np.empty_like(pred)
     loss.value_and_grad(pred, target, weight, out=out)  # warm up (imports, caches)
@@ -623,19 +649,20 @@ def test_other_layouts_give_the_bits_of_contiguous_inputs_and_are_not_modified(
     y_true and sample_weight: the results of C-contiguous native arrays, bit for bit, in
     the same dtypes; the arrays given are left as they were."""
     pred, target = case.inputs(rng, (N, C), dtype)
-    weight = weights(rng, N, dtype)
+    weight = weights(case, rng, (N, C), dtype)
     for layout, convert in LAYOUTS.items():
-        p, t, w = convert(pred), convert(target), convert(weight)
+        p, t = convert(pred), convert(target)
+        w = None if weight is None else convert(weight)
+        converted = [a for a in (p, t, w) if a is not None]
         np.testing.assert_array_equal(p, pred)
         if layout == "read_only":
-            assert not (p.flags.writeable or t.flags.writeable or w.flags.writeable)
+            assert not any(a.flags.writeable for a in converted)
         elif layout == "byte_swapped":
-            assert not (p.dtype.isnative or t.dtype.isnative or w.dtype.isnative)
+            assert not any(a.dtype.isnative for a in converted)
         elif layout == "fortran":
             assert not p.flags.c_contiguous
         else:
-            assert not (p.flags.c_contiguous or t.flags.c_contiguous
-                        or w.flags.c_contiguous)
+            assert not any(a.flags.c_contiguous for a in converted)
         kept = snapshot(p, t, w)
         for reduction in ("mean", "none"):
             loss = case.loss(reduction)
@@ -656,13 +683,13 @@ def test_half_predictions_are_computed_in_float32(case, rng):
     """float16 y_pred (and y_true, sample_weight) give the float32 results of the same
     values, the gradient rounded to float16."""
     pred, target = case.inputs(rng, (N, C), np.float16)
-    weight = weights(rng, N, np.float16)
+    weight = weights(case, rng, (N, C), np.float16)
     for reduction in REDUCTIONS:
         loss = case.loss(reduction)
         value, grad, fused_value, fused_grad = outputs(loss, pred, target, weight)
         want_value, want_grad = loss.value_and_grad(
             pred.astype(np.float32), widen(target).astype(np.float32)
-            if target.dtype.kind == "f" else target, weight.astype(np.float32))
+            if target.dtype.kind == "f" else target, cast(weight, np.float32))
         assert_same_bits([value, grad, fused_value, fused_grad],
                          [want_value, want_grad.astype(np.float16)] * 2, reduction)
 
@@ -670,7 +697,7 @@ def test_half_predictions_are_computed_in_float32(case, rng):
 @by_case()
 def test_integer_and_bool_predictions_of_any_width_are_computed_in_float64(case, rng):
     pred, target = case.inputs(rng, (N, C), np.int64)
-    weight = weights(rng, N, np.float64)
+    weight = weights(case, rng, (N, C), np.float64)
     loss = case.loss("none")
     want = outputs(loss, pred.astype(np.float64), target, weight)
     assert want[1].dtype == np.float64
@@ -708,14 +735,16 @@ def test_target_and_weight_of_other_dtypes_are_cast_to_the_prediction_dtype(case
                                                                             rng):
     pred, target = case.inputs(rng, (N, C), dtype)
     other = np.float32 if dtype == np.float64 else np.float64
-    weight = weights(rng, N, other)
+    weight = weights(case, rng, (N, C), other)
     loss = case.loss("none")
     for name, (given, as_read) in target_versions(case, target, dtype).items():
         kept = snapshot(given, weight)
         got = outputs(loss, pred, given, weight)
         assert got[0].dtype == dtype and got[1].dtype == dtype
-        assert_same_bits(got, outputs(loss, pred, as_read, weight.astype(dtype)), name)
+        assert_same_bits(got, outputs(loss, pred, as_read, cast(weight, dtype)), name)
         assert_unchanged((given, weight), kept)
+    if weight is None:
+        return
     int_weight = np.arange(N) % 3
     assert_same_bits(outputs(loss, pred, target, int_weight),
                      outputs(loss, pred, target, int_weight.astype(dtype)), "int weights")
@@ -726,28 +755,35 @@ def test_target_and_weight_of_other_dtypes_are_cast_to_the_prediction_dtype(case
 # ---------------------------------------------------------------------------------------
 def empty_shapes(case):
     """No rows; for pointwise losses without per-class parameters (which need the last
-    axis to be C) also a 1-D batch of nothing and rows of no element."""
+    axis to be C) also a 1-D batch of nothing and rows of no element; for ratio losses
+    also rows of no element."""
     if case.kind == "pointwise" and not per_class(case):
         return [(0, C), (0,), (3, 0)]
+    if case.kind == "ratio":
+        return [(0, C), (3, 0)]
     return [(0, C)]
 
 
 @by_case()
 def test_empty_batch(case, rng):
-    """Mean of nothing is NaN (as torch), a sum 0, "none" an empty array."""
+    """Mean of no term is NaN (as torch), a sum 0, "none" an empty array.  A term of no
+    element (a ratio loss over an empty axis, or over everything with axis=None) is the
+    reference's value of empty sums (Dice: 1 - 0 / 1e-7 = 1)."""
     for shape in empty_shapes(case):
         pred, target = case.inputs(rng, shape)
+        count = case.count(pred, target)
         for reduction in REDUCTIONS:
             loss = case.loss(reduction)
-            for weight in (None, np.ones(shape[0])):
+            for weight in (None, np.ones(shape[0]) if case.weighable(shape) else None):
                 value, grad = loss.value_and_grad(pred, target, weight)
                 assert grad.shape == shape and grad.dtype == pred.dtype
-                if reduction == "mean":
-                    assert math.isnan(value)
-                elif reduction == "sum":
-                    assert value == 0.0
-                else:
-                    assert value.shape == (shape[:1] if case.rows else shape)
+                if reduction == "none":
+                    assert value.shape == case.terms_shape(shape)
+                elif count == 0:
+                    assert math.isnan(value) if reduction == "mean" else value == 0.0
+                if count:
+                    assert_close(value, expected(case, reduction, pred, target, weight)[0],
+                                 pred.dtype)
                 assert_same_bits([loss(pred, target, weight)], [value])
 
 
@@ -790,7 +826,7 @@ def test_wrong_rank_of_a_row_loss_names_y_pred_and_its_shape(case, rng):
 @by_case()
 def test_wrong_sample_weight_shape_names_sample_weight(case, rng):
     pred, target = case.inputs(rng, (N, C))
-    weight = weights(rng, N, np.float64)
+    weight = rng.uniform(0.0, 2.0, N)
     loss = case.loss()
     for bad in (weight[:-1], np.append(weight, 1.0), weight[:, None], np.ones(N * C),
                 np.float64(2.0), np.ones((N, C))):
@@ -800,6 +836,11 @@ def test_wrong_sample_weight_shape_names_sample_weight(case, rng):
                 call(pred, target, bad)
     with pytest.raises(TypeError, match="^sample_weight: .*<U"):
         loss(pred, target, weight.astype(str))
+    if not case.weighable(pred.shape):
+        # a ratio loss summing over axis 0: its values are not per sample
+        for call in (loss, loss.grad, loss.value_and_grad):
+            with pytest.raises(ValueError, match=r"^sample_weight: .*axis 0"):
+                call(pred, target, weight)
 
 
 @by_case()
@@ -875,7 +916,7 @@ def test_numpy_reference_agrees_with_the_torch_reference(case, rng):
     (autograd for the gradient), for every reduction, with and without weights."""
     torch = pytest.importorskip("torch")
     pred, target = case.inputs(rng, (N, C))
-    for weight in (None, weights(rng, N, np.float64)):
+    for weight in (None, weights(case, rng, (N, C), np.float64)):
         for reduction in REDUCTIONS:
             want_value, want_grad = expected(case, reduction, pred, target, weight)
             x = torch.tensor(pred, requires_grad=True)
@@ -904,7 +945,7 @@ def test_many_sizes_match_the_reference_with_one_and_two_threads(case, dtype,
             pred, target = case.inputs(rng, shape, dtype)
             if case.count(pred, target) == 0:
                 continue  # every row ignored: test_rows.py has torch's NaN and 0 gradient
-            weight = weights(rng, shape[0], dtype)
+            weight = weights(case, rng, shape, dtype)
             loss = case.loss()
             want_value, want_grad = expected(case, "mean", pred, target, weight)
             results = []

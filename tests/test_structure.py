@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastloss as fl
-from fastloss import _dispatch, _pointwise, _rows, _source_hash
+from fastloss import _dispatch, _pointwise, _ratio, _rows, _source_hash
 from fastloss._dispatch import kernels
 
 PACKAGE_DIR = Path(fl.__file__).resolve().parent
@@ -24,7 +24,8 @@ def every_loss():
 
 
 def test_every_kernel_id_is_an_entry_of_the_kernels_table():
-    tables = {_pointwise.PointwiseLoss: kernels.PointwiseKernel, _rows.RowLoss: kernels.RowKernel}
+    tables = {_pointwise.PointwiseLoss: kernels.PointwiseKernel, _rows.RowLoss: kernels.RowKernel,
+              _ratio.RatioLoss: kernels.RatioKernel}
     variants = [fl.BinaryCrossEntropy(from_logits=True), fl.BinaryCrossEntropy(),
                 fl.CategoricalCrossEntropy(from_logits=True),
                 fl.SparseCategoricalCrossEntropy(from_logits=True),
@@ -61,6 +62,8 @@ def test_an_unknown_kernel_id_is_an_error_not_a_silent_zero(dtype):
     total, flags, _, _ = kernels.sparse_rows(999, x, labels, None, grad, None, None, 0.0,
                                              0.0, None, 1.0, 1, False, 1.0, 1, 8)
     assert flags & kernels.Flag.UNKNOWN_KERNEL
+    total, flags = kernels.ratio(999, 0.5, 0.5, x, x, grad, None, None, 4, 1, 1.0, 1, 2)
+    assert flags & kernels.Flag.UNKNOWN_KERNEL and total == 0
     # a row kernel asked of the other dispatch is unknown there too
     _, flags = kernels.dense_rows(int(kernels.RowKernel.MULTI_MARGIN), x, x, None, grad,
                                   None, None, 0.0, 0.0, False, 0.0, 1.0, 1, 8)

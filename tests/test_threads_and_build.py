@@ -17,7 +17,7 @@ import pytest
 
 import fastloss as fl
 from fastloss import _dispatch
-from helpers import PACKAGE_DIR, PROJECT_DIR, kernel_modules, run_python
+from helpers import PACKAGE_DIR, PROJECT_DIR, kernel_modules, loss_modules, run_python
 
 # ---------------------------------------------------------------------------------------
 # thread count
@@ -159,6 +159,7 @@ def test_import_and_kernels_leave_subnormals_alone():
     """No flush-to-zero / denormals-are-zero after import or after any kernel ran."""
     out = run_python("""
         import importlib
+        import sys
         import numpy as np
         import fastloss
         from fastloss import _dispatch, _threads
@@ -176,7 +177,8 @@ def test_import_and_kernels_leave_subnormals_alone():
                 module = importlib.import_module(f"fastloss._kernels_{level}")
             except ImportError:
                 continue
-            fastloss._pointwise.kernels = fastloss._rows.kernels = module
+            for name in fastloss.available():  # every module of losses
+                sys.modules[type(fastloss.get(name)).__module__].kernels = module
             module.set_min_block_work(16)
             rng = np.random.default_rng(0)
             for name in fastloss.available():
@@ -319,8 +321,8 @@ def test_isa_levels_agree(name, params, dtype, rng, monkeypatch, set_threads,
     pred, target, weight = _isa_inputs(name, params, dtype, rng)
     results = {}
     for level, module in modules.items():
-        monkeypatch.setattr(fl._pointwise, "kernels", module)
-        monkeypatch.setattr(fl._rows, "kernels", module)
+        for loss_module in loss_modules():
+            monkeypatch.setattr(loss_module, "kernels", module)
         # few threaded runs: a parallel region can cost milliseconds on a loaded machine
         for n_threads, reduction, w in ((1, "mean", None), (1, "mean", weight),
                                         (1, "none", weight), (2, "mean", weight)):

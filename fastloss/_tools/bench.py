@@ -48,6 +48,10 @@ SHAPES = {
     "pointwise": {"small": [(256,)], "medium": [(65536,)], "large": [(16777216,)]},
     "rows": {"small": [(64, 10)], "medium": [(4096, 10), (1024, 1000)],
              "large": [(8192, 1000), (512, 32000)]},
+    # one ratio per row with the bench's axis=-1: long rows go through the two passes
+    # of chunks, short ones through whole rows per block
+    "ratio": {"small": [(4, 64)], "medium": [(16, 4096)],
+              "large": [(16, 1048576), (4096, 4096)]},
 }
 PEERS = ("torch", "numpy", "jax")
 PEER_TITLES = {"torch": "PyTorch", "numpy": "NumPy", "jax": "JAX"}
@@ -128,6 +132,11 @@ class Case:
         return f"{self.title} {self.size_label} {self.dtype}"
 
 
+def shape_kind(ref):
+    """The key of SHAPES (and of the targets' loss groups) for a loss's reference."""
+    return "rows" if ref.rows else ref.kind
+
+
 def _scaled(shape, scale):
     """``shape`` with its first axis (elements or rows) multiplied by ``scale``."""
     return (max(1, round(shape[0] * scale)),) + tuple(shape[1:])
@@ -144,7 +153,7 @@ def make_cases(losses=None, size_classes=SIZE_CLASSES, dtypes=("float32",), scal
         for name in names:
             if name not in REFERENCES:
                 continue
-            kind = "pointwise" if REFERENCES[name].pointwise else "rows"
+            kind = shape_kind(REFERENCES[name])
             for size_class in size_classes:
                 for shape in SHAPES[kind][size_class]:
                     cases.append(Case(name, _scaled(shape, scale), size_class, dtype))
@@ -480,15 +489,15 @@ def _matches(pattern, value, group):
 def evaluate_targets(results, targets):
     """One dict per (float32 case, target metric): target, measured value and verdict.
 
-    A target key is ``(loss, size)``: loss a name, "pointwise", "rows" or "*"; size a
-    size key ("65536", "1024x1000"), a size class or "*".
+    A target key is ``(loss, size)``: loss a name, "pointwise", "rows", "ratio" or "*";
+    size a size key ("65536", "1024x1000"), a size class or "*".
     """
     evaluations = []
     for result in results:
         case = result.case
         if case.dtype != np.float32:
             continue
-        kind = "pointwise" if case.reference.pointwise else "rows"
+        kind = shape_kind(case.reference)
         for (loss, size), metrics in targets.items():
             if not (_matches(loss, case.loss, kind) and _matches(size, case.size,
                                                                  case.size_class)):
@@ -644,8 +653,8 @@ def add_arguments(parser):
                         help="comma-separated size classes among small, medium, large "
                              "(default: all; small,medium with --quick)")
     parser.add_argument("--scale", type=float, default=1.0,
-                        help="multiply the elements (pointwise) or rows of every size "
-                             "(default 1)")
+                        help="multiply the elements (pointwise) or rows (rows, ratio) of "
+                             "every size (default 1)")
     parser.add_argument("--threads", type=comma_list, metavar="COUNTS",
                         help="comma-separated fastloss thread counts (default: 1 and "
                              "fastloss.get_num_threads())")

@@ -32,7 +32,7 @@ BCE_GRAD_EPSILON = 1e-12
 
 
 #: the kinds of loss a Reference describes (see Reference)
-KINDS = ("pointwise", "dense_rows", "label_rows", "label_matrix_rows")
+KINDS = ("pointwise", "dense_rows", "label_rows", "label_matrix_rows", "ratio")
 
 
 class Reference:
@@ -42,11 +42,13 @@ class Reference:
     ----------
     name : str
         The registry name.
-    kind : {"pointwise", "dense_rows", "label_rows", "label_matrix_rows"}
+    kind : {"pointwise", "dense_rows", "label_rows", "label_matrix_rows", "ratio"}
         Pointwise: y_true has y_pred's shape, one term per element.  Dense rows: (N, C)
         y_pred and y_true, one term per row.  Label rows: (N, C) y_pred and (N,) integer
         labels, one term per row.  Label matrix rows: (N, C) y_pred and an (N, C)
-        integer matrix of class indices (integers only), one term per row.
+        integer matrix of class indices (integers only), one term per row.  Ratio:
+        y_true has y_pred's shape, one term (a ratio of sums) per index of the axes
+        that the ``axis`` parameter does not name (a single term for ``axis=None``).
     inputs : callable
         ``inputs(rng, shape, params, **options) -> (y_pred, y_true)`` in float64 (labels
         int64), valid for the loss and away from its kinks.
@@ -67,6 +69,9 @@ class Reference:
     count : callable or None
         ``count(y_pred, y_true, **params)``: the divisor of ``"mean"``; default the number
         of terms.
+
+    ``terms_shape``, ``per_element`` and ``weighable`` say, from ``kind``, how the terms
+    of a y_pred of a given shape are laid out and whether it takes a ``sample_weight``.
     """
 
     def __init__(self, name, kind, inputs, numpy, torch, variants, bench_params=None,
@@ -90,7 +95,7 @@ class Reference:
     @property
     def rows(self):
         """One term per row of an (N, C) y_pred."""
-        return self.kind != "pointwise"
+        return self.kind in ("dense_rows", "label_rows", "label_matrix_rows")
 
     @property
     def labels(self):
@@ -107,7 +112,27 @@ class Reference:
         """The number the "mean" reduction divides the (weighted) sum of the terms by."""
         if self._count is not None:
             return self._count(y_pred, y_true, **params)
-        return y_pred.size if self.pointwise else y_pred.shape[0]
+        return math.prod(self.terms_shape(np.shape(y_pred), params))
+
+    def terms_shape(self, shape, params):
+        """The shape of the per-term values ("none") for a y_pred of ``shape``."""
+        if self.kind == "ratio":
+            return tuple(shape[a] for a in _kept_axes(len(shape), params.get("axis")))
+        return tuple(shape[:1]) if self.rows else tuple(shape)
+
+    def per_element(self, terms, shape, params):
+        """Per-term values ``terms`` broadcasting against a y_pred of ``shape``."""
+        terms = np.asarray(terms)
+        if self.kind == "ratio":
+            return np.expand_dims(terms, _reduced_axes(len(shape), params.get("axis")))
+        return terms.reshape(terms.shape + (1,) * (len(shape) - terms.ndim))
+
+    def weighable(self, shape, params):
+        """Whether a y_pred of ``shape`` takes a ``sample_weight`` (one weight per index
+        of axis 0): with at least one axis, and for a ratio loss with axis 0 kept."""
+        if self.kind == "ratio":
+            return _kept_axes(len(shape), params.get("axis"))[:1] == (0,)
+        return len(shape) >= 1
 
 
 # ----------------------------------------------------------------------------------
@@ -264,6 +289,11 @@ def _mape_inputs(rng, shape, params):
     """Targets away from 0 and predictions away from them (the kink at p = t)."""
     target = rng.choice([-1.0, 1.0], size=shape) * rng.uniform(0.5, 3.0, shape)
     return target + _away_from(rng, shape, 0.0, 0.05, 1.0), target
+
+
+def _ratio_inputs(rng, shape, params):
+    """Predictions in (0, 1) and binary masks (about 40% ones) as targets."""
+    return rng.uniform(0.02, 0.98, shape), (rng.random(shape) < 0.4).astype(np.float64)
 
 
 def _softmax(x):
@@ -482,6 +512,45 @@ def _binary_focal(p, t, scale, from_logits=False, gamma=2.0, alpha=None,
     return w * focal * bce, w * (dfocal * bce + focal * dbce) * scale
 
 
+# ----------------------------------------------------------------------------------
+# ratio losses: numpy(p, t, scale, axis=None, **params) -> (terms, grad)
+
+
+def _reduced_axes(ndim, axis):
+    """The axes a ratio sums over, ascending (every axis for None)."""
+    if axis is None:
+        return tuple(range(ndim))
+    return tuple(sorted(np.lib.array_utils.normalize_axis_tuple(axis, ndim)))
+
+
+def _kept_axes(ndim, axis):
+    """The axes that index the terms of a ratio loss."""
+    reduced = _reduced_axes(ndim, axis)
+    return tuple(a for a in range(ndim) if a not in reduced)
+
+
+def _ratio_sums(p, t, axis):
+    """(sum t p, sum t, sum p, a function spreading per-term values over the elements)."""
+    reduced = _reduced_axes(p.ndim, axis)
+    sums = [np.sum(x, axis=reduced) for x in (t * p, t, p)]
+    return (*sums, lambda x: np.expand_dims(x, reduced))
+
+
+def _dice(p, t, scale, axis=None):
+    overlap, total_t, total_p, spread = _ratio_sums(p, t, axis)
+    s = total_t + total_p + EPSILON
+    grad = -2 * (t * spread(s) - spread(overlap)) / spread(s * s)
+    return 1 - 2 * overlap / s, grad * scale
+
+
+def _tversky(p, t, scale, alpha=0.5, beta=0.5, axis=None):
+    overlap, total_t, total_p, spread = _ratio_sums(p, t, axis)
+    s = overlap + alpha * (total_p - overlap) + beta * (total_t - overlap) + EPSILON
+    ds = t + alpha * (1 - t) - beta * t
+    grad = -(t * spread(s) - spread(overlap) * ds) / spread(s * s)
+    return 1 - overlap / s, grad * scale
+
+
 # torch: same semantics, reduction applied
 
 
@@ -569,6 +638,27 @@ def _t_binary_focal(x, t, reduction, from_logits=False, gamma=2.0, alpha=None,
     return _torch_reduce(terms, reduction)
 
 
+def _t_sum(x, axis):
+    """Keras ops.sum(x, axis): every axis for None."""
+    return x.sum() if axis is None else x.sum(dim=axis)
+
+
+def _t_dice(x, t, reduction, axis=None):
+    # keras.losses.dice, as written there
+    intersection = _t_sum(t * x, axis)
+    dice = 2.0 * intersection / (_t_sum(t, axis) + _t_sum(x, axis) + EPSILON)
+    return _torch_reduce(1 - dice, reduction)
+
+
+def _t_tversky(x, t, reduction, alpha=0.5, beta=0.5, axis=None):
+    # keras.losses.tversky, as written there
+    intersection = _t_sum(x * t, axis)
+    fp = _t_sum((1 - t) * x, axis)
+    fn = _t_sum(t * (1 - x), axis)
+    tversky = intersection / (intersection + fp * alpha + fn * beta + EPSILON)
+    return _torch_reduce(1 - tversky, reduction)
+
+
 # jax: per-term values in the NumPy API, bench parameters only
 
 
@@ -586,6 +676,17 @@ def _j_hinge_embedding(xp, x, t):
 
 def _j_mape(xp, p, t):
     return 100.0 * xp.abs(p - t) / xp.maximum(xp.abs(t), EPSILON)
+
+
+def _j_dice(xp, p, t):
+    return 1 - 2 * xp.sum(t * p, axis=-1) / (xp.sum(t, axis=-1) + xp.sum(p, axis=-1)
+                                             + EPSILON)
+
+
+def _j_tversky(xp, p, t):
+    overlap = xp.sum(t * p, axis=-1)
+    fp, fn = xp.sum((1 - t) * p, axis=-1), xp.sum(t * (1 - p), axis=-1)
+    return 1 - overlap / (overlap + 0.5 * fp + 0.5 * fn + EPSILON)
 
 
 def _j_mse(xp, p, t):
@@ -1098,6 +1199,15 @@ REFERENCES = {ref.name: ref for ref in [
                          ({"from_logits": True, "gamma": 1.5, "alpha": 0.4,
                            "label_smoothing": 0.2}, {}),
                          ({"from_logits": True, "gamma": 0.0}, {})]),
+    # the benchmark: one ratio per row (a sample flattened), as in segmentation
+    Reference("dice", "ratio", _ratio_inputs, _dice, _t_dice, jax=_j_dice,
+              bench_params={"axis": -1},
+              variants=[({}, {}), ({"axis": -1}, {}), ({"axis": (1,)}, {})]),
+    Reference("tversky", "ratio", _ratio_inputs, _tversky, _t_tversky, jax=_j_tversky,
+              bench_params={"axis": -1},
+              variants=[({}, {}), ({"alpha": 0.3, "beta": 0.7}, {}),
+                        ({"alpha": 0.7, "beta": 0.2, "axis": -1}, {}),
+                        ({"alpha": 0.8, "beta": 0.1, "axis": (1,)}, {})]),
     Reference("categorical_cross_entropy", "dense_rows", _dense_row_inputs, _cce, _t_cce,
               bench_params={"from_logits": True}, jax=_j_cce_logits,
               variants=[({"from_logits": True}, {}),
