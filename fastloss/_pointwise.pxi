@@ -28,7 +28,8 @@ cpdef enum PointwiseKernel:
     BINARY_CROSS_ENTROPY_FROM_LOGITS
     POINTWISE_KL_DIVERGENCE
     POINTWISE_KL_DIVERGENCE_LOG_TARGET
-    POISSON
+    POISSON_FROM_LOG_RATE
+    POISSON_FROM_RATE
     SOFT_MARGIN
     HINGE_EMBEDDING
     MEAN_ABSOLUTE_PERCENTAGE_ERROR
@@ -42,7 +43,6 @@ cdef struct PointwiseParams:
     double inv_delta          # pseudo_huber: 1 / delta (inf for delta < 1 / DBL_MAX)
     double label_smoothing    # binary_cross_entropy, binary_focal_cross_entropy
     double eps                # poisson
-    bint log_input            # poisson
     bint full                 # poisson
     double margin             # hinge_embedding
     double gamma              # binary_focal_cross_entropy: the focusing exponent
@@ -51,7 +51,7 @@ cdef struct PointwiseParams:
 
 
 def pointwise_parameters(double delta=1.0, double label_smoothing=0.0, double eps=0.0,
-                         bint log_input=True, bint full=False, double margin=1.0,
+                         bint full=False, double margin=1.0,
                          double gamma=2.0, object alpha=None):
     """The parameters of a pointwise kernel, converted to C once, when a loss is made:
     the bytes of a PointwiseParams (the same struct in every ISA module).  Each call
@@ -62,7 +62,6 @@ def pointwise_parameters(double delta=1.0, double label_smoothing=0.0, double ep
     params.inv_delta = 1.0 / delta
     params.label_smoothing = label_smoothing
     params.eps = eps
-    params.log_input = log_input
     params.full = full
     params.margin = margin
     params.gamma = gamma
@@ -97,7 +96,9 @@ cdef struct PointwiseKLDivergence:
     PointwiseParams params
 cdef struct PointwiseKLDivergenceLogTarget:
     PointwiseParams params
-cdef struct Poisson:
+cdef struct PoissonFromLogRate:
+    PointwiseParams params
+cdef struct PoissonFromRate:
     PointwiseParams params
 cdef struct SoftMargin:
     PointwiseParams params
@@ -123,7 +124,8 @@ ctypedef fused Pointwise:
     BinaryCrossEntropyFromLogits
     PointwiseKLDivergence
     PointwiseKLDivergenceLogTarget
-    Poisson
+    PoissonFromLogRate
+    PoissonFromRate
     SoftMargin
     HingeEmbedding
     MeanAbsolutePercentageError
@@ -267,10 +269,10 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
         e = exp_(t)
         grad[0] = -e
         return e * (t - p)
-    elif Pointwise is Poisson:
+    elif Pointwise is PoissonFromLogRate or Pointwise is PoissonFromRate:
         # torch poisson_nll_loss: exp(x) - t x (log_input), else x - t log(x + eps);
         # full adds Stirling's t log t - t + log(2 pi t) / 2 where t > 1 (no gradient)
-        if loss.params.log_input:
+        if Pointwise is PoissonFromLogRate:
             e = exp_(p)
             grad[0] = e - t
             s = e - t * p
@@ -278,10 +280,12 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
             a = p + <floating>loss.params.eps
             grad[0] = one - t / a
             s = p - t * log_(a)
-        # computed for every t, then selected (log under a branch would keep the loop
-        # scalar; for t <= 1 the discarded value may be NaN)
-        a = t * log_(t) - t + half * log_(<floating>6.283185307179586 * t)
-        return s + (a if loss.params.full and t > one else 0)
+        # computed for every t, then selected (a log under a branch would keep the loop
+        # scalar; for t <= 1 the discarded value may be NaN); log(2 pi t) as log 2 pi +
+        # log t, one log
+        a = log_(t)
+        a = t * a - t + half * (a + <floating>1.8378770664093453)
+        return s + (a if (loss.params.full != 0) & (t > one) else 0)   # no short circuit
     elif Pointwise is SoftMargin:
         # torch soft_margin_loss: log(1 + exp(-t p)) = softplus(-t p)
         d = -t * p
@@ -615,8 +619,10 @@ cdef double pointwise_dispatch(int kernel, const PointwiseParams* p,
     if kernel == POINTWISE_KL_DIVERGENCE_LOG_TARGET:
         return pointwise_call(<const PointwiseKLDivergenceLogTarget*>p, call, grad_scale,
                               flags)
-    if kernel == POISSON:
-        return pointwise_call(<const Poisson*>p, call, grad_scale, flags)
+    if kernel == POISSON_FROM_LOG_RATE:
+        return pointwise_call(<const PoissonFromLogRate*>p, call, grad_scale, flags)
+    if kernel == POISSON_FROM_RATE:
+        return pointwise_call(<const PoissonFromRate*>p, call, grad_scale, flags)
     if kernel == SOFT_MARGIN:
         return pointwise_call(<const SoftMargin*>p, call, grad_scale, flags)
     if kernel == HINGE_EMBEDDING:

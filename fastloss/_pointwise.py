@@ -430,7 +430,6 @@ class Poisson(PointwiseLoss):
     """
 
     name = "poisson"
-    _kernel_id = Kernel.POISSON
     _cost = 4
 
     def __init__(self, log_input=True, full=False, eps=1e-8, *, reduction="mean"):
@@ -438,8 +437,9 @@ class Poisson(PointwiseLoss):
         self.log_input = v.check_bool("log_input", log_input)
         self.full = v.check_bool("full", full)
         self.eps = v.check_nonnegative("eps", eps)
-        self._kernel_parameters = kernels.pointwise_parameters(
-            eps=self.eps, log_input=self.log_input, full=self.full)
+        self._kernel_parameters = kernels.pointwise_parameters(eps=self.eps, full=self.full)
+        self._kernel_id = (Kernel.POISSON_FROM_LOG_RATE if self.log_input
+                           else Kernel.POISSON_FROM_RATE)
 
     def get_params(self):
         return {"log_input": self.log_input, "full": self.full, "eps": self.eps,

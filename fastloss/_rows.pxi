@@ -535,22 +535,23 @@ cdef inline double cosine_similarity_row(const RowParams* restrict prm,
     the norm of x is clamped.
     """
     cdef Py_ssize_t c, C = prm.n_classes
-    # single-signed sums (the squares) are accurate in the element type; the dot
-    # product too, to the rounding of its largest term, as Keras' own float32 sum
-    cdef floating xx = 0, tt = 0, xt = 0
+    # float64 sums and gradient arithmetic, also for float32 data: a row parallel to its
+    # target has a gradient that cancels exactly, and coefficients rounded to float32
+    # would leave 1e-5 of noise there (the products of floats are exact in float64)
+    cdef double xx = 0, tt = 0, xt = 0
     cdef double inv_x, inv_t, value, k_t, k_x
     cdef double floor = KERAS_EPSILON * KERAS_EPSILON
     for c in range(C):
-        xx += x[c] * x[c]
-        tt += t[c] * t[c]
-        xt += x[c] * t[c]
-    inv_x = 1 / sqrt(max_(<double>xx, floor))
-    inv_t = 1 / sqrt(max_(<double>tt, floor))
+        xx += <double>x[c] * x[c]
+        tt += <double>t[c] * t[c]
+        xt += <double>x[c] * t[c]
+    inv_x = 1 / sqrt(max_(xx, floor))
+    inv_t = 1 / sqrt(max_(tt, floor))
     value = -xt * inv_x * inv_t
     k_t = -scale_row * inv_x * inv_t
     k_x = -scale_row * value * inv_x * inv_x if xx > floor else 0
     for c in range(C):
-        g[c] = <floating>k_t * t[c] + <floating>k_x * x[c]
+        g[c] = <floating>(k_t * t[c] + k_x * x[c])
     return sw * value
 
 

@@ -296,11 +296,8 @@ class CategoricalHinge(_DenseRowLoss):
     """
 
     name = "categorical_hinge"
+    _kernel_id = Kernel.CATEGORICAL_HINGE
     _cost = 1
-
-    def __init__(self, *, reduction="mean"):
-        super().__init__(reduction=reduction)
-        self._kernel_id = Kernel.CATEGORICAL_HINGE
 
 
 class CosineSimilarity(_DenseRowLoss):
@@ -318,11 +315,8 @@ class CosineSimilarity(_DenseRowLoss):
     """
 
     name = "cosine_similarity"
+    _kernel_id = Kernel.COSINE_SIMILARITY
     _cost = 1
-
-    def __init__(self, *, reduction="mean"):
-        super().__init__(reduction=reduction)
-        self._kernel_id = Kernel.COSINE_SIMILARITY
 
 
 class MultilabelSoftMargin(_DenseRowLoss):

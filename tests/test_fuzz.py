@@ -348,13 +348,7 @@ SPECS = {
 
 #: properties that fail on the current kernels: (loss, property) -> the reason, turned
 #: into a non-strict xfail of that property for that loss
-DEFECTS = {
-    ("cosine_similarity", "reference"):
-        "float32 gradient k_t t + k_x x of a row parallel to its target (e.g. C = 1, "
-        "whose exact gradient is 0) cancels after both coefficients were rounded to "
-        "float32: 7.6e-6 for y_pred [[1.16], [-0.854], [-0.00286]] (float32), y_true "
-        "[[0.239], [0.0357], [-0.904]], reduction 'mean', against a bound of 7.7e-7",
-}
+DEFECTS = {}
 
 
 def losses_for(prop):

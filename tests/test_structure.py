@@ -30,7 +30,7 @@ def test_every_kernel_id_is_an_entry_of_the_kernels_table():
                 fl.CategoricalCrossEntropy(from_logits=True),
                 fl.SparseCategoricalCrossEntropy(from_logits=True),
                 fl.KLDivergence(from_logits=True), _pointwise.PointwiseKLDivergence(),
-                fl.BinaryFocalCrossEntropy(from_logits=True),
+                fl.BinaryFocalCrossEntropy(from_logits=True), fl.Poisson(log_input=False),
                 fl.CategoricalFocalCrossEntropy(from_logits=True),
                 _pointwise.PointwiseKLDivergence(log_target=True)]
     seen = set()

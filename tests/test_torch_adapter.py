@@ -749,6 +749,8 @@ def test_signatures_are_torchs(name):
         theirs = getattr(torch.nn, name)
         assert issubclass(ours, theirs) and ours.__init__ is theirs.__init__
         ours, theirs = ours.forward, theirs.forward
+    elif name == "sigmoid_focal_loss":       # torchvision's, as it publishes it (below)
+        theirs = torchvision_sigmoid_focal_loss
     else:
         theirs = getattr(F, name)
     assert parameters(ours) == parameters(theirs)
