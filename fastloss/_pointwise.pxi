@@ -280,12 +280,14 @@ cdef inline floating pointwise_term(const Pointwise* restrict loss, floating p, 
             a = p + <floating>loss.params.eps
             grad[0] = one - t / a
             s = p - t * log_(a)
-        # computed for every t, then selected (a log under a branch would keep the loop
-        # scalar; for t <= 1 the discarded value may be NaN); log(2 pi t) as log 2 pi +
-        # log t, one log
-        a = log_(t)
-        a = t * a - t + half * (a + <floating>1.8378770664093453)
-        return s + (a if (loss.params.full != 0) & (t > one) else 0)   # no short circuit
+        if loss.params.full:     # the same for every element: gcc unswitches the loop
+            # computed for every t, then selected (a log under a data-dependent branch
+            # would keep the loop scalar; for t <= 1 the discarded value may be NaN);
+            # log(2 pi t) as log 2 pi + log t, one log
+            a = log_(t)
+            a = t * a - t + half * (a + <floating>1.8378770664093453)
+            s += a if t > one else 0
+        return s
     elif Pointwise is SoftMargin:
         # torch soft_margin_loss: log(1 + exp(-t p)) = softplus(-t p)
         d = -t * p
