@@ -776,10 +776,11 @@ def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2, reduction="none"):
                          f"reduction modes: 'none', 'mean', 'sum'")
     torch_loss = functools.partial(_torchvision_sigmoid_focal_loss, alpha=alpha,
                                    gamma=gamma, reduction=reduction)
+    # integer targets go to the fall-back, which raises as torchvision does
     return _elementwise(
         lambda r: _cached_loss(fl.BinaryFocalCrossEntropy, from_logits=True, gamma=gamma,
                                alpha=None if alpha < 0 else alpha, reduction=r),
-        inputs, targets, reduction, torch_loss, reads_input=True, integer_target=True)
+        inputs, targets, reduction, torch_loss, reads_input=True)
 
 
 # -- layer 3: the modules ----------------------------------------------------------------

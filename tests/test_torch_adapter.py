@@ -1076,6 +1076,16 @@ def test_sigmoid_focal_loss_matches_torchvision(reduction, dtype, alpha, gamma, 
         FL.sigmoid_focal_loss(x, targets, reduction="batchmean")
 
 
+def test_sigmoid_focal_loss_integer_targets_raise_as_torchvision(rng, fast):
+    x = randn((4, 3), torch.float32, rng, requires_grad=True)
+    targets = torch.randint(0, 2, (4, 3), generator=rng)
+    with pytest.raises(RuntimeError, match="can't be cast"):
+        torchvision_sigmoid_focal_loss(x, targets)
+    with pytest.raises(RuntimeError, match="can't be cast"):
+        FL.sigmoid_focal_loss(x, targets)
+    assert fast == []
+
+
 def test_sigmoid_focal_loss_alpha_beyond_one_is_torchvisions_formula(rng, fast):
     x = randn((4, 3), torch.float64, rng, requires_grad=True)
     targets = (torch.rand((4, 3), generator=rng) < 0.5).double()
