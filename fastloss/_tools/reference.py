@@ -471,6 +471,14 @@ def _smooth_binary(t, label_smoothing):
     return t * (1 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else t
 
 
+def _logistic_parts(x):
+    """(softplus(-x), sigmoid(x), sigmoid(-x)) from one exp of -|x|."""
+    e = np.exp(-np.abs(x))
+    r = 1 / (1 + e)
+    return np.log1p(e) + np.maximum(-x, 0), np.where(x >= 0, r, e * r), \
+        np.where(x >= 0, e * r, r)
+
+
 def _bce(p, t, scale, from_logits=False, pos_weight=None, label_smoothing=0.0):
     t = _smooth_binary(t, label_smoothing)
     if not from_logits:
@@ -478,20 +486,10 @@ def _bce(p, t, scale, from_logits=False, pos_weight=None, label_smoothing=0.0):
                   + (1 - t) * np.maximum(np.log1p(-p), BCE_LOG_FLOOR))
         return terms, (p - t) / np.maximum(p * (1 - p), BCE_GRAD_EPSILON) * scale
     # (1 - t) x + (1 + (w - 1) t) softplus(-x), exp only of -|x|
-    e = np.exp(-np.abs(p))
-    softplus_neg = np.log1p(e) + np.maximum(-p, 0)
-    sigmoid_neg = np.where(p >= 0, e, 1) / (1 + e)
+    softplus_neg, _, sigmoid_neg = _logistic_parts(p)
     lw = 1 if pos_weight is None else 1 + (_as(pos_weight, p) - 1) * t
     terms = (1 - t) * p + lw * softplus_neg
     return terms, ((1 - t) - lw * sigmoid_neg) * scale
-
-
-def _logistic_parts(x):
-    """(softplus(-x), sigmoid(x), sigmoid(-x)) from one exp of -|x|."""
-    e = np.exp(-np.abs(x))
-    r = 1 / (1 + e)
-    return np.log1p(e) + np.maximum(-x, 0), np.where(x >= 0, r, e * r), \
-        np.where(x >= 0, e * r, r)
 
 
 def _binary_focal(p, t, scale, from_logits=False, gamma=2.0, alpha=None,
