@@ -68,7 +68,9 @@ The kernels use fastloss's thread count (:func:`fastloss.set_num_threads`); torc
 left alone.
 """
 import functools
+import json
 import math
+from typing import Optional, Tuple
 import warnings
 
 import numpy as np
@@ -98,6 +100,19 @@ _LABEL_DTYPES = (torch.int64,)     # torch's cross_entropy/multi_margin labels a
 _INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
+
+def _traced_types():
+    """The tensor types a tracer hands the adapter's Python code: the plain ones, and
+    the fake and functional tensors of torch.export and of dispatch modes."""
+    types = list(_PLAIN_TYPES)
+    for module, name in (("torch._subclasses.fake_tensor", "FakeTensor"),
+                         ("torch._subclasses.functional_tensor", "FunctionalTensor")):
+        try:
+            types.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):  # pragma: no cover - private API moved
+            pass
+    return tuple(types)
+
 # torch.nn.functional.kl_div's warning for reduction="mean", repeated on the fast path.
 _KL_MEAN_WARNING = (
     "reduction: 'mean' divides the total loss by both the batch size and the support size."
@@ -107,17 +122,28 @@ _KL_MEAN_WARNING = (
 
 # -- layer 1: the autograd node ---------------------------------------------------------
 
+class _Call:
+    """What a node needs besides its tensors (one object, so ``apply`` gets three
+    arguments): the fastloss ``loss``, ``sample_weight`` (an array or None), ``scale`` (a
+    constant factor of the loss, applied to the value in forward and folded into the
+    upstream gradient in backward), ``torch_loss(input, target)`` (torch's own formula of
+    the same value, differentiated instead for a double backward) and ``reads_input``
+    (torch's own backward of this loss reads the input, so it fails after the input is
+    modified in place, and so does this one)."""
+
+    __slots__ = ("loss", "sample_weight", "scale", "torch_loss", "reads_input")
+
+    def __init__(self, loss, sample_weight, scale, torch_loss, reads_input):
+        self.loss, self.sample_weight, self.scale = loss, sample_weight, scale
+        self.torch_loss, self.reads_input = torch_loss, reads_input
+
+
 class _FusedLoss(torch.autograd.Function):
     """A fastloss loss as an autograd node: gradient computed at forward time.
 
-    Arguments of ``apply``: ``input`` (the tensor differentiated), ``target`` (a tensor
-    needing no gradient, read by the kernel through a NumPy view), ``loss`` (the fastloss
-    object), ``sample_weight`` (an array or None), ``scale`` (a constant factor of the
-    loss, applied to the value here and folded into the upstream gradient in backward),
-    ``torch_loss(input, target)``, torch's own formula for the same value, differentiated
-    instead when a double backward is asked for, and ``reads_input``: torch's own backward
-    of this loss reads the input, so it fails after the input is modified in place, and so
-    does this one.
+    ``apply(input, target, call)``: ``input`` is the tensor differentiated, ``target`` a
+    tensor needing no gradient (both read by the kernel through NumPy views), ``call`` a
+    :class:`_Call`.
 
     The kernel's gradient is kept as a plain attribute, not a saved tensor: the first
     backward takes it (returned as is for ``loss.backward()``, else scaled in place) and
@@ -127,37 +153,36 @@ class _FusedLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, input, target, loss, sample_weight, scale, torch_loss, reads_input):
-        grad = torch.empty_like(input, memory_format=torch.contiguous_format)
-        value, _ = loss.value_and_grad(input.numpy(), target.numpy(), sample_weight,
-                                       out=grad.numpy())
+    def forward(ctx, input, target, call):
+        grad, grad_array = _gradient_buffer(input)
+        value, _ = call.loss.value_and_grad(input.numpy(), target.numpy(),
+                                            call.sample_weight, out=grad_array)
         # Saved for a later backward: autograd frees them with the graph and checks on
         # unpacking that they were not modified in place.
         ctx.save_for_backward(input, target)
-        ctx.kernel_grad = grad
-        ctx.loss, ctx.sample_weight, ctx.scale = loss, sample_weight, scale
-        ctx.torch_loss, ctx.reads_input = torch_loss, reads_input
-        return _to_tensor(value, grad, scale)
+        ctx.kernel_grad, ctx.call = grad, call
+        return _to_tensor(value, input, call.scale)
 
     @staticmethod
     def backward(ctx, grad_output):
+        call = ctx.call
         if torch.is_grad_enabled():
             # create_graph=True: the kernel's gradient is a constant, so a gradient of the
             # gradient must come from a graph of torch's own formula at the input.
             input, target = _saved_input(ctx, "a double backward (create_graph=True)")
             with torch.enable_grad():
-                value = ctx.torch_loss(input, target)
+                value = call.torch_loss(input, target)
             (grad_input,) = torch.autograd.grad(value, input, grad_output, create_graph=True)
-            return grad_input, None, None, None, None, None, None
+            return grad_input, None, None
         grad = ctx.kernel_grad
         if grad is None:
             # the kernel's gradient went to an earlier backward: compute it again
             input, target = _saved_input(ctx, "a backward after the first one")
-            grad = torch.empty_like(input, memory_format=torch.contiguous_format)
-            ctx.loss.value_and_grad(input.detach().numpy(), target.numpy(),
-                                    ctx.sample_weight, out=grad.numpy())
+            grad, grad_array = _gradient_buffer(input)
+            call.loss.value_and_grad(input.detach().numpy(), target.numpy(),
+                                     call.sample_weight, out=grad_array)
         else:
-            if ctx.reads_input:
+            if call.reads_input:
                 # torch's backward reads the input here: raise torch's error if it was
                 # modified in place (unpacking checks), as torch.nn.functional does
                 _ = ctx.saved_tensors
@@ -165,15 +190,15 @@ class _FusedLoss(torch.autograd.Function):
         # `grad` is now this call's alone: scaled in place, and returned without a copy
         # (for loss.backward(), autograd takes it as .grad as it is)
         if grad_output.ndim == 0:
-            if ctx.scale == 1.0 and grad_output.item() == 1.0:
-                return grad, None, None, None, None, None, None
+            if call.scale == 1.0 and grad_output.item() == 1.0:
+                return grad, None, None
         elif grad_output.ndim < grad.ndim:
             # reduction="none" of a row loss: one upstream value per row
             grad_output = grad_output.reshape(
                 grad_output.shape + (1,) * (grad.ndim - grad_output.ndim))
-        if ctx.scale != 1.0:
-            grad_output = grad_output * ctx.scale
-        return grad.mul_(grad_output), None, None, None, None, None, None
+        if call.scale != 1.0:
+            grad_output = grad_output * call.scale
+        return grad.mul_(grad_output), None, None
 
 
 _MODIFIED_INPUT = (
@@ -192,9 +217,12 @@ def _saved_input(ctx, what):
         return ctx.saved_tensors
     except RuntimeError as error:
         # the other failure, a graph already freed, keeps torch's message
-        if ctx.reads_input or "inplace operation" not in str(error):
+        if ctx.call.reads_input or "inplace operation" not in str(error):
             raise
         raise RuntimeError(_MODIFIED_INPUT.format(what)) from error
+
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def _to_tensor(value, like, scale=1.0):
@@ -207,17 +235,293 @@ def _to_tensor(value, like, scale=1.0):
     return torch.from_numpy(np.array(value * scale, dtype=_NUMPY_DTYPES[like.dtype]))
 
 
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+class _GradientBuffers:
+    """Gradient buffers of large inputs, reused once nothing else references them.
+
+    A new tensor of tens of megabytes is fresh memory from the system: the kernel's
+    first write to each page faults it in (and zeroes it), which costs about twice the
+    kernel's whole pass on an LM head (measured: 512 x 32000 float32, 9.6 ms kernel,
+    about 19 ms of page faults).  A training loop hands the gradient of the loss to the
+    layer below, whose backward reads it and lets it go; the next step's loss can then
+    write into the same, already mapped, memory.
+
+    Each buffer is kept as a private tensor and handed out as a separate view of it.
+    A buffer is reused only when its storage has no user but that private tensor:
+    every tensor, view, ``.grad`` or NumPy array made from a handed-out gradient holds a
+    reference to the storage, so memory somebody can still see is never written again.
+    At most ``capacity`` buffers are kept (the most recently used); :meth:`clear` drops
+    them.
+    """
+
+    #: below this size a new buffer comes from the allocator's free lists, not new pages
+    min_bytes = 1 << 20
+    capacity = 4
+
+    def __init__(self):
+        self._buffers = {}   # (dtype, numel) -> private tensor; insertion order = use order
+
+    def take(self, input):
+        """(tensor, ndarray view) of ``input``'s shape and dtype, C-contiguous."""
+        numel = input.numel()
+        if numel * input.element_size() < self.min_bytes:
+            array = np.empty(input.shape, _NUMPY_DTYPES[input.dtype])
+            return torch.from_numpy(array), array
+        key = (input.dtype, numel)
+        buffer = self._buffers.pop(key, None)  # atomic: a concurrent call allocates anew
+        # 2: the private tensor's reference, and the temporary one of untyped_storage()
+        if buffer is None or _storage_users(buffer) != 2:
+            buffer = torch.empty(numel, dtype=input.dtype)
+        self._buffers[key] = buffer
+        while len(self._buffers) > self.capacity:
+            del self._buffers[next(iter(self._buffers))]
+        grad = buffer.view(input.shape)
+        return grad, grad.numpy()
+
+    def clear(self):
+        """Drop every kept buffer (their memory is freed once nothing else uses it)."""
+        self._buffers.clear()
+
+
+def _storage_users(tensor):
+    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+
+
+_buffers = _GradientBuffers()
+_gradient_buffer = _buffers.take
+
+
+def release_buffers():
+    """Free the gradient buffers fastloss.torch keeps for reuse.
+
+    The adapter reuses the gradient buffer of a large input (1 MiB and more) once
+    nothing references it any more, which spares the page faults of fresh memory on
+    every call; it keeps up to four such buffers (the most recently used sizes).  Call
+    this to give that memory back, e.g. after training.
+    """
+    _buffers.clear()
 
 
 def _run(loss, input, target, sample_weight, torch_loss, scale=1.0, reads_input=False):
     """Evaluate ``scale * loss`` with fastloss: an autograd node when ``input`` needs a
     gradient, the value alone otherwise.  fastloss's ValueError/TypeError propagate (the
-    caller then falls back to torch).  ``reads_input``: see :class:`_FusedLoss`."""
+    caller then falls back to torch).  ``reads_input``: see :class:`_Call`."""
+    if type(loss) is _OperatorLoss:
+        return _run_operator(loss, input, target, sample_weight, scale)
     if input.requires_grad and torch.is_grad_enabled():
-        return _FusedLoss.apply(input, target, loss, sample_weight, scale, torch_loss,
-                                reads_input)
+        return _FusedLoss.apply(input, target,
+                                _Call(loss, sample_weight, scale, torch_loss, reads_input))
     return _to_tensor(loss(input.numpy(), target.numpy(), sample_weight), input, scale)
+
+
+# -- layer 1b: the custom operators (torch.compile, torch.func, torch.export) -------------
+# Where torch traces or transforms the call (tensors without memory, or a graph to
+# record), the kernels run behind two operators registered with torch.library:
+#   fastloss::loss(str loss, Tensor input, Tensor target, Tensor? sample_weight,
+#                  Tensor? weight) -> Tensor
+#   fastloss::loss_and_grad(...same...) -> (Tensor value, Tensor grad)
+# ``loss`` names the fastloss loss and its scalar parameters (JSON); ``weight`` is its
+# per-class weight vector.  loss_and_grad is differentiable (the backward multiplies the
+# kernel's gradient by the upstream gradient); both have fake implementations (shapes
+# only) and run the kernels on real tensors.
+
+_WEIGHT_PARAMETER = {fl.BinaryCrossEntropy: "pos_weight"}
+
+
+@functools.lru_cache(maxsize=256)
+def _spec_parts(spec):
+    """(class, parameters) of an operator's ``loss`` argument."""
+    name, params = json.loads(spec)
+    cls = getattr(fl, name, None) or getattr(fl._pointwise, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, fl.Loss)):
+        raise ValueError(f"loss: no fastloss loss is named {name!r}")
+    return cls, params
+
+
+@functools.lru_cache(maxsize=256)
+def _spec_loss(spec):
+    cls, params = _spec_parts(spec)
+    return cls(**params)
+
+
+@torch.compiler.assume_constant_result
+def _checked_spec(name, params):
+    """The operators' ``loss`` argument for the loss class ``name`` with the scalar
+    ``params`` (sorted (name, value) pairs): its name and parameters as JSON, once
+    fastloss accepts them (a ValueError/TypeError otherwise).  torch.compile runs this
+    in Python while it traces the caller, and records the string as a constant."""
+    spec = json.dumps([name, dict(params)], sort_keys=True)
+    _spec_loss(spec)
+    return spec
+
+
+class _OperatorLoss:
+    """A fastloss loss as the custom operators take it (under tracing)."""
+
+    __slots__ = ("spec", "weight")
+
+    def __init__(self, spec, weight):
+        self.spec, self.weight = spec, weight
+
+
+def _operator_loss(spec, weight):
+    """The loss object an operator call computes."""
+    if weight is None:
+        return _spec_loss(spec)
+    cls, params = _spec_parts(spec)
+    return cls(**{_WEIGHT_PARAMETER.get(cls, "class_weight"): weight.detach().numpy()},
+               **params)
+
+
+def _value_shape(spec, input):
+    cls, params = _spec_parts(spec)
+    if params.get("reduction", "mean") != "none":
+        return ()
+    return tuple(input.shape[:1]) if cls.per_row else tuple(input.shape)
+
+
+def _array_or_none(tensor):
+    return None if tensor is None else tensor.detach().numpy()
+
+
+@torch.library.custom_op("fastloss::loss", mutates_args=())
+def _loss_op(loss: str, input: torch.Tensor, target: torch.Tensor,
+             sample_weight: Optional[torch.Tensor], weight: Optional[torch.Tensor]
+             ) -> torch.Tensor:
+    """The value of the fastloss loss ``loss`` (see :func:`_checked_spec`)."""
+    value = _operator_loss(loss, weight)(input.detach().numpy(), target.numpy(),
+                                         _array_or_none(sample_weight))
+    return _to_tensor(value, input)
+
+
+@torch.library.custom_op("fastloss::loss_and_grad", mutates_args=())
+def _loss_and_grad_op(loss: str, input: torch.Tensor, target: torch.Tensor,
+                      sample_weight: Optional[torch.Tensor], weight: Optional[torch.Tensor]
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(value, gradient) of the fastloss loss ``loss`` from one fused pass."""
+    grad, grad_array = _gradient_buffer(input)
+    value, _ = _operator_loss(loss, weight).value_and_grad(
+        input.detach().numpy(), target.numpy(), _array_or_none(sample_weight),
+        out=grad_array)
+    return _to_tensor(value, input), grad
+
+
+@_loss_op.register_fake
+def _loss_fake(loss, input, target, sample_weight, weight):
+    return input.new_empty(_value_shape(loss, input))
+
+
+@_loss_and_grad_op.register_fake
+def _loss_and_grad_fake(loss, input, target, sample_weight, weight):
+    return (input.new_empty(_value_shape(loss, input)),
+            input.new_empty(input.shape))
+
+
+def _loss_and_grad_setup(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+
+
+def _loss_and_grad_backward(ctx, grad_value, grad_grad):
+    (grad,) = ctx.saved_tensors
+    if _differentiating_gradient(grad_value):
+        raise RuntimeError(_NO_DOUBLE_BACKWARD)
+    if 0 < grad_value.ndim < grad.ndim:
+        # reduction="none" of a row loss: one upstream value per row
+        grad_value = grad_value.reshape(grad_value.shape + (1,) * (grad.ndim - grad_value.ndim))
+    return None, grad * grad_value, None, None, None
+
+
+def _differentiating_gradient(grad_value):
+    """Whether this backward is itself differentiated: create_graph=True in eager mode,
+    or a torch.func.grad around the one computing this backward (its upstream gradient
+    is then a tracked tensor of the outer level)."""
+    if torch.compiler.is_compiling():
+        return False
+    if _functorch_active():
+        # this backward runs inside one grad transform; a second one differentiates it
+        return _differentiating_transforms() > 1
+    return torch.is_grad_enabled()
+
+
+def _differentiating_transforms():
+    """How many torch.func grad/jvp transforms are active."""
+    try:
+        from torch._C._functorch import TransformType
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    except ImportError:  # pragma: no cover - private API moved: assume nesting
+        return 2
+    return sum(interpreter.key() in (TransformType.Grad, TransformType.Jvp)
+               for interpreter in retrieve_all_functorch_interpreters())
+
+_NO_DOUBLE_BACKWARD = (
+    "fastloss.torch: a gradient of the gradient (create_graph=True, torch.func.hessian, "
+    "nested torch.func.grad) of a loss traced through fastloss's operators is not "
+    "available: the fused kernel computes the first derivative only.  Use "
+    "torch.nn.functional for this loss.")
+
+_loss_and_grad_op.register_autograd(_loss_and_grad_backward,
+                                    setup_context=_loss_and_grad_setup)
+
+
+def _loss_vmap(info, in_dims, loss, input, target, sample_weight, weight):
+    """vmap of fastloss::loss: one call per batch entry (no batched kernel)."""
+    return _per_entry(_loss_op, info, in_dims, loss, input, target, sample_weight, weight), 0
+
+
+def _loss_and_grad_vmap(info, in_dims, loss, input, target, sample_weight, weight):
+    """vmap of fastloss::loss_and_grad: one call per batch entry."""
+    values, grads = _per_entry(_loss_and_grad_op, info, in_dims, loss, input, target,
+                               sample_weight, weight)
+    return (values, grads), (0, 0)
+
+
+def _per_entry(op, info, in_dims, loss, *tensors):
+    size = info.batch_size
+    entries = []
+    for b in range(size):
+        args = [t if dim is None or t is None else t.select(dim, b)
+                for t, dim in zip(tensors, in_dims[1:])]
+        entries.append(op(loss, *args))
+    if isinstance(entries[0], tuple):
+        return tuple(torch.stack(parts) for parts in zip(*entries))
+    return torch.stack(entries)
+
+
+torch.library.register_vmap("fastloss::loss", _loss_vmap)
+torch.library.register_vmap("fastloss::loss_and_grad", _loss_and_grad_vmap)
+
+
+class _OperatorFunction(torch.autograd.Function):
+    """fastloss::loss_and_grad as an autograd node that torch.func transforms accept
+    (the operator's own autograd formula serves direct callers of the operator; torch
+    does not run an operator's formula under ``torch.func.grad``).  Its vmap rule is
+    generated: the forward runs the operator under vmap (its rule loops over the
+    batch), the backward is a product."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, target, sample_weight, weight, spec):
+        return _loss_and_grad_op(spec, input, target, sample_weight, weight)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _loss_and_grad_setup(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, grad_value, grad_grad):
+        grad_input = _loss_and_grad_backward(ctx, grad_value, grad_grad)[1]
+        return grad_input, None, None, None, None
+
+
+def _run_operator(loss, input, target, sample_weight, scale):
+    """``scale * loss`` through the operators (the caller traces or transforms)."""
+    if _needs_grad(input):
+        value = _OperatorFunction.apply(input, target, sample_weight, loss.weight,
+                                        loss.spec)[0]
+    else:
+        value = _loss_op(loss.spec, input, target, sample_weight, loss.weight)
+    return value if scale == 1.0 else value * scale
 
 
 # -- when fastloss may run ---------------------------------------------------------------
@@ -226,38 +530,63 @@ def _noop_false():
     return False
 
 
+_TRACED_TYPES = _traced_types()
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", _noop_false)
 _dispatch_stack_len = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
 _function_mode_enabled = getattr(torch._C, "_is_torch_function_mode_enabled", _noop_false)
 _tracing = getattr(torch._C, "_get_tracing_state", lambda: None)
 
 
-def _other_function_mode():
-    """A ``__torch_function__`` mode other than torch's default-device context is active
-    (it must see the call to torch's function, as it would without fastloss)."""
+def _function_modes():
+    """The active ``__torch_function__`` modes but torch's default-device context, or
+    None when torch's private API to list them moved."""
     if not _function_mode_enabled():
-        return False
+        return ()
     try:
         from torch.overrides import _get_current_function_mode_stack
         from torch.utils._device import DeviceContext
     except ImportError:  # pragma: no cover - private API moved: be safe
-        return True
-    return any(not isinstance(mode, DeviceContext)
-               for mode in _get_current_function_mode_stack())
+        return None
+    return [mode for mode in _get_current_function_mode_stack()
+            if not isinstance(mode, DeviceContext)]
+
+
+def _other_function_mode():
+    """A ``__torch_function__`` mode other than torch's default-device context is
+    active."""
+    modes = _function_modes()
+    return modes is None or len(modes) > 0
+
+
+def _user_function_mode():
+    """A ``__torch_function__`` mode not of torch itself (torch.export's are) is active:
+    it must see the call to torch's function, as it would without fastloss."""
+    modes = _function_modes()
+    return modes is None or any(not type(mode).__module__.startswith("torch.")
+                                for mode in modes)
 
 
 def _kernels_may_run():
-    """False under torch.compile, jit tracing, functorch transforms (vmap, grad, ...) and
-    dispatch/function modes: there tensors are not plain memory, or the call must be
-    recorded as torch's."""
+    """True when the kernels can be called directly on the tensors' memory: not under
+    torch.compile, torch.export, functorch transforms (vmap, grad, ...), dispatch or
+    function modes, or jit tracing."""
     # is_compiling() first: dynamo folds it to True, so it never traces the other checks
     return not (torch.compiler.is_compiling() or _functorch_active() or _dispatch_stack_len()
                 or _tracing() is not None or _other_function_mode())
 
 
-def _plain(tensor, dtypes):
-    """An ordinary dense CPU tensor of one of ``dtypes`` (readable as a NumPy view)."""
-    return (type(tensor) in _PLAIN_TYPES and tensor.is_cpu and tensor.dtype in dtypes
+def _operators_may_run():
+    """Where the kernels cannot run directly, whether fastloss's custom operators can:
+    under torch.compile, torch.export, functorch transforms and dispatch modes (which
+    see the operator, e.g. fake tensors), but not under jit tracing or a user's
+    ``__torch_function__`` mode, which must see torch's own call."""
+    return _tracing() is None and not _user_function_mode()
+
+
+def _plain(tensor, dtypes, types=_PLAIN_TYPES):
+    """An ordinary dense CPU tensor of one of ``dtypes`` (readable as a NumPy view; of
+    ``types``, which under tracing also admits the tracer's tensors)."""
+    return (type(tensor) in types and tensor.is_cpu and tensor.dtype in dtypes
             and tensor.layout is torch.strided and not tensor.is_nested)
 
 
@@ -265,10 +594,18 @@ def _needs_grad(tensor):
     return tensor.requires_grad and torch.is_grad_enabled()
 
 
+def _tensor_types():
+    """The tensor types fastloss computes on here: plain tensors where the kernels run
+    directly, also the tracer's under tracing (through the operators), else none."""
+    if _kernels_may_run():
+        return _PLAIN_TYPES
+    return _TRACED_TYPES if _operators_may_run() else ()
+
+
 def _constant(tensor, like):
     """``tensor`` can be read as a constant in the kernel: plain, ``like``'s dtype, and no
     gradient wanted for it."""
-    return _plain(tensor, (like.dtype,)) and not _needs_grad(tensor)
+    return _plain(tensor, (like.dtype,), _tensor_types()) and not _needs_grad(tensor)
 
 
 def _target_dtype(input, target, labels=False, integers=False):
@@ -282,11 +619,13 @@ def _target_dtype(input, target, labels=False, integers=False):
     tensor, which the caller converts to the input's dtype (``target.to(dtype)``, one
     copy, the values torch's type promotion gives inside the loss).
     """
-    if not (_kernels_may_run() and _plain(input, _KERNEL_DTYPES)):
+    types = _tensor_types()
+    if not _plain(input, _KERNEL_DTYPES, types):
         return None
     if labels:
-        return torch.int64 if _plain(target, _LABEL_DTYPES) else None
-    if _constant(target, input) or (integers and _plain(target, _INTEGER_DTYPES)):
+        return torch.int64 if _plain(target, _LABEL_DTYPES, types) else None
+    if ((_plain(target, (input.dtype,), types) and not _needs_grad(target))
+            or (integers and _plain(target, _INTEGER_DTYPES, types))):
         return input.dtype
     return None
 
@@ -298,10 +637,30 @@ def _legacy_reduction(size_average, reduce, reduction):
     return reduction
 
 
-@functools.lru_cache(maxsize=256)
-def _cached_loss(cls, **params):
-    """Loss objects with scalar parameters are immutable: build each once."""
-    return cls(**params)
+_LOSSES = {}   # (cls, sorted scalar parameters) -> loss: immutable, so built once
+
+
+def _loss(cls, weight=None, **params):
+    """The fastloss loss ``cls(**params)``, with ``weight`` (a tensor, or None) as its
+    per-class weights (``pos_weight`` of BinaryCrossEntropy, else ``class_weight``).
+
+    Where the kernels run directly, the loss object (built once for scalar parameters);
+    under tracing, an :class:`_OperatorLoss` naming it for the custom operators.
+    Raises fastloss's ValueError/TypeError for parameters it refuses (the caller then
+    falls back to torch).
+    """
+    if not _kernels_may_run():
+        return _OperatorLoss(_checked_spec(cls.__name__, tuple(sorted(params.items()))),
+                             weight)
+    if weight is not None:
+        return cls(**{_WEIGHT_PARAMETER.get(cls, "class_weight"): weight.numpy()}, **params)
+    key = (cls, tuple(sorted(params.items())))
+    loss = _LOSSES.get(key)
+    if loss is None:
+        if len(_LOSSES) >= 256:
+            _LOSSES.clear()
+        loss = _LOSSES[key] = cls(**params)
+    return loss
 
 
 def _row_loss_class(name):
@@ -328,8 +687,9 @@ def _row_weights(weight, input):
     for size, stride, n in zip(shape[1:], strides[1:], input.shape[1:]):
         if size not in (1, n) or (size != 1 and stride != 0):
             return None
-    rows = weight.numpy().reshape(shape)[(slice(None),) + (0,) * (input.ndim - 1)]
-    return np.broadcast_to(rows, input.shape[:1])
+    rows = weight.reshape(shape)[(slice(None),) + (0,) * (input.ndim - 1)]
+    rows = rows.expand(input.shape[:1])
+    return rows.numpy() if _kernels_may_run() else rows
 
 
 def _elementwise(make_loss, input, target, reduction, torch_loss, *, reads_input,
@@ -353,7 +713,7 @@ def _elementwise(make_loss, input, target, reduction, torch_loss, *, reads_input
     dtype = _target_dtype(input, target, integers=integer_target)
     if dtype is None or target.shape != input.shape:
         return torch_loss(input, target)
-    kernel_target = target.to(dtype)
+    kernel_target = target if target.dtype is dtype else target.to(dtype)
     sample_weight = None
     kernel_reduction = reduction
     if weight is not None:
@@ -361,6 +721,8 @@ def _elementwise(make_loss, input, target, reduction, torch_loss, *, reads_input
         if sample_weight is None or input.numel() == 0:
             return torch_loss(input, target)
         if weight_mean == "weight_sum" and reduction == "mean":
+            if not isinstance(sample_weight, np.ndarray):
+                return torch_loss(input, target)  # traced: 1/sum(w) would be data
             # torch: sum(w * l) / sum(w), w summed over every element
             total = float(sample_weight.sum(dtype=np.float64)) * (
                 input.numel() // len(sample_weight))
@@ -374,7 +736,7 @@ def _elementwise(make_loss, input, target, reduction, torch_loss, *, reads_input
                       reads_input)
     except (ValueError, TypeError):
         return torch_loss(input, target)
-    if nan_is_torchs_error and bool(result.isnan().any()):
+    if nan_is_torchs_error and type(loss) is not _OperatorLoss and bool(result.isnan().any()):
         return torch_loss(input, target)
     return result
 
@@ -387,7 +749,7 @@ def _error_loss(cls, torch_function, input, target, size_average, reduce, reduct
     torch_loss = functools.partial(torch_function, reduction=reduction, weight=weight)
     if weight is not None and weight.shape != input.shape:
         return torch_loss(input, target)
-    return _elementwise(lambda r: _cached_loss(cls, reduction=r), input, target, reduction,
+    return _elementwise(lambda r: _loss(cls, reduction=r), input, target, reduction,
                         torch_loss, reads_input=reads_input, weight=weight,
                         weight_mean="weight_sum")
 
@@ -423,7 +785,7 @@ def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
     if weight is not None and weight.shape != input.shape:
         return torch_loss(input, target)
     return _elementwise(
-        lambda r: _cached_loss(fl.Huber, delta=delta, reduction=r),
+        lambda r: _loss(fl.Huber, delta=delta, reduction=r),
         input, target, reduction, torch_loss, reads_input=True, weight=weight)
 
 
@@ -434,14 +796,14 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mea
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(F.smooth_l1_loss, reduction=reduction, beta=beta)
     if isinstance(beta, (int, float)) and beta == 0:
-        return _elementwise(lambda r: _cached_loss(fl.MeanAbsoluteError, reduction=r),
+        return _elementwise(lambda r: _loss(fl.MeanAbsoluteError, reduction=r),
                             input, target, reduction, torch_loss, reads_input=False)
     # math, not NumPy: torch.compile traces this line (before the fall-back decision) and
     # cannot branch on a NumPy result
     if not (isinstance(beta, (int, float)) and beta > 0 and math.isfinite(1.0 / beta)):
         return torch_loss(input, target)
     return _elementwise(
-        lambda r: _cached_loss(fl.Huber, delta=beta, reduction=r),
+        lambda r: _loss(fl.Huber, delta=beta, reduction=r),
         input, target, reduction, torch_loss, reads_input=True, scale=1.0 / beta)
 
 
@@ -457,7 +819,7 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(F.binary_cross_entropy, weight=weight, reduction=reduction)
     return _elementwise(
-        lambda r: _cached_loss(fl.BinaryCrossEntropy, from_logits=False, reduction=r),
+        lambda r: _loss(fl.BinaryCrossEntropy, from_logits=False, reduction=r),
         input, target, reduction, torch_loss, reads_input=True, weight=weight,
         nan_is_torchs_error=True)
 
@@ -475,16 +837,14 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
                                    reduction=reduction, pos_weight=pos_weight)
     if pos_weight is None:
         def make_loss(r):
-            return _cached_loss(fl.BinaryCrossEntropy, from_logits=True, reduction=r)
+            return _loss(fl.BinaryCrossEntropy, from_logits=True, reduction=r)
     else:
         if not (_constant(pos_weight, input) and input.ndim >= 1 and pos_weight.ndim <= 1
                 and pos_weight.numel() in (1, input.shape[-1])):
             return torch_loss(input, target)
-        pos_weights = pos_weight.numpy().reshape(-1)
-
         def make_loss(r):
-            return fl.BinaryCrossEntropy(from_logits=True, pos_weight=pos_weights,
-                                         reduction=r)
+            return _loss(fl.BinaryCrossEntropy, pos_weight.reshape(-1), from_logits=True,
+                         reduction=r)
     return _elementwise(make_loss, input, target, reduction, torch_loss, reads_input=True,
                         weight=weight)
 
@@ -502,7 +862,7 @@ def poisson_nll_loss(input, target, log_input=True, full=False, size_average=Non
     torch_loss = functools.partial(F.poisson_nll_loss, log_input=log_input, full=full,
                                    eps=eps, reduction=reduction)
     return _elementwise(
-        lambda r: _cached_loss(fl.Poisson, log_input=log_input, full=full, eps=eps,
+        lambda r: _loss(fl.Poisson, log_input=log_input, full=full, eps=eps,
                                reduction=r),
         input, target, reduction, torch_loss, reads_input=False,
         integer_target=not full or getattr(input, "dtype", None) == torch.get_default_dtype())
@@ -518,7 +878,7 @@ def soft_margin_loss(input, target, size_average=None, reduce=None, reduction="m
     """
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(F.soft_margin_loss, reduction=reduction)
-    return _elementwise(lambda r: _cached_loss(fl.SoftMargin, reduction=r), input, target,
+    return _elementwise(lambda r: _loss(fl.SoftMargin, reduction=r), input, target,
                         reduction, torch_loss, reads_input=True, integer_target=True)
 
 
@@ -530,17 +890,17 @@ def hinge_embedding_loss(input, target, margin=1.0, size_average=None, reduce=No
     torch_loss = functools.partial(F.hinge_embedding_loss, margin=margin,
                                    reduction=reduction)
     return _elementwise(
-        lambda r: _cached_loss(fl.HingeEmbedding, margin=margin, reduction=r),
+        lambda r: _loss(fl.HingeEmbedding, margin=margin, reduction=r),
         input, target, reduction, torch_loss, reads_input=False, integer_target=True)
 
 
 def _class_weight(weight, input, n_classes):
-    """torch's per-class ``weight`` as an array for fastloss, None for no weight, or
+    """torch's per-class ``weight`` for fastloss (the tensor), None for no weight, or
     False when fastloss cannot take it."""
     if weight is None:
         return None
     if _constant(weight, input) and tuple(weight.shape) == (n_classes,):
-        return weight.numpy()
+        return weight
     return False
 
 
@@ -589,7 +949,8 @@ def _row_loss(make_loss, input, target, labels, reduction, torch_loss, *, reads_
     if rows is None:
         return torch_loss(input, target)
     scores, target2, none_shape = rows
-    target2 = target2.to(dtype)
+    if target2.dtype is not dtype:
+        target2 = target2.to(dtype)
     try:
         loss = make_loss()
         if loss is None:
@@ -631,9 +992,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                 return None
         if cls is None:
             return None
-        if class_weight is None:
-            return _cached_loss(cls, **params)
-        return cls(class_weight=class_weight, **params)
+        return _loss(cls, class_weight, **params)
 
     return _row_loss(make_loss, input, target, labels, reduction, torch_loss,
                      reads_input=False)
@@ -688,7 +1047,7 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean",
         return F.kl_div(i, t, reduction="sum", log_target=log_target) * scale
 
     try:
-        loss = _cached_loss(fl._pointwise.PointwiseKLDivergence, log_target=bool(log_target),
+        loss = _loss(fl._pointwise.PointwiseKLDivergence, log_target=bool(log_target),
                             reduction="sum")
         return _run(loss, input, target, None, kl_reduced, scale, False)
     except (ValueError, TypeError):
@@ -708,9 +1067,7 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=
         class_weight = _class_weight(weight, input, input.shape[-1])
         if cls is None or class_weight is False:
             return None
-        if class_weight is None:
-            return _cached_loss(cls, margin=margin, p=p, reduction=reduction)
-        return cls(margin=margin, p=p, class_weight=class_weight, reduction=reduction)
+        return _loss(cls, class_weight, margin=margin, p=p, reduction=reduction)
 
     return _row_loss(make_loss, input, target, True, reduction, torch_loss,
                      reads_input=True, max_ndim=2)
@@ -729,9 +1086,7 @@ def multilabel_soft_margin_loss(input, target, weight=None, size_average=None, r
         class_weight = _class_weight(weight, input, input.shape[-1])
         if class_weight is False:
             return None
-        if class_weight is None:
-            return _cached_loss(fl.MultilabelSoftMargin, reduction=reduction)
-        return fl.MultilabelSoftMargin(class_weight=class_weight, reduction=reduction)
+        return _loss(fl.MultilabelSoftMargin, class_weight, reduction=reduction)
 
     return _row_loss(make_loss, input, target, False, reduction, torch_loss,
                      reads_input=True, max_ndim=2, integer_target=True)
@@ -743,7 +1098,7 @@ def multilabel_margin_loss(input, target, size_average=None, reduce=None, reduct
     shape (each row's classes, ended by -1)."""
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(F.multilabel_margin_loss, reduction=reduction)
-    return _row_loss(lambda: _cached_loss(fl.MultilabelMargin, reduction=reduction), input,
+    return _row_loss(lambda: _loss(fl.MultilabelMargin, reduction=reduction), input,
                      target, True, reduction, torch_loss, reads_input=True, max_ndim=2,
                      per_row=False)
 
@@ -778,7 +1133,7 @@ def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2, reduction="none"):
                                    gamma=gamma, reduction=reduction)
     # integer targets go to the fall-back, which raises as torchvision does
     return _elementwise(
-        lambda r: _cached_loss(fl.BinaryFocalCrossEntropy, from_logits=True, gamma=gamma,
+        lambda r: _loss(fl.BinaryFocalCrossEntropy, from_logits=True, gamma=gamma,
                                alpha=None if alpha < 0 else alpha, reduction=r),
         inputs, targets, reduction, torch_loss, reads_input=True)
 

@@ -571,20 +571,6 @@ def test_bce_probabilities_at_0_and_1(reduction, dtype, fast):
     assert len(fast) == 1
 
 
-@pytest.mark.filterwarnings("ignore:There is a performance drop")   # torch's vmap fallback
-@pytest.mark.parametrize("case", FUNCTION_CASES, ids=case_id)
-def test_functorch_transforms_fall_back(case, rng, fast):
-    name, kwargs, make_data = case
-    x, y = make_data((4, 3), torch.float64, rng)
-    ours = functools.partial(getattr(FL, name), **kwargs)
-    theirs = functools.partial(getattr(F, name), **kwargs)
-    batched = torch.func.vmap(lambda a, b: ours(a, b))(x.detach(), y)
-    torch.testing.assert_close(batched, torch.func.vmap(theirs)(x.detach(), y))
-    grad = torch.func.grad(lambda a: ours(a, y))(x.detach())
-    torch.testing.assert_close(grad, torch.func.grad(lambda a: theirs(a, y))(x.detach()))
-    assert fast == []
-
-
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 @pytest.mark.parametrize("case", FUNCTION_CASES, ids=case_id)
 def test_jit_trace_records_torchs_ops(case, rng, fast):
@@ -596,19 +582,6 @@ def test_jit_trace_records_torchs_ops(case, rng, fast):
     x2, y2 = make_data((4, 3), torch.float32, rng)
     torch.testing.assert_close(traced(x2.detach(), y2),
                                getattr(F, name)(x2, y2, **kwargs).detach())
-    assert fast == []
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("case", FUNCTION_CASES, ids=case_id)
-def test_torch_compile_traces_torchs_function(case, rng, fast):
-    name, kwargs, make_data = case
-    x, y = make_data((4, 3), torch.float32, rng)
-    torch.compiler.reset()     # each case compiles the same lambda: no recompile limit
-    compiled = torch.compile(lambda a, b: getattr(FL, name)(a, b, **kwargs), backend="eager",
-                             fullgraph=True)
-    assert_same_as_torch(compiled, lambda a, b: getattr(F, name)(a, b, **kwargs), (x, y),
-                         torch.float32)
     assert fast == []
 
 
