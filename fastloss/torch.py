@@ -318,11 +318,19 @@ def _run(loss, input, target, sample_weight, torch_loss, scale=1.0, reads_input=
 # record), the kernels run behind two operators registered with torch.library:
 #   fastloss::loss(str loss, Tensor input, Tensor target, Tensor? sample_weight,
 #                  Tensor? weight) -> Tensor
-#   fastloss::loss_and_grad(...same...) -> (Tensor value, Tensor grad)
+#   fastloss::loss_backward(str loss, Tensor grad_value, Tensor input, Tensor target,
+#                           Tensor? sample_weight, Tensor? weight) -> Tensor
 # ``loss`` names the fastloss loss and its scalar parameters (JSON); ``weight`` is its
-# per-class weight vector.  loss_and_grad is differentiable (the backward multiplies the
-# kernel's gradient by the upstream gradient); both have fake implementations (shapes
-# only) and run the kernels on real tensors.
+# per-class weight vector.  fastloss::loss is differentiable: its backward is
+# fastloss::loss_backward, the kernel's gradient pass scaled by the upstream gradient
+# ``grad_value`` inside the kernel call.  Both have fake implementations (shapes only)
+# and a vmap rule (one call per batch entry).
+#
+# Why not the fused forward here: a traced graph cannot hand the kernel's gradient on
+# unscaled (whether the upstream gradient is 1 is data), so it would pay a product pass
+# over a new tensor in backward: measured on 4096 x 1000 float32, kernel 6 ms + product
+# and page faults 13 ms; the value pass (reads only) + gradient pass cost about 1.5
+# kernels.  The eager path (_FusedLoss) keeps the single fused pass.
 
 _WEIGHT_PARAMETER = {fl.BinaryCrossEntropy: "pos_weight"}
 
@@ -393,16 +401,26 @@ def _loss_op(loss: str, input: torch.Tensor, target: torch.Tensor,
     return _to_tensor(value, input)
 
 
-@torch.library.custom_op("fastloss::loss_and_grad", mutates_args=())
-def _loss_and_grad_op(loss: str, input: torch.Tensor, target: torch.Tensor,
-                      sample_weight: Optional[torch.Tensor], weight: Optional[torch.Tensor]
-                      ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(value, gradient) of the fastloss loss ``loss`` from one fused pass."""
+@torch.library.custom_op("fastloss::loss_backward", mutates_args=())
+def _loss_backward_op(loss: str, grad_value: torch.Tensor, input: torch.Tensor,
+                      target: torch.Tensor, sample_weight: Optional[torch.Tensor],
+                      weight: Optional[torch.Tensor]) -> torch.Tensor:
+    """``grad_value`` times the gradient of fastloss::loss with respect to ``input``."""
     grad, grad_array = _gradient_buffer(input)
-    value, _ = _operator_loss(loss, weight).value_and_grad(
-        input.detach().numpy(), target.numpy(), _array_or_none(sample_weight),
-        out=grad_array)
-    return _to_tensor(value, input), grad
+    _operator_loss(loss, weight).grad(input.detach().numpy(), target.numpy(),
+                                      _array_or_none(sample_weight), out=grad_array)
+    if grad_value.ndim == 0:
+        if grad_value.item() != 1.0:      # a plain loss.backward() needs no product
+            grad.mul_(grad_value)
+    else:
+        grad.mul_(_per_row(grad_value, grad))
+    return grad
+
+
+def _per_row(grad_value, grad):
+    """The upstream gradient of reduction="none" broadcast over ``grad``: one value per
+    element, or per row (a row loss)."""
+    return grad_value.reshape(grad_value.shape + (1,) * (grad.ndim - grad_value.ndim))
 
 
 @_loss_op.register_fake
@@ -410,31 +428,28 @@ def _loss_fake(loss, input, target, sample_weight, weight):
     return input.new_empty(_value_shape(loss, input))
 
 
-@_loss_and_grad_op.register_fake
-def _loss_and_grad_fake(loss, input, target, sample_weight, weight):
-    return (input.new_empty(_value_shape(loss, input)),
-            input.new_empty(input.shape))
+@_loss_backward_op.register_fake
+def _loss_backward_fake(loss, grad_value, input, target, sample_weight, weight):
+    return input.new_empty(input.shape)
 
 
-def _loss_and_grad_setup(ctx, inputs, output):
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(output[1])
+def _loss_setup(ctx, inputs, output):
+    ctx.spec = inputs[0]
+    ctx.save_for_backward(*inputs[1:])
 
 
-def _loss_and_grad_backward(ctx, grad_value, grad_grad):
-    (grad,) = ctx.saved_tensors
-    if _differentiating_gradient(grad_value):
+def _loss_backward(ctx, grad_value):
+    if _differentiating_gradient():
         raise RuntimeError(_NO_DOUBLE_BACKWARD)
-    if 0 < grad_value.ndim < grad.ndim:
-        # reduction="none" of a row loss: one upstream value per row
-        grad_value = grad_value.reshape(grad_value.shape + (1,) * (grad.ndim - grad_value.ndim))
-    return None, grad * grad_value, None, None, None
+    input, target, sample_weight, weight = ctx.saved_tensors
+    with torch.no_grad():   # a constant of this graph (not differentiated: see above)
+        grad = _loss_backward_op(ctx.spec, grad_value, input, target, sample_weight, weight)
+    return None, grad, None, None, None
 
 
-def _differentiating_gradient(grad_value):
+def _differentiating_gradient():
     """Whether this backward is itself differentiated: create_graph=True in eager mode,
-    or a torch.func.grad around the one computing this backward (its upstream gradient
-    is then a tracked tensor of the outer level)."""
+    or a torch.func.grad around the one computing this backward."""
     if torch.compiler.is_compiling():
         return False
     if _functorch_active():
@@ -453,72 +468,63 @@ def _differentiating_transforms():
     return sum(interpreter.key() in (TransformType.Grad, TransformType.Jvp)
                for interpreter in retrieve_all_functorch_interpreters())
 
+
 _NO_DOUBLE_BACKWARD = (
     "fastloss.torch: a gradient of the gradient (create_graph=True, torch.func.hessian, "
     "nested torch.func.grad) of a loss traced through fastloss's operators is not "
     "available: the fused kernel computes the first derivative only.  Use "
     "torch.nn.functional for this loss.")
 
-_loss_and_grad_op.register_autograd(_loss_and_grad_backward,
-                                    setup_context=_loss_and_grad_setup)
+_loss_op.register_autograd(_loss_backward, setup_context=_loss_setup)
 
 
-def _loss_vmap(info, in_dims, loss, input, target, sample_weight, weight):
-    """vmap of fastloss::loss: one call per batch entry (no batched kernel)."""
-    return _per_entry(_loss_op, info, in_dims, loss, input, target, sample_weight, weight), 0
-
-
-def _loss_and_grad_vmap(info, in_dims, loss, input, target, sample_weight, weight):
-    """vmap of fastloss::loss_and_grad: one call per batch entry."""
-    values, grads = _per_entry(_loss_and_grad_op, info, in_dims, loss, input, target,
-                               sample_weight, weight)
-    return (values, grads), (0, 0)
-
-
-def _per_entry(op, info, in_dims, loss, *tensors):
-    size = info.batch_size
+def _per_entry(op, in_dims, size, leading, tensors):
+    """vmap by one call of ``op(*leading, *entry tensors)`` per batch entry."""
     entries = []
     for b in range(size):
         args = [t if dim is None or t is None else t.select(dim, b)
-                for t, dim in zip(tensors, in_dims[1:])]
-        entries.append(op(loss, *args))
-    if isinstance(entries[0], tuple):
-        return tuple(torch.stack(parts) for parts in zip(*entries))
-    return torch.stack(entries)
+                for t, dim in zip(tensors, in_dims)]
+        entries.append(op(*leading, *args))
+    return torch.stack(entries), 0
+
+
+def _loss_vmap(info, in_dims, loss, *tensors):
+    return _per_entry(_loss_op, in_dims[1:], info.batch_size, (loss,), tensors)
+
+
+def _loss_backward_vmap(info, in_dims, loss, *tensors):
+    return _per_entry(_loss_backward_op, in_dims[1:], info.batch_size, (loss,), tensors)
 
 
 torch.library.register_vmap("fastloss::loss", _loss_vmap)
-torch.library.register_vmap("fastloss::loss_and_grad", _loss_and_grad_vmap)
+torch.library.register_vmap("fastloss::loss_backward", _loss_backward_vmap)
 
 
 class _OperatorFunction(torch.autograd.Function):
-    """fastloss::loss_and_grad as an autograd node that torch.func transforms accept
-    (the operator's own autograd formula serves direct callers of the operator; torch
-    does not run an operator's formula under ``torch.func.grad``).  Its vmap rule is
-    generated: the forward runs the operator under vmap (its rule loops over the
-    batch), the backward is a product."""
+    """fastloss::loss as an autograd node that torch.func transforms accept (torch does
+    not run an operator's own autograd formula under ``torch.func.grad``).  Its vmap
+    rule is generated: forward and backward run the operators under vmap."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(input, target, sample_weight, weight, spec):
-        return _loss_and_grad_op(spec, input, target, sample_weight, weight)
+        return _loss_op(spec, input, target, sample_weight, weight)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _loss_and_grad_setup(ctx, inputs, output)
+        input, target, sample_weight, weight, spec = inputs
+        _loss_setup(ctx, (spec, input, target, sample_weight, weight), output)
 
     @staticmethod
-    def backward(ctx, grad_value, grad_grad):
-        grad_input = _loss_and_grad_backward(ctx, grad_value, grad_grad)[1]
-        return grad_input, None, None, None, None
+    def backward(ctx, grad_value):
+        return _loss_backward(ctx, grad_value)[1], None, None, None, None
 
 
 def _run_operator(loss, input, target, sample_weight, scale):
     """``scale * loss`` through the operators (the caller traces or transforms)."""
     if _needs_grad(input):
-        value = _OperatorFunction.apply(input, target, sample_weight, loss.weight,
-                                        loss.spec)[0]
+        value = _OperatorFunction.apply(input, target, sample_weight, loss.weight, loss.spec)
     else:
         value = _loss_op(loss.spec, input, target, sample_weight, loss.weight)
     return value if scale == 1.0 else value * scale

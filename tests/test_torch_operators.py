@@ -129,7 +129,7 @@ def tolerance(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_compiled_loss_runs_the_fused_operator(case, dtype, kernel_calls):
+def test_compiled_loss_runs_the_kernels(case, dtype, kernel_calls):
     ours, theirs = functions(case, dtype, 5)
     x, y = data(case, dtype)
     torch.compiler.reset()
@@ -151,7 +151,8 @@ def test_compiled_loss_runs_the_fused_operator(case, dtype, kernel_calls):
     torch.testing.assert_close(value, expected_value, **tolerance(dtype))
     torch.testing.assert_close(grad, expected_grad, **tolerance(dtype))
     assert len(graphs) == 1                 # fullgraph: one graph, no break
-    assert len(kernel_calls) == 1           # the compiled graph ran the kernel once
+    assert len(kernel_calls) == 2           # the compiled graphs ran the value and the
+                                            # gradient kernel
 
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop")
@@ -232,11 +233,15 @@ def test_opcheck(sample, dtype):
         y = torch.rand(shape, generator=gen, dtype=dtype)
     weight = _weight(shape[1]).to(dtype) if with_weight else None
     sample_weight = torch.rand(shape[:1], generator=gen, dtype=dtype)
-    for args in [(spec, x, y, None, weight), (spec, x, y, sample_weight, weight)]:
-        torch.library.opcheck(torch.ops.fastloss.loss.default, args)
-        torch.library.opcheck(torch.ops.fastloss.loss_and_grad.default, args)
-        grad_args = (spec, x.clone().requires_grad_(True), y, sample_weight, weight)
-        torch.library.opcheck(torch.ops.fastloss.loss_and_grad.default, grad_args)
+    none = '"reduction": "none"' in spec
+    upstream = torch.rand(shape if none and target_kind != "labels" else
+                          shape[:1] if none else (), generator=gen, dtype=dtype)
+    for sw in (None, sample_weight):
+        torch.library.opcheck(torch.ops.fastloss.loss.default, (spec, x, y, sw, weight))
+        torch.library.opcheck(torch.ops.fastloss.loss.default,
+                              (spec, x.clone().requires_grad_(True), y, sw, weight))
+        torch.library.opcheck(torch.ops.fastloss.loss_backward.default,
+                              (spec, upstream, x, y, sw, weight))
 
 
 def test_fake_tensors_get_shapes_only():
@@ -274,7 +279,7 @@ def test_compiled_training_step_with_inductor_equals_torch(kernel_calls):
     (ours, w_ours), (theirs, w_theirs) = models
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(w_ours, w_theirs, rtol=1e-5, atol=1e-6)
-    assert len(kernel_calls) == 3
+    assert len(kernel_calls) == 6         # value and gradient, each step
 
 
 # -- the gradient buffer of large inputs -------------------------------------------------
