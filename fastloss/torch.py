@@ -69,6 +69,7 @@ left alone.
 """
 import functools
 import json
+import logging
 import math
 from typing import Optional, Tuple
 import warnings
@@ -90,6 +91,7 @@ __all__ = [
     "NLLLoss", "KLDivLoss", "MultiMarginLoss", "MultiLabelSoftMarginLoss",
     "MultiLabelMarginLoss",
 ]
+# also public, not torch's: explain, Explanation, release_buffers
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 _LABEL_DTYPES = (torch.int64,)     # torch's cross_entropy/multi_margin labels are Long
@@ -306,11 +308,18 @@ def _run(loss, input, target, sample_weight, torch_loss, scale=1.0, reads_input=
     gradient, the value alone otherwise.  fastloss's ValueError/TypeError propagate (the
     caller then falls back to torch).  ``reads_input``: see :class:`_Call`."""
     if type(loss) is _OperatorLoss:
-        return _run_operator(loss, input, target, sample_weight, scale)
-    if input.requires_grad and torch.is_grad_enabled():
-        return _FusedLoss.apply(input, target,
-                                _Call(loss, sample_weight, scale, torch_loss, reads_input))
-    return _to_tensor(loss(input.numpy(), target.numpy(), sample_weight), input, scale)
+        result = _run_operator(loss, input, target, sample_weight, scale)
+        how = "custom operators (traced or transformed)"
+    elif input.requires_grad and torch.is_grad_enabled():
+        result = _FusedLoss.apply(input, target,
+                                  _Call(loss, sample_weight, scale, torch_loss, reads_input))
+        how = "fused value and gradient (eager)"
+    else:
+        result = _to_tensor(loss(input.numpy(), target.numpy(), sample_weight), input, scale)
+        how = "value only (no gradient wanted)"
+    if _explaining:
+        _record(torch_loss, "fastloss", how)
+    return result
 
 
 # -- layer 1b: the custom operators (torch.compile, torch.func, torch.export) -------------
@@ -674,6 +683,112 @@ def _row_loss_class(name):
     return getattr(fl, name, None)
 
 
+# -- visibility: which calls ran in fastloss ----------------------------------------------
+
+_log = logging.getLogger("fastloss.torch")
+_explaining = []   # the open explain() reports (a stack: explain() may nest)
+
+
+class Explanation(list):
+    """What :func:`explain` saw: one ``(function, ran, how)`` tuple per fastloss.torch
+    call, in order.  ``ran`` is ``"fastloss"`` or ``"torch"``; ``how`` says which path
+    ran (the fused node, the value alone, the traced operators) or why the call went to
+    torch.  ``str()`` gives a readable table; :attr:`result` is the function's result."""
+
+    result = None
+
+    @property
+    def fell_back(self):
+        """The calls torch computed, with their reasons."""
+        return [entry for entry in self if entry[1] == "torch"]
+
+    def __str__(self):
+        if not self:
+            return "no fastloss.torch call"
+        width = max(len(name) for name, _, _ in self)
+        return "\n".join(f"{name:<{width}}  {ran:<8}  {how}" for name, ran, how in self)
+
+
+def explain(fn, *args, **kwargs):
+    """Run ``fn(*args, **kwargs)`` and report how each fastloss.torch loss in it ran.
+
+    >>> report = fastloss.torch.explain(train_step, batch)
+    >>> print(report)
+    cross_entropy  fastloss  fused value and gradient (eager)
+    mse_loss       torch     input is torch.bfloat16, not float32/float64
+
+    Every call that torch computes instead of fastloss (see the fall-back rules) is
+    also logged at DEBUG level on the ``fastloss.torch`` logger, with its reason:
+    ``logging.getLogger("fastloss.torch").setLevel(logging.DEBUG)`` (and a handler)
+    shows them in a running program.  Under torch.compile the report is made while
+    torch traces the function (its first call): a compiled function's later calls run
+    the recorded graph, with the fastloss operators in it.
+
+    Returns
+    -------
+    Explanation
+        A list of ``(function, "fastloss" | "torch", how or why)``, with the result of
+        the call as ``.result``.
+    """
+    report = Explanation()
+    _explaining.append(report)
+    try:
+        report.result = fn(*args, **kwargs)
+    finally:
+        _explaining.remove(report)
+    return report
+
+
+def _caller_name(torch_loss):
+    function = getattr(torch_loss, "func", torch_loss)
+    return getattr(function, "__name__", repr(function)).lstrip("_")
+
+
+def _record(torch_loss, ran, how):
+    name = _caller_name(torch_loss)
+    for report in _explaining:
+        report.append((name, ran, how))
+
+
+def _fall_back(torch_loss, input, target, reason):
+    """torch's own ``torch_loss(input, target)``, for the ``reason`` (a string, an
+    exception fastloss raised, or a callable giving the string) shown by :func:`explain`
+    and the debug log."""
+    if _explaining or _log.isEnabledFor(logging.DEBUG):
+        if callable(reason):
+            reason = reason()
+        elif isinstance(reason, Exception):
+            reason = f"fastloss refused it: {reason}"
+        _record(torch_loss, "torch", reason)
+        _log.debug("%s: computed by torch: %s", _caller_name(torch_loss), reason)
+    return torch_loss(input, target)
+
+
+def _unsupported(input, target, labels=False, integers=False):
+    """Why :func:`_target_dtype` found no dtype: a callable giving the reason."""
+    def reason():
+        if not _kernels_may_run() and not _operators_may_run():
+            return "jit tracing or a __torch_function__ mode records torch's call"
+        types = _tensor_types()
+        for name, tensor in (("input", input), ("target", target)):
+            if not isinstance(tensor, torch.Tensor):
+                return f"{name} is not a tensor"
+            if type(tensor) not in types:
+                return f"{name} is a {type(tensor).__name__}"
+            if not tensor.is_cpu:
+                return f"{name} is on {tensor.device}"
+            if tensor.layout is not torch.strided or tensor.is_nested:
+                return f"{name} is not a dense tensor"
+        if input.dtype not in _KERNEL_DTYPES:
+            return f"input is {input.dtype}, not float32/float64"
+        if labels:
+            return f"target is {target.dtype}, not int64 class indices"
+        if _needs_grad(target):
+            return "target requires a gradient"
+        return f"target is {target.dtype}, input {input.dtype}"
+    return reason
+
+
 # -- layer 2: the functions --------------------------------------------------------------
 
 def _row_weights(weight, input):
@@ -698,6 +813,55 @@ def _row_weights(weight, input):
     return rows.numpy() if _kernels_may_run() else rows
 
 
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _autocast_on():
+    return torch.is_autocast_enabled("cpu")
+
+
+# torch's Python compositions: autocast casts their parts, not the loss, and they
+# return the input's dtype
+_COMPOSED_IN_PYTHON = (F.multilabel_soft_margin_loss,)
+# torch raises NotImplementedError for half-precision inputs outside autocast
+_NO_HALF_KERNEL_IN_TORCH = (F.multi_margin_loss, F.multilabel_margin_loss)
+
+
+def _half_precision(family, make_loss, input, target, reduction, torch_loss, *args,
+                    **kwargs):
+    """A bfloat16/float16 input (``family``: _elementwise or _row_loss): computed in
+    float32 through the kernel, as torch computes it.
+
+    Under ``torch.autocast("cpu")`` torch's policy for every loss of this module is
+    "float32": half-precision arguments are cast to float32 and the result is float32.
+    Outside autocast torch computes the half-precision loss itself (in float32
+    internally for these reductions) and returns it in the input's dtype (or the
+    promoted dtype of input and target).  Here the input (and a half-precision target)
+    goes to the kernel through a float32 copy (``.float()``, whose backward casts the
+    gradient back to the input's dtype, as torch's autocast cast does) and the value
+    is rounded to the dtype torch returns.
+    """
+    function = getattr(torch_loss, "func", torch_loss)
+    autocast = _autocast_on() and function not in _COMPOSED_IN_PYTHON
+    if not autocast and function in _NO_HALF_KERNEL_IN_TORCH:
+        return _fall_back(torch_loss, input, target,
+                          f"torch has no {input.dtype} kernel for it (outside autocast)")
+    result_dtype = torch.float32
+    if not autocast:
+        result_dtype = input.dtype
+        if target.is_floating_point():
+            result_dtype = torch.promote_types(input.dtype, target.dtype)
+    if target.dtype in _HALF_DTYPES:
+        target = target.float()
+    result = family(make_loss, input.float(), target, reduction, torch_loss, *args,
+                    **kwargs)
+    for report in _explaining:
+        if report and report[-1][1] == "fastloss":
+            report[-1] = report[-1][:2] + (
+                f"{report[-1][2]}; {input.dtype} input through a float32 copy",)
+    return result if result.dtype == result_dtype else result.to(result_dtype)
+
+
 def _elementwise(make_loss, input, target, reduction, torch_loss, *, reads_input,
                  weight=None, weight_mean="count", scale=1.0, nan_is_torchs_error=False,
                  integer_target=False):
@@ -716,34 +880,40 @@ def _elementwise(make_loss, input, target, reduction, torch_loss, *, reads_input
     recomputed by torch to raise torch's error.  ``reads_input``: torch's backward of this
     call reads the input (it fails after an in-place edit of it; see :class:`_FusedLoss`).
     """
+    if input.dtype in _HALF_DTYPES and _plain(input, _HALF_DTYPES, _tensor_types()):
+        return _half_precision(_elementwise, make_loss, input, target, reduction, torch_loss,
+                               reads_input=reads_input, weight=weight,
+                               weight_mean=weight_mean, scale=scale,
+                               nan_is_torchs_error=nan_is_torchs_error,
+                               integer_target=integer_target)
     dtype = _target_dtype(input, target, integers=integer_target)
     if dtype is None or target.shape != input.shape:
-        return torch_loss(input, target)
+        return _fall_back(torch_loss, input, target, _unsupported(input, target, integers=integer_target))
     kernel_target = target if target.dtype is dtype else target.to(dtype)
     sample_weight = None
     kernel_reduction = reduction
     if weight is not None:
         sample_weight = _row_weights(weight, input)
         if sample_weight is None or input.numel() == 0:
-            return torch_loss(input, target)
+            return _fall_back(torch_loss, input, target, "weight varies within a row (fastloss takes one weight per row)")
         if weight_mean == "weight_sum" and reduction == "mean":
             if not isinstance(sample_weight, np.ndarray):
-                return torch_loss(input, target)  # traced: 1/sum(w) would be data
+                return _fall_back(torch_loss, input, target, "a weighted mean divides by the weights' sum, data while torch traces")
             # torch: sum(w * l) / sum(w), w summed over every element
             total = float(sample_weight.sum(dtype=np.float64)) * (
                 input.numel() // len(sample_weight))
             if not total or not np.isfinite(total):
-                return torch_loss(input, target)
+                return _fall_back(torch_loss, input, target, "the weights sum to zero or overflow")
             sample_weight = (sample_weight / total).astype(sample_weight.dtype, copy=False)
             kernel_reduction = "sum"
     try:
         loss = make_loss(kernel_reduction)
         result = _run(loss, input, kernel_target, sample_weight, torch_loss, scale,
                       reads_input)
-    except (ValueError, TypeError):
-        return torch_loss(input, target)
+    except (ValueError, TypeError) as error:
+        return _fall_back(torch_loss, input, target, error)
     if nan_is_torchs_error and type(loss) is not _OperatorLoss and bool(result.isnan().any()):
-        return torch_loss(input, target)
+        return _fall_back(torch_loss, input, target, "NaN in the input: torch raises its error")
     return result
 
 
@@ -754,7 +924,7 @@ def _error_loss(cls, torch_function, input, target, size_average, reduce, reduct
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(torch_function, reduction=reduction, weight=weight)
     if weight is not None and weight.shape != input.shape:
-        return torch_loss(input, target)
+        return _fall_back(torch_loss, input, target, "weight of another shape than input")
     return _elementwise(lambda r: _loss(cls, reduction=r), input, target, reduction,
                         torch_loss, reads_input=reads_input, weight=weight,
                         weight_mean="weight_sum")
@@ -789,7 +959,7 @@ def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
     torch_loss = functools.partial(F.huber_loss, reduction=reduction, delta=delta,
                                    weight=weight)
     if weight is not None and weight.shape != input.shape:
-        return torch_loss(input, target)
+        return _fall_back(torch_loss, input, target, "weight of another shape than input")
     return _elementwise(
         lambda r: _loss(fl.Huber, delta=delta, reduction=r),
         input, target, reduction, torch_loss, reads_input=True, weight=weight)
@@ -807,7 +977,7 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mea
     # math, not NumPy: torch.compile traces this line (before the fall-back decision) and
     # cannot branch on a NumPy result
     if not (isinstance(beta, (int, float)) and beta > 0 and math.isfinite(1.0 / beta)):
-        return torch_loss(input, target)
+        return _fall_back(torch_loss, input, target, "beta is not a positive number")
     return _elementwise(
         lambda r: _loss(fl.Huber, delta=beta, reduction=r),
         input, target, reduction, torch_loss, reads_input=True, scale=1.0 / beta)
@@ -847,7 +1017,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     else:
         if not (_constant(pos_weight, input) and input.ndim >= 1 and pos_weight.ndim <= 1
                 and pos_weight.numel() in (1, input.shape[-1])):
-            return torch_loss(input, target)
+            return _fall_back(torch_loss, input, target, "pos_weight is not one value or one per class")
         def make_loss(r):
             return _loss(fl.BinaryCrossEntropy, pos_weight.reshape(-1), from_logits=True,
                          reduction=r)
@@ -937,6 +1107,12 @@ def _as_rows(input, target, per_row, max_ndim=None):
     return rows, target2, none_shape
 
 
+def _row_loss_of_labels(labels):
+    """_row_loss with its ``labels`` argument bound: the signature of _elementwise."""
+    return lambda make_loss, input, target, *args, **kwargs: _row_loss(
+        make_loss, input, target, labels, *args, **kwargs)
+
+
 def _row_loss(make_loss, input, target, labels, reduction, torch_loss, *, reads_input,
               max_ndim=None, per_row=None, integer_target=False):
     """A row loss (one value per row of (N, C) scores): fastloss, else ``torch_loss``.
@@ -948,22 +1124,27 @@ def _row_loss(make_loss, input, target, labels, reduction, torch_loss, *, reads_
     sets padded with -1).  ``make_loss()`` builds the fastloss loss or returns None when
     it cannot.  ``reads_input`` as for :func:`_elementwise`.
     """
+    if input.dtype in _HALF_DTYPES and _plain(input, _HALF_DTYPES, _tensor_types()):
+        return _half_precision(_row_loss_of_labels(labels), make_loss, input, target,
+                               reduction, torch_loss, reads_input=reads_input,
+                               max_ndim=max_ndim, per_row=per_row,
+                               integer_target=integer_target)
     dtype = _target_dtype(input, target, labels, integer_target)
     if dtype is None:
-        return torch_loss(input, target)
+        return _fall_back(torch_loss, input, target, _unsupported(input, target, labels, integer_target))
     rows = _as_rows(input, target, labels if per_row is None else per_row, max_ndim)
     if rows is None:
-        return torch_loss(input, target)
+        return _fall_back(torch_loss, input, target, "shapes of input and target the kernel does not read")
     scores, target2, none_shape = rows
     if target2.dtype is not dtype:
         target2 = target2.to(dtype)
     try:
         loss = make_loss()
         if loss is None:
-            return torch_loss(input, target)
+            return _fall_back(torch_loss, input, target, "a parameter combination the kernel does not compute")
         result = _run(loss, scores, target2, None, torch_loss, 1.0, reads_input)
-    except (ValueError, TypeError):
-        return torch_loss(input, target)
+    except (ValueError, TypeError) as error:
+        return _fall_back(torch_loss, input, target, error)
     if none_shape is not None and reduction == "none":
         result = result.reshape(none_shape)
     return result
@@ -1015,8 +1196,10 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     not fit), and torch's own kernel already does this in one pass each way; it is exposed
     here so that ``fastloss.torch`` replaces ``torch.nn.functional`` for every loss.
     """
-    return F.nll_loss(input, target, weight=weight, size_average=size_average,
-                      ignore_index=ignore_index, reduce=reduce, reduction=reduction)
+    torch_loss = functools.partial(F.nll_loss, weight=weight, size_average=size_average,
+                                   ignore_index=ignore_index, reduce=reduce,
+                                   reduction=reduction)
+    return _fall_back(torch_loss, input, target, "torch's own: a gather, nothing to fuse")
 
 
 def kl_div(input, target, size_average=None, reduce=None, reduction="mean",
@@ -1039,7 +1222,7 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean",
             and _target_dtype(input, target) is not None
             and target.shape == input.shape and input.numel() > 0
             and isinstance(log_target, (bool, np.bool_))):
-        return torch_loss(input, target)
+        return _fall_back(torch_loss, input, target, "reduction='none', a broadcast target, an empty input or a tensor the kernel does not read")
     if reduction == "mean" and not legacy:
         warnings.warn(_KL_MEAN_WARNING, stacklevel=2)
     if reduction == "mean":
@@ -1056,8 +1239,8 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean",
         loss = _loss(fl._pointwise.PointwiseKLDivergence, log_target=bool(log_target),
                             reduction="sum")
         return _run(loss, input, target, None, kl_reduced, scale, False)
-    except (ValueError, TypeError):
-        return torch_loss(input, target)
+    except (ValueError, TypeError) as error:
+        return _fall_back(torch_loss, input, target, error)
 
 
 def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=None,

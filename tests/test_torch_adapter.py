@@ -387,14 +387,6 @@ def test_torch_threads_unchanged(rng):
 
 # -- fallbacks --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_falls_back(dtype, rng, fast):
-    x = randn((6, 3), torch.float32, rng).to(dtype).requires_grad_(True)
-    y = randn((6, 3), torch.float32, rng).to(dtype)
-    assert_same_as_torch(FL.mse_loss, F.mse_loss, (x, y), dtype)
-    assert fast == []
-
-
 @pytest.mark.parametrize("case", FUNCTION_CASES, ids=case_id)
 def test_target_requiring_grad_falls_back(case, rng, fast):
     # torch differentiates some of these with respect to the target and refuses others

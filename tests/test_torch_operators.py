@@ -331,3 +331,96 @@ def test_release_buffers_frees_the_kept_memory():
     assert FL._buffers._buffers
     FL.release_buffers()
     assert not FL._buffers._buffers
+
+
+# -- half precision --------------------------------------------------------------------
+
+@pytest.fixture
+def runs(monkeypatch):
+    """The fastloss computations of the adapter (each call that did not fall back)."""
+    calls = []
+    real = FL._run
+
+    def counting(loss, *args):
+        calls.append(loss)
+        return real(loss, *args)
+
+    monkeypatch.setattr(FL, "_run", counting)
+    return calls
+
+
+HALF_CASES = [case for case in CASES if case[0] != "kl_div" and "weight" not in case[1]
+              and "pos_weight" not in case[1]]
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["plain", "autocast"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", HALF_CASES, ids=case_id)
+def test_half_precision_runs_the_float32_kernel_as_torch_computes_it(case, dtype, autocast,
+                                                                     runs):
+    """Under CPU autocast torch computes every loss in float32 from the half-precision
+    input; outside it, torch returns the loss in the input's dtype: the adapter gives the
+    same dtypes and values within half precision, through the kernel."""
+    ours, theirs = functions(case, dtype, 5)
+    x, y = data(case, torch.float32, shape=(16, 5))
+    x = x.to(dtype)
+    if y.is_floating_point():
+        y = y.to(dtype)
+    if not autocast and case[0] in ("multi_margin_loss", "multilabel_margin_loss"):
+        for fn in (ours, theirs):       # torch has no half-precision kernel for these
+            with pytest.raises(NotImplementedError):
+                fn(x, y)
+        assert runs == []
+        return
+    results = []
+    for fn in (ours, theirs):
+        a = x.detach().requires_grad_(True)
+        with torch.autocast("cpu", dtype=dtype, enabled=autocast):
+            value = fn(a, y)
+        upstream = torch.linspace(0.5, 1.5, value.numel(), dtype=value.dtype)
+        (value.float() * upstream.reshape(value.shape).float()).sum().backward()
+        results.append((value.detach(), a.grad))
+    (value, grad), (expected, expected_grad) = results
+    assert value.dtype == expected.dtype and grad.dtype == expected_grad.dtype == dtype
+    half = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(value.float(), expected.float(), **half)
+    torch.testing.assert_close(grad.float(), expected_grad.float(), **half)
+    assert len(runs) == 1
+
+
+# -- visibility ----------------------------------------------------------------------------
+
+def test_explain_reports_each_call_and_why_torch_computed_it():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, generator=gen, requires_grad=True)
+    y = torch.randint(0, 3, (4,), generator=gen)
+
+    def step():
+        FL.cross_entropy(x, y).backward()
+        FL.mse_loss(x.detach(), torch.zeros(4, 3))
+        FL.binary_cross_entropy_with_logits(x, torch.rand(4, 3, generator=gen),
+                                            weight=torch.rand(4, 3, generator=gen))
+        FL.nll_loss(torch.log_softmax(x, 1), y)
+        FL.l1_loss(x.detach().to(torch.complex64), torch.zeros(4, 3, dtype=torch.complex64))
+        return "done"
+
+    report = FL.explain(step)
+    assert report.result == "done"
+    assert [(name, ran) for name, ran, _ in report] == [
+        ("cross_entropy", "fastloss"), ("mse_loss", "fastloss"),
+        ("binary_cross_entropy_with_logits", "torch"), ("nll_loss", "torch"),
+        ("l1_loss", "torch")]
+    assert "fused" in report[0][2] and "value only" in report[1][2]
+    assert "weight varies within a row" in report[2][2]
+    assert "complex64" in report[4][2]
+    assert report.fell_back == report[2:]
+    assert str(report).splitlines()[0].split()[:2] == ["cross_entropy", "fastloss"]
+    compiled = torch.compile(lambda a, b: FL.cross_entropy(a, b), backend="eager")
+    assert FL.explain(compiled, x, y)[0][2].startswith("custom operators")
+
+
+def test_fall_backs_are_logged_at_debug_level(caplog):
+    x = torch.randn(4, 3).to(torch.complex64)
+    with caplog.at_level("DEBUG", logger="fastloss.torch"):
+        FL.l1_loss(x, x)
+    assert "l1_loss: computed by torch: input is torch.complex64" in caplog.text
