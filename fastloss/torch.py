@@ -11,32 +11,37 @@ constructor, attributes, buffers and ``state_dict``) and only replace ``forward`
 
 Design, in three layers (the split of Liger-Kernel):
 
-1. :class:`_FusedLoss`, one ``torch.autograd.Function`` for every loss, parametrised by a
-   fastloss loss object.  Its forward runs ``value_and_grad`` once, writing the gradient
-   into a tensor from ``torch.empty_like`` through a NumPy view; its backward hands that
-   tensor out, untouched when the upstream gradient is the scalar 1 (the
-   ``loss.backward()`` case), else multiplied by it in place, so ``.grad`` is the kernel's
-   own output, not a copy.  CPU float32/float64 tensors reach the kernel as NumPy views,
-   so nothing is copied.  When the input needs no gradient, only the value is computed.
+1. The kernel calls.  Eager mode: :class:`_FusedLoss`, one ``torch.autograd.Function``
+   for every loss, parametrised by a fastloss loss object.  Its forward runs
+   ``value_and_grad`` once, writing the gradient into a buffer (reused for large
+   inputs once nothing references it: :class:`_GradientBuffers`) through a NumPy view;
+   its backward hands that tensor out, untouched when the upstream gradient is the
+   scalar 1 (the ``loss.backward()`` case), else multiplied by it in place, so
+   ``.grad`` is the kernel's own output, not a copy.  CPU float32/float64 tensors reach
+   the kernel as NumPy views, so nothing is copied; bfloat16/float16 inputs go through
+   a float32 copy, as torch's autocast casts them.  When the input needs no gradient,
+   only the value is computed.  Traced or transformed calls (torch.compile,
+   torch.func, torch.export, dispatch modes): the custom operators ``fastloss::loss``
+   and ``fastloss::loss_backward`` (layer 1b).
 2. The functions map torch's arguments onto a fastloss loss, or decide it cannot compute
-   this call.
+   this call (:func:`_fall_back`, which :func:`explain` and the debug log report).
 3. The modules call the functions.
 
 Everything fastloss does not compute exactly as torch does falls back to
 ``torch.nn.functional`` itself, so results always equal torch's: tensors that are not
-plain CPU float32/float64 (CUDA, float16/bfloat16, sparse, subclasses), mixed dtypes
+dense CPU float32/float64/bfloat16/float16 (CUDA, sparse, subclasses), mixed dtypes
 (but the signed integer targets of ``poisson_nll_loss``, ``soft_margin_loss`` and
 ``hinge_embedding_loss``, converted to the input's dtype as torch promotes them) or
 broadcasting shapes, a target or weight that requires a gradient, per-element weights,
-``kl_div(reduction="none")``, torch.compile / jit tracing / functorch transforms / dispatch
-modes, any value fastloss rejects (torch then raises its own error or computes its own
-answer), and a double backward (``create_graph=True``), which differentiates torch's own
-formula.  ``nll_loss`` is torch's: its input already is log-probabilities, so there is no
-softmax to fuse and its gradient is a scatter of ``-weight`` (see :func:`nll_loss`).
-``kl_div`` runs fastloss's elementwise ``PointwiseKLDivergence`` kernel, which reads its
-input as log q, as torch does (see :func:`kl_div`).  One result differs on purpose:
-``soft_margin_loss`` stays finite where torch's ``log(1 + exp(-target * input))``
-overflows to inf (with a NaN gradient).
+``kl_div(reduction="none")``, jit tracing and ``__torch_function__`` modes not of torch,
+any value fastloss rejects in eager mode (torch then raises its own error or computes
+its own answer), and a double backward (``create_graph=True``), which differentiates
+torch's own formula.  ``nll_loss`` is torch's: its input already is log-probabilities,
+so there is no softmax to fuse and its gradient is a scatter of ``-weight`` (see
+:func:`nll_loss`).  ``kl_div`` runs fastloss's elementwise ``PointwiseKLDivergence``
+kernel, which reads its input as log q, as torch does (see :func:`kl_div`).  One result
+differs on purpose: ``soft_margin_loss`` stays finite where torch's ``log(1 +
+exp(-target * input))`` overflows (to inf, with a NaN gradient).
 
 Gradients and in-place edits:
 
@@ -652,7 +657,7 @@ def _legacy_reduction(size_average, reduce, reduction):
     return reduction
 
 
-_LOSSES = {}   # (cls, sorted scalar parameters) -> loss: immutable, so built once
+_LOSSES = {}   # (cls, *parameters) -> loss: immutable, so built once
 
 
 def _loss(cls, weight=None, **params):
@@ -669,7 +674,7 @@ def _loss(cls, weight=None, **params):
                              weight)
     if weight is not None:
         return cls(**{_WEIGHT_PARAMETER.get(cls, "class_weight"): weight.numpy()}, **params)
-    key = (cls, tuple(sorted(params.items())))
+    key = (cls, *params.items())   # each call site passes its keywords in one order
     loss = _LOSSES.get(key)
     if loss is None:
         if len(_LOSSES) >= 256:
