@@ -163,6 +163,17 @@ def test_bench_quick_json_and_markdown(tmp_path):
         assert evaluation["met"] in (True, False, None)
     assert "performance targets (targets.json" in proc.stdout
 
+    if HAS_TORCH:   # the adapter's small heads (--quick), with their targets
+        adapter = {entry["case"]: entry for entry in document["adapter"]}
+        assert {"CE 64x10", "mse 2048", "BCE-logits 256x50", "eager overhead CE 64x10",
+                "eager overhead mse 2048"} <= set(adapter)
+        assert adapter["CE 64x10"]["ratio"] == pytest.approx(
+            adapter["CE 64x10"]["seconds"]["torch"] / adapter["CE 64x10"]["seconds"]["fastloss"])
+        assert all(entry["met"] in (True, False) for entry in adapter.values())
+        assert "PyTorch adapter: fastloss.torch vs torch.nn.functional" in proc.stdout
+    else:
+        assert document["adapter"] == []
+
     markdown = md_path.read_text()
     assert "| loss | size |" in markdown and "### float32" in markdown
     for r in results:

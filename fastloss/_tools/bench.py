@@ -666,6 +666,14 @@ def add_arguments(parser):
                         help="run N processes spinning on the CPUs during the run (a busy "
                              "machine); times are then means over every call, stalls "
                              "included, not the best round")
+    parser.add_argument("--no-adapter", action="store_true",
+                        help="skip the PyTorch adapter's section (fastloss.torch against "
+                             "torch.nn.functional; timed when torch is installed)")
+    parser.add_argument("--adapter-only", action="store_true",
+                        help="time only the PyTorch adapter's section")
+    parser.add_argument("--compile", action="store_true",
+                        help="add the adapter's torch.compile and bfloat16-autocast cases "
+                             "(compiling takes a minute or two; not with --quick)")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")
     parser.add_argument("--plot", metavar="FILE.png",
@@ -721,20 +729,27 @@ def main(args, argv):
     timing = QUICK_TIMING if args.quick else DEFAULT_TIMING
     if args.busy:
         timing = dataclasses.replace(timing, mean=True)
-    cases = make_cases(losses, sizes, dtypes, args.scale)
+    cases = [] if args.adapter_only else make_cases(losses, sizes, dtypes, args.scale)
     table = Table(threads, peers, cases)
     out = sys.stdout
+    adapter = []
     with _peers_configured(peers, threads[-1], dtypes) as peer_info, \
             busy_neighbours(args.busy):
         _print_header(out, threads, dtypes, peer_info, timing,
                       [name for name in losses if name not in REFERENCES])
-        bandwidth = _measure_bandwidth(out, threads[-1], timing, "torch" in peers)
+        bandwidth = ({"none": math.nan} if args.adapter_only else
+                     _measure_bandwidth(out, threads[-1], timing, "torch" in peers))
         warm_up_threads(threads[-1], timing.warm_up)
         results = run_cases(cases, table, timing, max(bandwidth.values()), out)
-    evaluations = evaluate_targets(results, targets) if targets else None
-    _print_targets(out, evaluations, args.targets or TARGETS_PATH)
+        if args.adapter_only or not (args.no_adapter or args.no_peers):
+            from . import bench_torch
+            adapter = bench_torch.run(out, timing, threads[-1], args.compile, args.quick)
+    evaluations = evaluate_targets(results, targets) if targets and results else None
+    if results:
+        _print_targets(out, evaluations, args.targets or TARGETS_PATH)
     if args.json:
-        _write_json(args.json, results, evaluations, threads, dtypes, bandwidth, peer_info)
+        _write_json(args.json, results, evaluations, threads, dtypes, bandwidth, peer_info,
+                    adapter)
     if args.markdown:
         _write_markdown(args.markdown, table, results, evaluations, bandwidth, peer_info,
                         argv)
@@ -847,7 +862,8 @@ def _print_targets(out, evaluations, path):
             print("  " + describe_target(evaluation), file=out)
 
 
-def _write_json(path, results, evaluations, threads, dtypes, bandwidth, peer_info):
+def _write_json(path, results, evaluations, threads, dtypes, bandwidth, peer_info,
+                adapter=()):
     document = {
         "fastloss_version": fl.__version__,
         "config": {k: (v if isinstance(v, (bool, int, float)) else str(v))
@@ -862,6 +878,7 @@ def _write_json(path, results, evaluations, threads, dtypes, bandwidth, peer_inf
                       "threads": threads[-1]},
         "results": [r.to_json() for r in results],
         "targets": evaluations,
+        "adapter": list(adapter),
     }
     with open(path, "w") as f:
         json.dump(document, f, indent=1)
