@@ -745,8 +745,9 @@ def explain(fn, *args, **kwargs):
 
 
 def _caller_name(torch_loss):
+    """The adapter function a call went through, named after torch's function."""
     function = getattr(torch_loss, "func", torch_loss)
-    return getattr(function, "__name__", repr(function)).lstrip("_")
+    return _DISPLAY_NAMES.get(function) or getattr(function, "__name__", "loss")
 
 
 def _record(torch_loss, ran, how):
@@ -830,6 +831,17 @@ def _autocast_on():
 _COMPOSED_IN_PYTHON = (F.multilabel_soft_margin_loss,)
 # torch raises NotImplementedError for half-precision inputs outside autocast
 _NO_HALF_KERNEL_IN_TORCH = (F.multi_margin_loss, F.multilabel_margin_loss)
+
+
+def _half_weight_as_float32(weight, input):
+    """A weight of a half-precision input as the float32 kernel reads it: a float32
+    copy of a weight of the input's dtype, or a float32 weight under autocast (which
+    casts every argument of these losses to float32); else the weight itself."""
+    if (input.dtype in _HALF_DTYPES and isinstance(weight, torch.Tensor)
+            and (weight.dtype == input.dtype
+                 or (weight.dtype == torch.float32 and _autocast_on()))):
+        return weight.float()
+    return weight
 
 
 def _half_precision(family, make_loss, input, target, reduction, torch_loss, *args,
@@ -1020,11 +1032,18 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
         def make_loss(r):
             return _loss(fl.BinaryCrossEntropy, from_logits=True, reduction=r)
     else:
-        if not (_constant(pos_weight, input) and input.ndim >= 1 and pos_weight.ndim <= 1
-                and pos_weight.numel() in (1, input.shape[-1])):
-            return _fall_back(torch_loss, input, target, "pos_weight is not one value or one per class")
+        pos_weights = _half_weight_as_float32(pos_weight, input)
+        half = input.dtype in _HALF_DTYPES
+        if not ((_constant(pos_weights, pos_weights) and pos_weights.dtype == torch.float32
+                 if half else _constant(pos_weights, input))
+                and input.ndim >= 1 and pos_weights.ndim <= 1
+                and pos_weights.numel() in (1, input.shape[-1])):
+            return _fall_back(torch_loss, input, target,
+                              "pos_weight is not one value or one per class of the input's "
+                              "dtype")
+
         def make_loss(r):
-            return _loss(fl.BinaryCrossEntropy, pos_weight.reshape(-1), from_logits=True,
+            return _loss(fl.BinaryCrossEntropy, pos_weights.reshape(-1), from_logits=True,
                          reduction=r)
     return _elementwise(make_loss, input, target, reduction, torch_loss, reads_input=True,
                         weight=weight)
@@ -1219,15 +1238,18 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean",
     legacy = size_average is not None or reduce is not None
     reduction = _legacy_reduction(size_average, reduce, reduction)
     if legacy:
-        def torch_loss(i, t):   # what F.kl_div runs for legacy arguments (no "mean" warning)
+        def kl_div(i, t):   # what F.kl_div runs for legacy arguments (no "mean" warning)
             return torch.kl_div(i, t, _reduction.get_enum(reduction), log_target=log_target)
+        torch_loss = kl_div
     else:
         torch_loss = functools.partial(F.kl_div, reduction=reduction, log_target=log_target)
     if not (reduction in ("mean", "batchmean", "sum")
             and _target_dtype(input, target) is not None
             and target.shape == input.shape and input.numel() > 0
             and isinstance(log_target, (bool, np.bool_))):
-        return _fall_back(torch_loss, input, target, "reduction='none', a broadcast target, an empty input or a tensor the kernel does not read")
+        return _fall_back(torch_loss, input, target,
+                          "reduction='none', a broadcast target, an empty input or a "
+                          "tensor the kernel does not read")
     if reduction == "mean" and not legacy:
         warnings.warn(_KL_MEAN_WARNING, stacklevel=2)
     if reduction == "mean":
@@ -1310,6 +1332,9 @@ def _torchvision_sigmoid_focal_loss(inputs, targets, alpha, gamma, reduction):
     if reduction == "sum":
         return loss.sum()
     return loss
+
+
+_DISPLAY_NAMES = {_torchvision_sigmoid_focal_loss: "sigmoid_focal_loss"}
 
 
 def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2, reduction="none"):
