@@ -15,7 +15,7 @@ from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from cython cimport floating
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, INT64_MAX
 
 from fastloss._numerics cimport *
 
@@ -72,7 +72,8 @@ cpdef enum Flag:
 cdef extern from "_parallel.h" nogil:
     int64_t fastloss_now_ns()
     int fastloss_team_size(int requested)
-    void fastloss_team_done(int team, int64_t start, int64_t first_done, int64_t end)
+    void fastloss_team_done(int team, int64_t start, int64_t paced_end, int64_t end)
+    void fastloss_keep_fastest(int64_t* slot, int64_t value)
     int fastloss_install_fork_handler()
     int64_t fastloss_serial_process
     int64_t fastloss_serial_until_ns
@@ -112,7 +113,8 @@ def load_state():
 
 def report_region(int team, double elapsed, double first_chunk):
     """Tell the back-off about a region of ``team`` threads that took ``elapsed``
-    seconds, its first chunk ``first_chunk`` seconds (for tests of the mechanism)."""
+    seconds, whose fastest thread did its chunk of blocks in ``first_chunk`` seconds
+    (for tests of the mechanism)."""
     cdef int64_t now = fastloss_now_ns()
     fastloss_team_done(team, now - <int64_t>(elapsed * 1e9),
                        now - <int64_t>((elapsed - first_chunk) * 1e9), now)
@@ -174,9 +176,11 @@ cdef inline double ordered_sum(const double* partial, Py_ssize_t n) noexcept nog
 
 cdef struct Team:
     int size                  # threads running the blocks (1: serially, no region)
-    Py_ssize_t first_last     # the block after which the first thread is done
+    Py_ssize_t chunk          # blocks per thread (static schedule: thread t runs
+                              # blocks t*chunk .. (t+1)*chunk-1)
+    Py_ssize_t n_blocks
     int64_t start             # when the region started (ns)
-    int64_t first_done        # when the first thread was done (ns)
+    int64_t fastest_per_block # the fastest thread's time per block (ns)
 
 
 cdef inline Team team_for(Py_ssize_t n_blocks, int n_threads) noexcept nogil:
@@ -184,21 +188,28 @@ cdef inline Team team_for(Py_ssize_t n_blocks, int n_threads) noexcept nogil:
     ``n_threads`` threads; starts its clock (see fastloss_team_size)."""
     cdef Team team
     team.size = fastloss_team_size(n_threads) if n_blocks > 1 else 1
-    team.first_last = (n_blocks + team.size - 1) // team.size - 1
+    team.chunk = (n_blocks + team.size - 1) // team.size
+    team.n_blocks = n_blocks
     team.start = fastloss_now_ns() if team.size > 1 else 0
-    team.first_done = team.start
+    team.fastest_per_block = INT64_MAX
     return team
 
 
 cdef inline void block_done(Team* team, Py_ssize_t block) noexcept nogil:
-    """Called by the thread that ran ``block``, inside the region."""
-    if block == team.first_last:
-        team.first_done = fastloss_now_ns()
+    """Called by the thread that ran ``block``, inside the region: after the last block
+    of its chunk, a thread offers its pace (time per block since the start)."""
+    cdef Py_ssize_t in_chunk = block % team.chunk
+    if in_chunk == team.chunk - 1 or block == team.n_blocks - 1:
+        fastloss_keep_fastest(&team.fastest_per_block,
+                              (fastloss_now_ns() - team.start) // (in_chunk + 1))
 
 
 cdef inline void team_finished(const Team* team) noexcept nogil:
-    """After the region: report how punctual it was (see fastloss_team_done)."""
-    fastloss_team_done(team.size, team.start, team.first_done, fastloss_now_ns())
+    """After the region: report how punctual it was (see fastloss_team_done): when
+    every thread would have been done at the fastest one's pace, against when the
+    region ended."""
+    fastloss_team_done(team.size, team.start,
+                       team.start + team.fastest_per_block * team.chunk, fastloss_now_ns())
 
 
 cdef inline void* data_or_null(object array):

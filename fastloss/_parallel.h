@@ -15,11 +15,14 @@
  *    threads itself, with libgomp's stack size; if some fail, the team is capped at half
  *    of those that started (libgomp then needs no more than that) or runs serially.
  *
- * 3. A busy machine.  A region waits at its closing barrier for every worker; when the
- *    OS has not scheduled a worker (another process on the core), a call that takes
- *    0.3 ms serially can take 15 ms.  A region whose end came far later than its first
- *    thread's (elapsed > 2 x first thread + 50 us) reports a late worker: the kernels
- *    then run serially for a while and try threads again after it.  The while starts at
+ * 3. A busy machine.  A region waits at its closing barrier for every thread; when the
+ *    OS has not scheduled one of them (another process on the core), a call that takes
+ *    0.3 ms serially can take 15 ms.  The late thread may be a worker or the calling
+ *    thread itself (preempted while the idle worker spins at the barrier).  Each thread
+ *    offers its pace after its chunk of blocks (time per block since the start; blocks
+ *    carry equal work), and a region that ended far later than its threads would have
+ *    at the fastest one's pace (elapsed > 2 x paced + 50 us) reports a late thread:
+ *    the kernels then run serially for a while and try threads again after it.  The while starts at
  *    10 ms and grows 4x with each late region, up to 2 s; it shrinks by half only after
  *    16 punctual regions in a row.  The asymmetry is the cost: one late region loses a
  *    scheduler time slice (4-50 ms), one punctual region gains half a call (~0.1 ms),
@@ -152,14 +155,35 @@ static int64_t fastloss_backoff_ns = FASTLOSS_BACKOFF_MIN_NS;
 static int64_t fastloss_punctual_streak = 0;
 static int64_t fastloss_late_regions = 0;  /* how many late regions were seen */
 
-/* Whether a region of ``team`` threads that started at ``start``, whose first thread
- * was done at ``first_done`` and which ended at ``end`` (ns) waited for a late worker;
- * if so, the kernels run serially for the back-off time. */
-static void fastloss_team_done(int team, int64_t start, int64_t first_done, int64_t end) {
+/* Keep in ``*slot`` the smallest value offered (threads of one region race here). */
+static inline void fastloss_keep_fastest(int64_t* slot, int64_t value) {
+#if defined(__GNUC__) || defined(__clang__)
+    int64_t seen = __atomic_load_n(slot, __ATOMIC_RELAXED);
+    while (value < seen
+           && !__atomic_compare_exchange_n(slot, &seen, value, 1, __ATOMIC_RELAXED,
+                                           __ATOMIC_RELAXED)) {
+    }
+#elif defined(_WIN32)
+    LONG64 seen = *(volatile LONG64*)slot;
+    while (value < seen) {
+        LONG64 previous = InterlockedCompareExchange64((volatile LONG64*)slot, value, seen);
+        if (previous == seen) break;
+        seen = previous;
+    }
+#else
+    if (value < *slot) *slot = value;  /* no atomics: a lost race only loosens the check */
+#endif
+}
+
+/* Whether a region of ``team`` threads that started at ``start``, would have ended at
+ * ``paced_end`` had every thread kept the fastest one's pace, and ended at ``end``
+ * (ns) waited for a late thread; if so, the kernels run serially for the back-off
+ * time. */
+static void fastloss_team_done(int team, int64_t start, int64_t paced_end, int64_t end) {
     int64_t backoff = FASTLOSS_LOAD(&fastloss_backoff_ns);
     int64_t streak;
     if (team <= 1) return;
-    if (end - start > 2 * (first_done - start) + FASTLOSS_LATE_SLACK_NS) {
+    if (end - start > 2 * (paced_end - start) + FASTLOSS_LATE_SLACK_NS) {
         FASTLOSS_STORE(&fastloss_serial_until_ns, end + backoff);
         backoff *= FASTLOSS_BACKOFF_GROWTH;
         FASTLOSS_STORE(&fastloss_backoff_ns, backoff < FASTLOSS_BACKOFF_MAX_NS
