@@ -440,8 +440,8 @@ cdef inline double pointwise_stretch(const Pointwise* restrict loss,
     cdef ValuesAndGrad values_and_grad
     if values != NULL:
         if grad != NULL:
-            return pointwise_loop(loss, &values_and_grad, weights, positives, y_pred, y_true,
-                                  n, weight, one_weight, pos_weight, grad, values,
+            return pointwise_loop(loss, &values_and_grad, weights, positives, y_pred,
+                                  y_true, n, weight, one_weight, pos_weight, grad, values,
                                   grad_scale, flags)
         return pointwise_loop(loss, &values_only, weights, positives, y_pred, y_true, n,
                               weight, one_weight, pos_weight, grad, values, grad_scale,
@@ -463,8 +463,12 @@ cdef inline double pointwise_stretch(const Pointwise* restrict loss,
 # like its inputs.  The segments depend only on the block, so the sums keep their order.
 cdef enum:
     # Rows shorter than this get their sample weight expanded to one weight per element
-    # (a loop per row would be too short to vectorise), SHORT_ROW at a time per row
-    SHORT_ROW = 16
+    # (expand_row_weights); longer rows run one loop per row.  Measured (SSE, in cache):
+    # a loop per row of 4 elements costs 3-6x the unweighted loop, the expansion 1.4-2x;
+    # they break even near 24 elements, and from 32 on the loop per row is faster.
+    SHORT_ROW = 24
+    # the longest store of expand_row_weights, in elements
+    ROW_STORE = 16
     # elements of one such expansion (the buffer is on the stack, in L1)
     WEIGHT_TILE = 1024
     # pos_weight of at most POS_REPEAT / 2 values is repeated along a buffer of at most
@@ -472,30 +476,46 @@ cdef enum:
     POS_REPEAT = 1024
 
 
+cdef inline void store_row_weights(floating* restrict out,
+                                   const floating* restrict sample_weight,
+                                   Py_ssize_t row, Py_ssize_t i, Py_ssize_t n,
+                                   Py_ssize_t weight_block, int width) noexcept nogil:
+    """From out[i] (the first element of ``row``) on, for every row that starts before
+    out[n]: the row's weight in stores of ``width`` copies, the next row's overwriting
+    those past the row's end.  ``width`` is a literal at each call: each store is whole
+    vector stores, with no division and no per-element test."""
+    cdef floating w
+    cdef Py_ssize_t q
+    cdef int k
+    while i < n:
+        w = sample_weight[row]
+        q = 0
+        while q < weight_block:
+            for k in range(width):
+                out[i + q + k] = w
+            q += width
+        i += weight_block
+        row += 1
+
+
 cdef inline void expand_row_weights(floating* restrict out,
                                     const floating* restrict sample_weight,
                                     Py_ssize_t weight_block, Py_ssize_t start,
                                     Py_ssize_t n) noexcept nogil:
     """out[i] = the sample weight of element start + i, for i < n, with one weight per
-    row of ``weight_block`` < SHORT_ROW elements; ``out`` has SHORT_ROW - 1 elements of
-    slack after n.
-
-    Each row stores SHORT_ROW copies of its weight from its first element on, and the
-    next row overwrites those past its end: a fixed-length store that gcc turns into
-    whole vector stores, with no division and no per-element test.
-    """
+    row of ``weight_block`` < SHORT_ROW elements; ``out`` is writable from
+    out[-SHORT_ROW] to out[n + SHORT_ROW + ROW_STORE - 1] (the first row may start
+    before out[0] and the last row's stores end after out[n - 1])."""
     cdef Py_ssize_t row = start // weight_block
-    cdef Py_ssize_t i = (row + 1) * weight_block - start  # where the next row starts
-    cdef Py_ssize_t k
-    cdef floating w = sample_weight[row]
-    for k in range(SHORT_ROW):
-        out[k] = w
-    while i < n:
-        row += 1
-        w = sample_weight[row]
-        for k in range(SHORT_ROW):
-            out[i + k] = w
-        i += weight_block
+    cdef Py_ssize_t i = row * weight_block - start
+    # stores no longer than the row (one store per row of 4 float32 elements on SSE,
+    # whatever the vector length)
+    if weight_block <= 4:
+        store_row_weights(out, sample_weight, row, i, n, weight_block, 4)
+    elif weight_block <= 8:
+        store_row_weights(out, sample_weight, row, i, n, weight_block, 8)
+    else:
+        store_row_weights(out, sample_weight, row, i, n, weight_block, ROW_STORE)
 
 
 cdef inline Py_ssize_t repeat_weights(floating* restrict out,
@@ -536,7 +556,9 @@ cdef inline double pointwise_segments(const Pointwise* restrict loss,
     """
     cdef OneWeight one_weight
     cdef ElementWeights element_weights
-    cdef floating row_weights[WEIGHT_TILE + SHORT_ROW]
+    # expanded row weights, with the room expand_row_weights writes before and after
+    cdef floating row_weights[SHORT_ROW + WEIGHT_TILE + SHORT_ROW + ROW_STORE]
+    cdef floating* expanded = row_weights + SHORT_ROW
     cdef const floating* pos = NULL
     cdef double acc = 0
     cdef Py_ssize_t seg_start = start, seg_stop, phase, row
@@ -561,11 +583,11 @@ cdef inline double pointwise_segments(const Pointwise* restrict loss,
                                      flags)
         elif weight_block < SHORT_ROW:
             seg_stop = min(seg_stop, seg_start + WEIGHT_TILE)
-            expand_row_weights(row_weights, sample_weight, weight_block, seg_start,
+            expand_row_weights(expanded, sample_weight, weight_block, seg_start,
                                seg_stop - seg_start)
             acc += pointwise_stretch(loss, &element_weights, positives,
                                      y_pred + seg_start, y_true + seg_start,
-                                     seg_stop - seg_start, row_weights, 1, pos,
+                                     seg_stop - seg_start, expanded, 1, pos,
                                      offset(grad, seg_start), offset(values, seg_start),
                                      want_value, grad_scale, flags)
         else:
