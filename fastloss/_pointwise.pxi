@@ -369,27 +369,41 @@ ctypedef fused Weights:
     OneWeight
     ElementWeights
 
+# Where the positive weight of an element (binary_cross_entropy's pos_weight) comes from.
+cdef struct NoPosWeight:      # none: 1
+    char unused
+cdef struct ElementPosWeights:  # one per element, read from a contiguous stretch
+    char unused
+
+ctypedef fused PosWeights:
+    NoPosWeight
+    ElementPosWeights
+
 
 cdef inline double pointwise_loop(const Pointwise* restrict loss,
                                   const Outputs* restrict outputs,
                                   const Weights* restrict weights,
+                                  const PosWeights* restrict positives,
                                   const floating* restrict y_pred,
                                   const floating* restrict y_true, Py_ssize_t n,
                                   const floating* restrict weight, floating one_weight,
+                                  const floating* restrict pos_weight,
                                   floating* restrict grad, floating* restrict values,
                                   floating grad_scale, int* restrict flags) noexcept nogil:
     """The tight loop over n elements: returns the sum of the weighted terms.
 
-    The weight of element i is ``weight[i]`` (ElementWeights) or ``one_weight``;
-    ``grad[i]`` receives grad_scale * weight * dl/dp and ``values[i]`` the weighted term,
-    as ``Outputs`` says.
+    The weight of element i is ``weight[i]`` (ElementWeights) or ``one_weight``, its
+    positive weight ``pos_weight[i]`` (ElementPosWeights) or 1; ``grad[i]`` receives
+    grad_scale * weight * dl/dp and ``values[i]`` the weighted term, as ``Outputs`` says.
     """
     cdef double acc = 0
-    cdef floating g, v, w = one_weight, g_scale = grad_scale * one_weight
+    cdef floating g, v, w = one_weight, g_scale = grad_scale * one_weight, pw = 1
     cdef int f = 0
     cdef Py_ssize_t i
     for i in range(n):
-        v = pointwise_term(loss, y_pred[i], y_true[i], <floating>1, &g, &f)
+        if PosWeights is ElementPosWeights:
+            pw = pos_weight[i]
+        v = pointwise_term(loss, y_pred[i], y_true[i], pw, &g, &f)
         if Weights is ElementWeights:
             w = weight[i]
             g_scale = grad_scale * w
@@ -410,9 +424,11 @@ cdef inline double pointwise_loop(const Pointwise* restrict loss,
 
 cdef inline double pointwise_stretch(const Pointwise* restrict loss,
                                      const Weights* restrict weights,
+                                     const PosWeights* restrict positives,
                                      const floating* restrict y_pred,
                                      const floating* restrict y_true, Py_ssize_t n,
                                      const floating* restrict weight, floating one_weight,
+                                     const floating* restrict pos_weight,
                                      floating* restrict grad, floating* restrict values,
                                      bint want_value, floating grad_scale,
                                      int* restrict flags) noexcept nogil:
@@ -424,63 +440,165 @@ cdef inline double pointwise_stretch(const Pointwise* restrict loss,
     cdef ValuesAndGrad values_and_grad
     if values != NULL:
         if grad != NULL:
-            return pointwise_loop(loss, &values_and_grad, weights, y_pred, y_true, n,
-                                  weight, one_weight, grad, values, grad_scale, flags)
-        return pointwise_loop(loss, &values_only, weights, y_pred, y_true, n, weight,
-                              one_weight, grad, values, grad_scale, flags)
+            return pointwise_loop(loss, &values_and_grad, weights, positives, y_pred,
+                                  y_true, n, weight, one_weight, pos_weight, grad, values,
+                                  grad_scale, flags)
+        return pointwise_loop(loss, &values_only, weights, positives, y_pred, y_true, n,
+                              weight, one_weight, pos_weight, grad, values, grad_scale,
+                              flags)
     if grad == NULL:
-        return pointwise_loop(loss, &sum_only, weights, y_pred, y_true, n, weight,
-                              one_weight, grad, values, grad_scale, flags)
+        return pointwise_loop(loss, &sum_only, weights, positives, y_pred, y_true, n,
+                              weight, one_weight, pos_weight, grad, values, grad_scale,
+                              flags)
     if want_value:
-        return pointwise_loop(loss, &sum_and_grad, weights, y_pred, y_true, n, weight,
-                              one_weight, grad, values, grad_scale, flags)
-    return pointwise_loop(loss, &grad_only, weights, y_pred, y_true, n, weight,
-                          one_weight, grad, values, grad_scale, flags)
+        return pointwise_loop(loss, &sum_and_grad, weights, positives, y_pred, y_true, n,
+                              weight, one_weight, pos_weight, grad, values, grad_scale,
+                              flags)
+    return pointwise_loop(loss, &grad_only, weights, positives, y_pred, y_true, n, weight,
+                          one_weight, pos_weight, grad, values, grad_scale, flags)
 
 
-cdef inline double pointwise_general(const Pointwise* restrict loss,
-                                     const floating* restrict y_pred,
-                                     const floating* restrict y_true, Py_ssize_t start,
-                                     Py_ssize_t stop, floating* restrict grad,
-                                     floating* restrict values,
-                                     const floating* restrict sample_weight,
-                                     Py_ssize_t weight_block,
-                                     const floating* restrict pos_weight, Py_ssize_t pos_len,
-                                     floating grad_scale,
-                                     int* restrict flags) noexcept nogil:
-    """Every option at once, elements start..stop-1: the path of ``pos_weight``.
+# The weighted calls are cut into segments over which every weight an element needs lies
+# in contiguous memory, so that each segment runs the tight loop, reading its weights
+# like its inputs.  The segments depend only on the block, so the sums keep their order.
+cdef enum:
+    # Rows shorter than this get their sample weight expanded to one weight per element
+    # (expand_row_weights); longer rows run one loop per row.  Measured (SSE, in cache):
+    # a loop per row of 4 elements costs 3-6x the unweighted loop, the expansion 1.4-2x;
+    # they break even near 24 elements, and from 32 on the loop per row is faster.
+    SHORT_ROW = 24
+    # the longest store of expand_row_weights, in elements
+    ROW_STORE = 16
+    # elements of one such expansion (the buffer is on the stack, in L1)
+    WEIGHT_TILE = 1024
+    # pos_weight of at most POS_REPEAT / 2 values is repeated along a buffer of at most
+    # POS_REPEAT elements: the segments are then at least POS_REPEAT / 2 elements long
+    POS_REPEAT = 1024
 
-    ``values`` (may be NULL) receives the weighted term of each element (reduction
-    "none"); ``grad`` (may be NULL) the scaled derivative; ``sample_weight`` (may be NULL)
-    has one weight per ``weight_block`` consecutive elements; ``pos_weight`` repeats with
-    period ``pos_len`` (the last axis).
-    """
-    cdef double acc = 0
-    cdef floating g, v, w = 1, pw = 1
-    cdef int f = 0
-    cdef Py_ssize_t i
-    cdef Py_ssize_t pos_index = start % pos_len
+
+cdef inline void store_row_weights(floating* restrict out,
+                                   const floating* restrict sample_weight,
+                                   Py_ssize_t row, Py_ssize_t i, Py_ssize_t n,
+                                   Py_ssize_t weight_block, int width) noexcept nogil:
+    """From out[i] (the first element of ``row``) on, for every row that starts before
+    out[n]: the row's weight in stores of ``width`` copies, the next row's overwriting
+    those past the row's end.  ``width`` is a literal at each call: each store is whole
+    vector stores, with no division and no per-element test."""
+    cdef floating w
+    cdef Py_ssize_t q
+    cdef int k
+    while i < n:
+        w = sample_weight[row]
+        q = 0
+        while q < weight_block:
+            for k in range(width):
+                out[i + q + k] = w
+            q += width
+        i += weight_block
+        row += 1
+
+
+cdef inline void expand_row_weights(floating* restrict out,
+                                    const floating* restrict sample_weight,
+                                    Py_ssize_t weight_block, Py_ssize_t start,
+                                    Py_ssize_t n) noexcept nogil:
+    """out[i] = the sample weight of element start + i, for i < n, with one weight per
+    row of ``weight_block`` < SHORT_ROW elements; ``out`` is writable from
+    out[-SHORT_ROW] to out[n + SHORT_ROW + ROW_STORE - 1] (the first row may start
+    before out[0] and the last row's stores end after out[n - 1])."""
     cdef Py_ssize_t row = start // weight_block
-    cdef Py_ssize_t in_row = start % weight_block
-    for i in range(start, stop):
-        if pos_weight != NULL:
-            pw = pos_weight[pos_index]
-            pos_index += 1
-            if pos_index == pos_len:
-                pos_index = 0
-        if sample_weight != NULL:
-            w = sample_weight[row]
-            in_row += 1
-            if in_row == weight_block:
-                in_row = 0
-                row += 1
-        v = w * pointwise_term(loss, y_pred[i], y_true[i], pw, &g, &f)
-        acc += v
-        if values != NULL:
-            values[i] = v
-        if grad != NULL:
-            grad[i] = grad_scale * w * g
-    flags[0] |= f
+    cdef Py_ssize_t i = row * weight_block - start
+    # stores no longer than the row (one store per row of 4 float32 elements on SSE,
+    # whatever the vector length)
+    if weight_block <= 4:
+        store_row_weights(out, sample_weight, row, i, n, weight_block, 4)
+    elif weight_block <= 8:
+        store_row_weights(out, sample_weight, row, i, n, weight_block, 8)
+    else:
+        store_row_weights(out, sample_weight, row, i, n, weight_block, ROW_STORE)
+
+
+cdef inline Py_ssize_t repeat_weights(floating* restrict out,
+                                      const floating* restrict weights,
+                                      Py_ssize_t n) noexcept nogil:
+    """Fill ``out`` with as many copies of weights[0..n) as POS_REPEAT elements hold
+    (n <= POS_REPEAT / 2), by doubling copies; returns their length, a multiple of n."""
+    cdef Py_ssize_t total = (POS_REPEAT // n) * n
+    cdef Py_ssize_t filled = n, copy
+    memcpy(out, weights, n * sizeof(floating))
+    while filled < total:
+        copy = min(filled, total - filled)   # a multiple of n: the period is kept
+        memcpy(out + filled, out, copy * sizeof(floating))
+        filled += copy
+    return total
+
+
+cdef inline double pointwise_segments(const Pointwise* restrict loss,
+                                      const PosWeights* restrict positives,
+                                      const floating* restrict y_pred,
+                                      const floating* restrict y_true, Py_ssize_t start,
+                                      Py_ssize_t stop, floating* restrict grad,
+                                      floating* restrict values,
+                                      const floating* restrict sample_weight,
+                                      Py_ssize_t weight_block,
+                                      const floating* restrict pos_weight,
+                                      Py_ssize_t pos_len, Py_ssize_t pos_period,
+                                      bint want_value, floating grad_scale,
+                                      int* restrict flags) noexcept nogil:
+    """Elements start..stop-1, one tight loop per segment.
+
+    A segment ends where a weight stops being contiguous: at the end of ``pos_weight``'s
+    ``pos_period`` values (ElementPosWeights: element i's positive weight is
+    pos_weight[i % pos_len], the first pos_period values repeating with period pos_len),
+    at the end of a row of ``weight_block`` >= SHORT_ROW elements (one sample weight for
+    the segment), or after WEIGHT_TILE elements of shorter rows (their weights expanded).
+    Unweighted, the block is one segment.
+    """
+    cdef OneWeight one_weight
+    cdef ElementWeights element_weights
+    # expanded row weights, with the room expand_row_weights writes before and after
+    cdef floating row_weights[SHORT_ROW + WEIGHT_TILE + SHORT_ROW + ROW_STORE]
+    cdef floating* expanded = row_weights + SHORT_ROW
+    cdef const floating* pos = NULL
+    cdef double acc = 0
+    cdef Py_ssize_t seg_start = start, seg_stop, phase, row
+    while seg_start < stop:
+        seg_stop = stop
+        if PosWeights is ElementPosWeights:
+            phase = seg_start % pos_len
+            pos = pos_weight + phase
+            seg_stop = min(seg_stop, seg_start + pos_period - phase)
+        if sample_weight == NULL:
+            acc += pointwise_stretch(loss, &one_weight, positives, y_pred + seg_start,
+                                     y_true + seg_start, seg_stop - seg_start, NULL, 1,
+                                     pos, offset(grad, seg_start),
+                                     offset(values, seg_start), want_value, grad_scale,
+                                     flags)
+        elif weight_block == 1:
+            acc += pointwise_stretch(loss, &element_weights, positives,
+                                     y_pred + seg_start, y_true + seg_start,
+                                     seg_stop - seg_start, sample_weight + seg_start, 1,
+                                     pos, offset(grad, seg_start),
+                                     offset(values, seg_start), want_value, grad_scale,
+                                     flags)
+        elif weight_block < SHORT_ROW:
+            seg_stop = min(seg_stop, seg_start + WEIGHT_TILE)
+            expand_row_weights(expanded, sample_weight, weight_block, seg_start,
+                               seg_stop - seg_start)
+            acc += pointwise_stretch(loss, &element_weights, positives,
+                                     y_pred + seg_start, y_true + seg_start,
+                                     seg_stop - seg_start, expanded, 1, pos,
+                                     offset(grad, seg_start), offset(values, seg_start),
+                                     want_value, grad_scale, flags)
+        else:
+            row = seg_start // weight_block
+            seg_stop = min(seg_stop, (row + 1) * weight_block)
+            acc += pointwise_stretch(loss, &one_weight, positives, y_pred + seg_start,
+                                     y_true + seg_start, seg_stop - seg_start, NULL,
+                                     sample_weight[row], pos, offset(grad, seg_start),
+                                     offset(values, seg_start), want_value, grad_scale,
+                                     flags)
+        seg_start = seg_stop
     return acc
 
 
@@ -490,39 +608,22 @@ cdef double pointwise_chunk(const Pointwise* restrict loss, const floating* rest
                             floating* restrict values,
                             const floating* restrict sample_weight, Py_ssize_t weight_block,
                             const floating* restrict pos_weight, Py_ssize_t pos_len,
-                            bint want_value, floating grad_scale,
+                            Py_ssize_t pos_period, bint want_value, floating grad_scale,
                             int* restrict flags) noexcept nogil:
-    """Elements start..stop-1, through a tight vectorisable loop whenever one applies."""
-    cdef OneWeight one_weight
-    cdef ElementWeights element_weights
-    cdef double acc = 0
-    cdef Py_ssize_t seg_start, seg_stop, row
-    cdef floating* seg_grad
-    cdef floating* seg_values
-    if pos_weight != NULL or (sample_weight != NULL and 1 < weight_block < 16):
-        return pointwise_general(loss, y_pred, y_true, start, stop, grad, values,
-                                 sample_weight, weight_block, pos_weight, pos_len,
-                                 grad_scale, flags)
-    if sample_weight == NULL:
-        return pointwise_stretch(loss, &one_weight, y_pred + start, y_true + start,
-                                 stop - start, NULL, 1, offset(grad, start),
-                                 offset(values, start), want_value, grad_scale, flags)
-    if weight_block == 1:
-        return pointwise_stretch(loss, &element_weights, y_pred + start, y_true + start,
-                                 stop - start, sample_weight + start, 1,
-                                 offset(grad, start), offset(values, start), want_value,
-                                 grad_scale, flags)
-    # one weight per row of weight_block elements: a tight loop per row segment
-    seg_start = start
-    while seg_start < stop:
-        row = seg_start // weight_block
-        seg_stop = min((row + 1) * weight_block, stop)
-        acc += pointwise_stretch(loss, &one_weight, y_pred + seg_start, y_true + seg_start,
-                                 seg_stop - seg_start, NULL, sample_weight[row],
-                                 offset(grad, seg_start), offset(values, seg_start),
-                                 want_value, grad_scale, flags)
-        seg_start = seg_stop
-    return acc
+    """Elements start..stop-1 (see pointwise_segments)."""
+    cdef NoPosWeight no_pos_weight
+    cdef ElementPosWeights element_pos_weights
+    # only binary_cross_entropy from logits has a pos_weight (the Python layer passes
+    # none to the other losses): the other losses are compiled without its loops
+    if Pointwise is BinaryCrossEntropyFromLogits:
+        if pos_weight != NULL:
+            return pointwise_segments(loss, &element_pos_weights, y_pred, y_true, start,
+                                      stop, grad, values, sample_weight, weight_block,
+                                      pos_weight, pos_len, pos_period, want_value,
+                                      grad_scale, flags)
+    return pointwise_segments(loss, &no_pos_weight, y_pred, y_true, start, stop, grad,
+                              values, sample_weight, weight_block, NULL, 1, 1, want_value,
+                              grad_scale, flags)
 
 
 cdef inline floating* offset(floating* array, Py_ssize_t start) noexcept nogil:
@@ -540,22 +641,29 @@ cdef double pointwise_run(const Pointwise* restrict loss, const floating* restri
     """All n elements, in blocks of ``block`` (see _kernels.pxi): serially, or by a team
     of up to ``n_threads`` threads."""
     cdef double partial[MAX_BLOCKS]
+    cdef floating repeated[POS_REPEAT]
+    cdef Py_ssize_t pos_period = pos_len
     cdef Py_ssize_t b, n_blocks = block_count(n, block)
     cdef Team team = team_for(n_blocks, n_threads)
     cdef int f = 0, block_flags
+    if pos_weight != NULL and pos_len <= POS_REPEAT // 2:
+        # a few values: repeated once per call into a buffer the blocks share, so that
+        # the segments of pointwise_segments stay long
+        pos_period = repeat_weights(repeated, pos_weight, pos_len)
+        pos_weight = repeated
     if team.size <= 1:
         for b in range(n_blocks):
             partial[b] = pointwise_chunk(loss, y_pred, y_true, b * block,
                                          min((b + 1) * block, n), grad, values,
                                          sample_weight, weight_block, pos_weight, pos_len,
-                                         want_value, grad_scale, flags)
+                                         pos_period, want_value, grad_scale, flags)
         return ordered_sum(partial, n_blocks)
     for b in prange(n_blocks, nogil=True, schedule="static", num_threads=team.size):
         block_flags = 0
         partial[b] = pointwise_chunk(loss, y_pred, y_true, b * block,
                                      min((b + 1) * block, n), grad, values, sample_weight,
-                                     weight_block, pos_weight, pos_len, want_value,
-                                     grad_scale, &block_flags)
+                                     weight_block, pos_weight, pos_len, pos_period,
+                                     want_value, grad_scale, &block_flags)
         f |= block_flags
         block_done(&team, b)
     team_finished(&team)
