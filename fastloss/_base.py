@@ -195,7 +195,7 @@ class Loss:
         pred, grad_dtype = v.prepare_pred(y_pred)
         target = self._prepare_target(y_true, pred)
         weight, weight_block = (None, 1) if sample_weight is None else \
-            v.prepare_sample_weight(sample_weight, pred)
+            self._prepare_sample_weight(sample_weight, pred)
         grad = result = None
         if want_grad:
             grad, result = v.prepare_out(out, pred, grad_dtype)
@@ -226,6 +226,10 @@ class Loss:
 
     def _values_shape(self, pred):
         return pred.shape[:1] if self.per_row else pred.shape
+
+    def _prepare_sample_weight(self, sample_weight, pred):
+        """(weights in pred's dtype, elements per weight): see prepare_sample_weight."""
+        return v.prepare_sample_weight(sample_weight, pred)
 
     def _run(self, pred, target, weight, weight_block, grad, values, want_value):
         """Run the kernel; return the reduced value (ignored for "none").
