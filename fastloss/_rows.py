@@ -77,8 +77,9 @@ class RowLoss(Loss):
             what = ("at least 2 dimensions" if pred.ndim < 2 else
                     f"an axis {self._axis}" if not -pred.ndim <= self._axis < pred.ndim
                     else f"at least one class (C >= 1) on axis {self._axis}")
-            raise ValueError(f"y_pred: {self.name} with axis={self._axis} expects scores "
-                             f"with {what}, got y_pred shape {pred.shape} (y_true shape "
+            raise ValueError(f"y_pred: {self.name} expects scores of shape (N, C), or of "
+                             f"more dimensions with the classes on axis={self._axis}, with "
+                             f"{what}, got y_pred shape {pred.shape} (y_true shape "
                              f"{v.shape_of(y_true)})")
         return self._prepare_row_target(y_true, pred)
 
