@@ -199,17 +199,18 @@ cdef inline double categorical_logits_row(const RowParams* restrict prm,
 
 
 cdef inline double sparse_logits_value(const RowParams* restrict prm, floating m,
-                                       floating inv_s, floating log_s, floating x_y,
+                                       floating inv_s, floating log_s, double shifted_y,
                                        double dot, floating wy, floating scale_row,
                                        floating* restrict k) noexcept nogil:
-    """The value of sparse_logits_row from the logit of the label ``x_y``, its class
-    weight ``wy`` and (with smoothing) ``dot`` = sum_c w_c (x_c - m), and in ``k`` the
-    factor of exp(x - m) in its gradient.  Shared by the row and the class-strided
-    loops."""
+    """The value of sparse_logits_row from the shifted logit of the label ``shifted_y``
+    = x_y - m (passed through exactly() by the caller), its class weight ``wy`` and
+    (with smoothing) ``dot`` = sum_c w_c (x_c - m), and in ``k`` the factor of
+    exp(x - m) in its gradient.  Shared by the row and the class-strided loops (where,
+    without the opaque exactly() inside, the loop over a tile's positions vectorises)."""
     cdef floating keep = <floating>prm.keep
     cdef floating spread = <floating>prm.spread
     cdef double lse = <double>m + log_s, value
-    value = keep * wy * (log_s - exactly(<double>x_y - <double>m))
+    value = keep * wy * (log_s - shifted_y)
     if spread != 0:
         value += spread * (prm.class_weight_sum * log_s - dot)
     value += prm.z_loss * wy * lse * lse
@@ -246,7 +247,8 @@ cdef inline double sparse_logits_row(const RowParams* restrict prm,
         else:
             for c in range(C):
                 dot += cw[c] * (x[c] - m)
-    value = sparse_logits_value(prm, m, inv_s, log_s, x[y], dot, wy, scale_row, &k)
+    value = sparse_logits_value(prm, m, inv_s, log_s, exactly(<double>x[y] - <double>m),
+                                dot, wy, scale_row, &k)
     b = scale_row * spread
     if cw == NULL or spread == 0:
         for c in range(C):
@@ -886,6 +888,9 @@ cdef double strided_chunk(const RowLoss* restrict loss, const RowParams* restric
     cdef floating lives[STRIDED_MAX_TILE]    # sparse: 0 at an ignored position
     cdef Py_ssize_t ys[STRIDED_MAX_TILE]     # sparse: the label (0 if ignored)
     cdef double dots[STRIDED_MAX_TILE]       # sparse: sum_c w_c (x_c - m), float64
+    cdef double shifted[STRIDED_MAX_TILE]    # sparse: x_y - m
+    cdef floating sws[STRIDED_MAX_TILE]      # sparse: the sample weight
+    cdef floating wys[STRIDED_MAX_TILE]      # sparse: the class weight of the label
     cdef floating fdots[STRIDED_MAX_TILE]    # categorical: the sums of its row function
     cdef floating totals[STRIDED_MAX_TILE]
     cdef floating wtotals[STRIDED_MAX_TILE]
@@ -895,7 +900,7 @@ cdef double strided_chunk(const RowLoss* restrict loss, const RowParams* restric
     cdef const floating* xc
     cdef const floating* tc_row
     cdef floating keep = <floating>prm.keep, spread = <floating>prm.spread
-    cdef floating w, sw, srow, k, wy, tc
+    cdef floating w, sw, srow, k, tc
     cdef int64_t y
     cdef bint live
     cdef int bad = 0
@@ -926,20 +931,23 @@ cdef double strided_chunk(const RowLoss* restrict loss, const RowParams* restric
                     xc = x + base + c * inner
                     for t in range(n):
                         dots[t] += w * (xc[t] - maxes[t])
-            for t in range(n):
+            for t in range(n):  # the gathers, by label
                 y = labels[pos + t]
                 live = not (prm.has_ignore_index and y == prm.ignore_index)
                 ys[t] = y if live else 0
-                sw = 1 if sample_weight == NULL else sample_weight[pos + t]
-                srow = scale * sw
-                wy = 1 if class_weight == NULL else class_weight[ys[t]]
-                v = sparse_logits_value(prm, maxes[t], inv_sums[t], log_sums[t],
-                                        x[base + ys[t] * inner + t], dots[t], wy, srow, &k)
-                v = sw * v if live else 0
-                ks[t] = k if live else 0
-                bs[t] = srow * spread
-                hits[t] = srow * keep * wy if live else 0
                 lives[t] = live
+                sws[t] = 1 if sample_weight == NULL else sample_weight[pos + t]
+                wys[t] = 1 if class_weight == NULL else class_weight[ys[t]]
+                shifted[t] = exactly(<double>x[base + ys[t] * inner + t]
+                                     - <double>maxes[t])
+            for t in range(n):  # the per-position scalars, vectorised
+                srow = scale * sws[t]
+                v = sparse_logits_value(prm, maxes[t], inv_sums[t], log_sums[t],
+                                        shifted[t], dots[t], wys[t], srow, &k)
+                v = sws[t] * v if lives[t] != 0 else 0
+                ks[t] = k if lives[t] != 0 else 0
+                bs[t] = srow * spread
+                hits[t] = srow * keep * wys[t] if lives[t] != 0 else 0
                 acc += v
                 if values != NULL:
                     values[pos + t] = <floating>v
