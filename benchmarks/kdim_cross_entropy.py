@@ -1,10 +1,15 @@
 """fastloss.torch.cross_entropy against torch.nn.functional.cross_entropy, forward and
 backward on (N, C, d1, ..., dk) logits with the classes on axis 1, NCHW (contiguous) and
-channels-last memory, float32: best of rounds, both libraries interleaved.
+channels-last memory, float32: best of rounds, both libraries interleaved; also the
+classes moved last by hand (the adapter's path for spatial input before it read them in
+place) and the kernel alone.
+``python -m fastloss bench --adapter-only`` times the same two layouts among the
+adapter's other cases.
 
     PYTHONPATH=. python benchmarks/kdim_cross_entropy.py [--threads 2] [--rounds 7] [--shape 8,21,64,64]
 """
 import argparse
+import os
 import time
 
 import numpy as np
@@ -41,7 +46,9 @@ def main():
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     labels = torch.randint(0, shape[1], shape[:1] + shape[2:], generator=gen)
-    print(f"shape {shape} float32, {args.threads} threads, kernels {fl.config()['isa_level']}")
+    # the machine is shared: a busy neighbour shows in the load and in the times
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; shape {shape} "
+          f"float32, {args.threads} threads, kernels {fl.config()['isa_level']}")
     for layout in ("NCHW", "channels_last"):
         x = torch.randn(shape, generator=gen)
         if layout == "channels_last":
