@@ -56,26 +56,30 @@ class Loss:
         ----------
         y_pred : array_like
             The predictions: any shape for a pointwise or ratio loss, (N, C) scores for
-            a row loss.  float32 and float64 are computed in their own precision, float16 in
+            a row loss (for the two cross-entropies also scores of more axes, the
+            classes on their ``axis``).  float32 and float64 are computed in their own precision, float16 in
             float32, integers and booleans in float64.  Any layout (strided,
             byte-swapped, unaligned, nested lists) is accepted and copied once.
         y_true : array_like
             The targets: an array of ``y_pred``'s shape (converted to the dtype
             ``y_pred`` is computed in), or (N,) integer class labels for
-            ``sparse_categorical_cross_entropy`` and ``multi_margin``, or an (N, C)
+            ``sparse_categorical_cross_entropy`` (one per position of scores of more
+            axes: ``y_pred``'s shape without the class axis) and ``multi_margin``, or an (N, C)
             integer matrix of class indices (each row's targets, ended by -1) for
             ``multilabel_margin``.
         sample_weight : array_like of shape (N,), optional
             One weight per sample along the first axis of ``y_pred``, multiplying that
             sample's terms; ``"mean"`` still divides by the unweighted count.  (A ratio
-            loss takes it only with axis 0 kept.)
+            loss takes it only with axis 0 kept; a cross-entropy of scores of more axes
+            also takes one weight per term, of the terms' shape.)
 
         Returns
         -------
         float or ndarray
             A Python float for ``"mean"`` and ``"sum"``.  For ``"none"`` a new ndarray
             of the (weighted) terms in the dtype ``y_pred`` is computed in: ``y_pred``'s
-            shape for a pointwise loss, (N,) for a row loss, the shape of the axes not
+            shape for a pointwise loss, (N,) for a row loss (the positions' shape for
+            a cross-entropy of scores of more axes), the shape of the axes not
             summed over for a ratio loss (0-d for ``axis=None``).
 
         Raises
@@ -195,7 +199,7 @@ class Loss:
         pred, grad_dtype = v.prepare_pred(y_pred)
         target = self._prepare_target(y_true, pred)
         weight, weight_block = (None, 1) if sample_weight is None else \
-            v.prepare_sample_weight(sample_weight, pred)
+            self._prepare_sample_weight(sample_weight, pred)
         grad = result = None
         if want_grad:
             grad, result = v.prepare_out(out, pred, grad_dtype)
@@ -226,6 +230,10 @@ class Loss:
 
     def _values_shape(self, pred):
         return pred.shape[:1] if self.per_row else pred.shape
+
+    def _prepare_sample_weight(self, sample_weight, pred):
+        """(weights in pred's dtype, elements per weight): see prepare_sample_weight."""
+        return v.prepare_sample_weight(sample_weight, pred)
 
     def _run(self, pred, target, weight, weight_block, grad, values, want_value):
         """Run the kernel; return the reduced value (ignored for "none").

@@ -127,6 +127,22 @@ cdef struct RowParams:
 
 # -- per-row math --------------------------------------------------------------------
 
+cdef inline double categorical_logits_value(const RowParams* restrict prm, floating m,
+                                            floating inv_s, floating log_s, floating dot,
+                                            floating total_t, floating total_wt,
+                                            floating scale_row,
+                                            floating* restrict k) noexcept nogil:
+    """The value of categorical_logits_row from the sums over its classes (``dot`` =
+    sum_c a_c (x_c - m), ``total_t`` = sum_c t_c, ``total_wt`` = sum_c w_c t_c), and in
+    ``k`` the factor of exp(x - m) in its gradient.  Shared by the row and the
+    class-strided loops."""
+    cdef double lse = <double>m + log_s
+    cdef double a_sum = <floating>prm.keep * total_wt + <floating>prm.spread * prm.class_weight_sum
+    cdef double z_weight = prm.z_loss * (total_wt / total_t if total_t != 0 else 0)
+    k[0] = <floating>(scale_row * (a_sum + 2 * z_weight * lse) * inv_s)
+    return a_sum * log_s - dot + z_weight * lse * lse
+
+
 cdef inline double categorical_logits_row(const RowParams* restrict prm,
                                           const floating* restrict x, floating* restrict g,
                                           floating m, floating inv_s, floating log_s,
@@ -154,7 +170,7 @@ cdef inline double categorical_logits_row(const RowParams* restrict prm,
     # the row sums run in the element type (full vector width): their terms all have
     # one sign, so they are accurate to float rounding; the per-row scalars are float64
     cdef floating dot = 0, total_t = 0, total_wt = 0
-    cdef double lse = <double>m + log_s, a_sum, value, z_weight
+    cdef double value
     cdef int bad = 0
     if cw == NULL:
         for c in range(C):
@@ -171,10 +187,8 @@ cdef inline double categorical_logits_row(const RowParams* restrict prm,
             total_wt += cw[c] * tc
             dot += cw[c] * (tc * keep + spread) * (x[c] - m)
     flags[0] |= bad * TARGET_NOT_PROBABILITY
-    a_sum = keep * total_wt + spread * prm.class_weight_sum
-    z_weight = prm.z_loss * (total_wt / total_t if total_t != 0 else 0)
-    value = a_sum * log_s - dot + z_weight * lse * lse
-    k = <floating>(scale_row * (a_sum + 2 * z_weight * lse) * inv_s)
+    value = categorical_logits_value(prm, m, inv_s, log_s, dot, total_t, total_wt,
+                                     scale_row, &k)
     if cw == NULL:
         for c in range(C):
             g[c] = k * g[c] - scale_row * (t[c] * keep + spread)
@@ -182,6 +196,27 @@ cdef inline double categorical_logits_row(const RowParams* restrict prm,
         for c in range(C):
             g[c] = k * g[c] - scale_row * cw[c] * (t[c] * keep + spread)
     return sw * value
+
+
+cdef inline double sparse_logits_value(const RowParams* restrict prm, floating m,
+                                       floating inv_s, floating log_s, double shifted_y,
+                                       double dot, floating wy, floating scale_row,
+                                       floating* restrict k) noexcept nogil:
+    """The value of sparse_logits_row from the shifted logit of the label ``shifted_y``
+    = x_y - m (passed through exactly() by the caller), its class weight ``wy`` and
+    (with smoothing) ``dot`` = sum_c w_c (x_c - m), and in ``k`` the factor of
+    exp(x - m) in its gradient.  Shared by the row and the class-strided loops (where,
+    without the opaque exactly() inside, the loop over a tile's positions vectorises)."""
+    cdef floating keep = <floating>prm.keep
+    cdef floating spread = <floating>prm.spread
+    cdef double lse = <double>m + log_s, value
+    value = keep * wy * (log_s - shifted_y)
+    if spread != 0:
+        value += spread * (prm.class_weight_sum * log_s - dot)
+    value += prm.z_loss * wy * lse * lse
+    k[0] = <floating>(scale_row * (keep * wy + spread * prm.class_weight_sum
+                                   + 2 * prm.z_loss * wy * lse) * inv_s)
+    return value
 
 
 cdef inline double sparse_logits_row(const RowParams* restrict prm,
@@ -200,12 +235,11 @@ cdef inline double sparse_logits_row(const RowParams* restrict prm,
     cdef floating keep = <floating>prm.keep
     cdef floating spread = <floating>prm.spread
     cdef floating wy, k, b
-    cdef double dot = 0, lse = <double>m + log_s, value
+    cdef double dot = 0, value
     if prm.has_ignore_index and y == prm.ignore_index:
         memset(g, 0, C * sizeof(floating))
         return 0
     wy = 1 if cw == NULL else cw[y]
-    value = keep * wy * (log_s - exactly(<double>x[y] - <double>m))
     if spread != 0:
         if cw == NULL:
             for c in range(C):
@@ -213,10 +247,8 @@ cdef inline double sparse_logits_row(const RowParams* restrict prm,
         else:
             for c in range(C):
                 dot += cw[c] * (x[c] - m)
-        value += spread * (prm.class_weight_sum * log_s - dot)
-    value += prm.z_loss * wy * lse * lse
-    k = <floating>(scale_row * (keep * wy + spread * prm.class_weight_sum
-                                + 2 * prm.z_loss * wy * lse) * inv_s)
+    value = sparse_logits_value(prm, m, inv_s, log_s, exactly(<double>x[y] - <double>m),
+                                dot, wy, scale_row, &k)
     b = scale_row * spread
     if cw == NULL or spread == 0:
         for c in range(C):
@@ -769,29 +801,248 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
     return acc
 
 
+# -- class-strided scores ----------------------------------------------------------------
+#
+# Scores of shape (outer, C, S), S > 1 (torch's (N, C, d1, ..., dk) with S = d1 * ... * dk):
+# the C scores of position (n, s) lie S elements apart.  The loops run over tiles of up to
+# STRIDED_MAX_TILE consecutive positions of one n, and every loop of a tile runs over its
+# positions, contiguous in memory: per class a vectorised max, exp and sum across the
+# positions, so any C (even C = 2) runs at the full vector width.  The gradient is
+# written in the same layout.  The per-position scalars are those of the row functions
+# (sparse_logits_value, categorical_logits_value).
+
+cdef enum:
+    # positions x classes of a tile (its rows of y_pred and of the gradient stay in L1)
+    STRIDED_TILE_ELEMS = 4096
+    # positions of a tile: at most this many (per-position arrays on the stack), at least
+    # STRIDED_MIN_TILE (one 64-byte line of float32 per class), a multiple of it
+    STRIDED_MAX_TILE = 256
+    STRIDED_MIN_TILE = 16
+
+
+cdef inline Py_ssize_t strided_tile(Py_ssize_t n_classes, Py_ssize_t inner) noexcept nogil:
+    """Positions per tile for C = ``n_classes`` and S = ``inner`` positions per n."""
+    cdef Py_ssize_t t = STRIDED_TILE_ELEMS // max(n_classes, 1)
+    t = t // STRIDED_MIN_TILE * STRIDED_MIN_TILE
+    t = min(max(t, <Py_ssize_t>STRIDED_MIN_TILE), <Py_ssize_t>STRIDED_MAX_TILE)
+    return min(t, inner)
+
+
+cdef inline void softmax_tile(const floating* restrict x, Py_ssize_t stride, Py_ssize_t n,
+                              Py_ssize_t n_classes, floating* restrict e,
+                              Py_ssize_t e_stride, floating* restrict maxes,
+                              floating* restrict inv_sums,
+                              floating* restrict log_sums) noexcept nogil:
+    """softmax_block for the ``n`` positions of a tile whose class c lies at
+    x[c * stride + t]: e[c * e_stride + t] = exp(x - max over the classes), the maxes,
+    and 1 / sum and log(sum) per position.  NaN as row_max."""
+    cdef Py_ssize_t c, t
+    cdef floating one = 1, v
+    cdef const floating* xc
+    cdef floating* ec
+    for t in range(n):
+        maxes[t] = x[t]
+        log_sums[t] = 0
+    for c in range(1, n_classes):
+        xc = x + c * stride
+        for t in range(n):
+            maxes[t] = max_(maxes[t], xc[t])
+    for c in range(n_classes):
+        xc = x + c * stride
+        ec = e + c * e_stride
+        for t in range(n):
+            v = exp_(xc[t] - maxes[t])
+            ec[t] = v
+            log_sums[t] += v
+    for t in range(n):  # log_sums holds the sums until here
+        inv_sums[t] = one / log_sums[t]
+    log_inplace(log_sums, n)
+
+
+cdef double strided_chunk(const RowLoss* restrict loss, const RowParams* restrict prm,
+                          const floating* restrict x, const floating* restrict target,
+                          const label_t* restrict labels,
+                          const floating* restrict class_weight,
+                          const floating* restrict sample_weight, floating* restrict grad,
+                          floating* restrict values, floating scale, Py_ssize_t inner,
+                          Py_ssize_t tile, Py_ssize_t start, Py_ssize_t stop,
+                          int* restrict flags) noexcept nogil:
+    """Tiles start..stop-1 of class-strided scores (outer, C, S = ``inner``), ``tile``
+    positions each (the last tile of an n may be shorter): returns the sum of their
+    weighted losses.  Labels, sample weights and values have one entry per position
+    (outer * S, in order); ``grad`` (may be NULL: a scratch tile then receives the unused
+    exp values) and ``target`` (categorical) have the layout of ``x``.
+
+    Only the softmax cross-entropies: the sparse one (labels checked before, ignored
+    positions get value 0 and a zero gradient, as sparse_logits_row) and the
+    categorical one (targets outside [0, 1] flagged).
+    """
+    cdef Py_ssize_t C = prm.n_classes, per_outer = (inner + tile - 1) // tile
+    cdef Py_ssize_t i, c, t, n, s0, base, pos, g_stride
+    cdef floating maxes[STRIDED_MAX_TILE]
+    cdef floating inv_sums[STRIDED_MAX_TILE]
+    cdef floating log_sums[STRIDED_MAX_TILE]
+    cdef floating ks[STRIDED_MAX_TILE]       # factor of exp(x - m) in the gradient
+    cdef floating bs[STRIDED_MAX_TILE]       # scale_row * spread (sparse), scale_row
+    cdef floating hits[STRIDED_MAX_TILE]     # sparse: subtracted at the label
+    cdef floating lives[STRIDED_MAX_TILE]    # sparse: 0 at an ignored position
+    cdef Py_ssize_t ys[STRIDED_MAX_TILE]     # sparse: the label (0 if ignored)
+    cdef double dots[STRIDED_MAX_TILE]       # sparse: sum_c w_c (x_c - m), float64
+    cdef double shifted[STRIDED_MAX_TILE]    # sparse: x_y - m
+    cdef floating sws[STRIDED_MAX_TILE]      # sparse: the sample weight
+    cdef floating wys[STRIDED_MAX_TILE]      # sparse: the class weight of the label
+    cdef floating fdots[STRIDED_MAX_TILE]    # categorical: the sums of its row function
+    cdef floating totals[STRIDED_MAX_TILE]
+    cdef floating wtotals[STRIDED_MAX_TILE]
+    cdef floating* scratch = NULL
+    cdef floating* g
+    cdef floating* gc
+    cdef const floating* xc
+    cdef const floating* tc_row
+    cdef floating keep = <floating>prm.keep, spread = <floating>prm.spread
+    cdef floating w, sw, srow, k, tc
+    cdef int64_t y
+    cdef bint live
+    cdef int bad = 0
+    cdef double acc = 0, v
+    if grad == NULL:
+        scratch = <floating*>malloc(C * tile * sizeof(floating))
+        if scratch == NULL:
+            flags[0] |= OUT_OF_MEMORY
+            return 0
+    for i in range(start, stop):
+        s0 = (i % per_outer) * tile
+        n = min(tile, inner - s0)
+        base = (i // per_outer) * C * inner + s0
+        pos = (i // per_outer) * inner + s0
+        if grad == NULL:
+            g = scratch
+            g_stride = n
+        else:
+            g = grad + base
+            g_stride = inner
+        softmax_tile(x + base, inner, n, C, g, g_stride, maxes, inv_sums, log_sums)
+        if RowLoss is SparseCategoricalCrossEntropyFromLogits:
+            for t in range(n):
+                dots[t] = 0
+            if spread != 0:
+                for c in range(C):
+                    w = 1 if class_weight == NULL else class_weight[c]
+                    xc = x + base + c * inner
+                    for t in range(n):
+                        dots[t] += w * (xc[t] - maxes[t])
+            for t in range(n):  # the gathers, by label
+                y = labels[pos + t]
+                live = not (prm.has_ignore_index and y == prm.ignore_index)
+                ys[t] = y if live else 0
+                lives[t] = live
+                sws[t] = 1 if sample_weight == NULL else sample_weight[pos + t]
+                wys[t] = 1 if class_weight == NULL else class_weight[ys[t]]
+                shifted[t] = exactly(<double>x[base + ys[t] * inner + t]
+                                     - <double>maxes[t])
+            for t in range(n):  # the per-position scalars, vectorised
+                srow = scale * sws[t]
+                v = sparse_logits_value(prm, maxes[t], inv_sums[t], log_sums[t],
+                                        shifted[t], dots[t], wys[t], srow, &k)
+                v = sws[t] * v if lives[t] != 0 else 0
+                ks[t] = k if lives[t] != 0 else 0
+                bs[t] = srow * spread
+                hits[t] = srow * keep * wys[t] if lives[t] != 0 else 0
+                acc += v
+                if values != NULL:
+                    values[pos + t] = <floating>v
+        else:
+            for t in range(n):
+                fdots[t] = 0
+                totals[t] = 0
+                wtotals[t] = 0
+            for c in range(C):
+                w = 1 if class_weight == NULL else class_weight[c]
+                xc = x + base + c * inner
+                tc_row = target + base + c * inner
+                for t in range(n):
+                    tc = tc_row[t]
+                    bad |= (tc < 0) | (tc > 1)
+                    totals[t] += tc
+                    wtotals[t] += w * tc
+                    fdots[t] += w * (tc * keep + spread) * (xc[t] - maxes[t])
+            for t in range(n):
+                sw = 1 if sample_weight == NULL else sample_weight[pos + t]
+                srow = scale * sw
+                v = sw * categorical_logits_value(prm, maxes[t], inv_sums[t], log_sums[t],
+                                                  fdots[t], totals[t], wtotals[t], srow,
+                                                  &k)
+                ks[t] = k
+                bs[t] = srow
+                acc += v
+                if values != NULL:
+                    values[pos + t] = <floating>v
+        if grad == NULL:
+            continue
+        for c in range(C):
+            w = 1 if class_weight == NULL else class_weight[c]
+            gc = g + c * inner
+            if RowLoss is SparseCategoricalCrossEntropyFromLogits:
+                # an ignored position is 0 even where exp(x - m) is NaN, as in the row loop
+                for t in range(n):
+                    gc[t] = (ks[t] * gc[t] - bs[t] * w) if lives[t] != 0 else 0
+            else:
+                tc_row = target + base + c * inner
+                for t in range(n):
+                    gc[t] = ks[t] * gc[t] - bs[t] * w * (tc_row[t] * keep + spread)
+        if RowLoss is SparseCategoricalCrossEntropyFromLogits:
+            for t in range(n):
+                g[ys[t] * inner + t] -= hits[t]
+    if RowLoss is CategoricalCrossEntropyFromLogits:
+        flags[0] |= bad * TARGET_NOT_PROBABILITY
+    free(scratch)
+    return acc
+
+
+cdef inline double block_chunk(const RowLoss* restrict loss, const RowParams* restrict prm,
+                               const floating* restrict x, const floating* restrict target,
+                               const label_t* restrict labels,
+                               const floating* restrict class_weight,
+                               const floating* restrict sample_weight,
+                               floating* restrict grad, floating* restrict values,
+                               floating scale, Py_ssize_t inner, Py_ssize_t tile,
+                               Py_ssize_t start, Py_ssize_t stop,
+                               int* restrict flags) noexcept nogil:
+    """Items start..stop-1 of a block: rows (``inner`` = 1) or tiles of class-strided
+    scores (only the softmax cross-entropies have that loop: see rows_call)."""
+    if RowLoss is SparseCategoricalCrossEntropyFromLogits or RowLoss is CategoricalCrossEntropyFromLogits:
+        if inner > 1:
+            return strided_chunk(loss, prm, x, target, labels, class_weight, sample_weight,
+                                 grad, values, scale, inner, tile, start, stop, flags)
+    return rows_chunk(loss, prm, x, target, labels, class_weight, sample_weight, grad,
+                      values, scale, start, stop, flags)
+
+
 cdef double rows_run(const RowLoss* restrict loss, const RowParams* restrict prm,
                      const floating* restrict x, const floating* restrict target,
                      const label_t* restrict labels, const floating* restrict class_weight,
                      const floating* restrict sample_weight, floating* restrict grad,
-                     floating* restrict values, floating scale, Py_ssize_t n_rows,
-                     int n_threads, Py_ssize_t block, int* restrict flags) noexcept nogil:
-    """All rows, in blocks of ``block`` rows (see _kernels.pxi): serially, or by a team
-    of up to ``n_threads`` threads."""
+                     floating* restrict values, floating scale, Py_ssize_t n_items,
+                     Py_ssize_t inner, Py_ssize_t tile, int n_threads, Py_ssize_t block,
+                     int* restrict flags) noexcept nogil:
+    """All items (rows, or tiles of class-strided scores: see block_chunk), in blocks of
+    ``block`` items (see _kernels.pxi): serially, or by a team of up to ``n_threads``
+    threads."""
     cdef double partial[MAX_BLOCKS]
-    cdef Py_ssize_t b, n_blocks = block_count(n_rows, block)
+    cdef Py_ssize_t b, n_blocks = block_count(n_items, block)
     cdef Team team = team_for(n_blocks, n_threads)
     cdef int f = 0, block_flags
     if team.size <= 1:
         for b in range(n_blocks):
-            partial[b] = rows_chunk(loss, prm, x, target, labels, class_weight,
-                                    sample_weight, grad, values, scale, b * block,
-                                    min((b + 1) * block, n_rows), flags)
+            partial[b] = block_chunk(loss, prm, x, target, labels, class_weight,
+                                     sample_weight, grad, values, scale, inner, tile,
+                                     b * block, min((b + 1) * block, n_items), flags)
         return ordered_sum(partial, n_blocks)
     for b in prange(n_blocks, nogil=True, schedule="static", num_threads=team.size):
         block_flags = 0
-        partial[b] = rows_chunk(loss, prm, x, target, labels, class_weight, sample_weight,
-                                grad, values, scale, b * block,
-                                min((b + 1) * block, n_rows), &block_flags)
+        partial[b] = block_chunk(loss, prm, x, target, labels, class_weight, sample_weight,
+                                 grad, values, scale, inner, tile, b * block,
+                                 min((b + 1) * block, n_items), &block_flags)
         f |= block_flags
         block_done(&team, b)
     team_finished(&team)
@@ -863,25 +1114,38 @@ cdef double label_weights(const label_t* labels, const RowParams* prm,
 cdef struct RowCall:
     # the arrays (of the call's float type) and options of one call
     const void* x
-    const void* target        # the (N, C) targets of a dense loss, else NULL
+    const void* target        # the targets of a dense loss (x's layout), else NULL
     const void* class_weight  # NULL, or C weights
-    const void* sample_weight # NULL, or N weights
+    const void* sample_weight # NULL, or one weight per row (position)
     void* grad                # NULL: not wanted
     void* values              # NULL: not wanted (reduced value only)
-    Py_ssize_t n_rows
+    Py_ssize_t n_rows         # rows, or positions (outer * inner) of class-strided scores
+    Py_ssize_t inner          # 1: (N, C) rows; S > 1: (outer, C, S) class-strided scores
+    Py_ssize_t tile           # positions per tile of class-strided scores
+    Py_ssize_t item_cost      # the work of one row (cost x C)
     int n_threads
-    Py_ssize_t block
+    Py_ssize_t block          # rows (positions) per block of the labels pass and the rows
 
 
 cdef inline double rows_call(const RowLoss* loss, const RowParams* prm,
                              const RowCall* call, const label_t* labels,
                              floating grad_scale, int* flags) noexcept nogil:
-    """rows_run on the arrays of ``call``, read as ``floating``."""
+    """rows_run on the arrays of ``call``, read as ``floating``: over its rows, or over
+    the tiles of class-strided scores (blocks of whole tiles, their size set by the
+    call's shape alone, as every block)."""
+    cdef Py_ssize_t n_items = call.n_rows, block = call.block, n_tiles
+    if call.inner > 1:
+        if not (RowLoss is SparseCategoricalCrossEntropyFromLogits
+                or RowLoss is CategoricalCrossEntropyFromLogits):
+            flags[0] |= UNKNOWN_KERNEL  # the Python layer sends no other loss here
+            return 0
+        n_items = call.n_rows // call.inner * ((call.inner + call.tile - 1) // call.tile)
+        block = block_size(n_items, call.item_cost * call.tile, 1)
     return rows_run(loss, prm, <const floating*>call.x, <const floating*>call.target,
                     labels, <const floating*>call.class_weight,
                     <const floating*>call.sample_weight, <floating*>call.grad,
-                    <floating*>call.values, grad_scale, call.n_rows, call.n_threads,
-                    call.block, flags)
+                    <floating*>call.values, grad_scale, n_items, call.inner, call.tile,
+                    call.n_threads, block, flags)
 
 
 cdef double dense_dispatch(int kernel, const RowParams* prm, const RowCall* call,
@@ -993,17 +1257,23 @@ cdef RowParams row_params(cnp.ndarray y_pred, object class_weight, double label_
 
 cdef RowCall row_call(cnp.ndarray y_pred, object target, object class_weight,
                       object grad, object values, object sample_weight, int n_threads,
-                      Py_ssize_t block):
+                      Py_ssize_t cost):
+    """The call on (N, C) rows, or on (outer, C, S) class-strided scores for a 3-D
+    ``y_pred`` (S = 1 is rows)."""
     cdef RowCall call
+    cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(y_pred)
     call.x = cnp.PyArray_DATA(y_pred)
     call.target = data_or_null(target)
     call.class_weight = data_or_null(class_weight)
     call.sample_weight = data_or_null(sample_weight)
     call.grad = data_or_null(grad)
     call.values = data_or_null(values)
-    call.n_rows = cnp.PyArray_DIMS(y_pred)[0]
+    call.inner = dims[2] if cnp.PyArray_NDIM(y_pred) == 3 else 1
+    call.n_rows = dims[0] * call.inner
+    call.tile = strided_tile(dims[1], call.inner)
+    call.item_cost = cost * dims[1]
     call.n_threads = n_threads
-    call.block = block
+    call.block = block_size(call.n_rows, call.item_cost, 1)
     return call
 
 
@@ -1014,7 +1284,9 @@ def dense_rows(int kernel, cnp.ndarray y_pred, cnp.ndarray y_true, object class_
     """Run the row loss ``kernel`` (a RowKernel id) with (N, C) float targets over
     C-contiguous arrays of one dtype.
 
-    The Python layer has checked shapes, dtypes, contiguity, overlap and the class-weight
+    ``y_pred`` may also be 3-D, (outer, C, S) scores whose C classes lie S apart, with
+    targets and gradient of its shape and values and sample weights of shape (outer * S,)
+    (categorical cross-entropy from logits only).  The Python layer has checked shapes, dtypes, contiguity, overlap and the class-weight
     length; the focal losses need their per-class alpha there (never None).  ``cost``
     is the work of one element (sets the block size); up to ``n_threads`` threads run
     the blocks.  Returns ``(sum of the weighted row losses, flags)``.
@@ -1026,9 +1298,7 @@ def dense_rows(int kernel, cnp.ndarray y_pred, cnp.ndarray y_true, object class_
     prm = row_params(y_pred, class_weight, label_smoothing, z_loss, 0.0, 1, log_target,
                      None, gamma)
     cdef RowCall call = row_call(y_pred, y_true, class_weight, grad, values,
-                                 sample_weight, n_threads,
-                                 block_size(cnp.PyArray_DIMS(y_pred)[0],
-                                            cost * prm.n_classes, 1))
+                                 sample_weight, n_threads, cost)
     cdef int flags = 0
     cdef double total
     if cnp.PyArray_TYPE(y_pred) == cnp.NPY_FLOAT:
@@ -1047,6 +1317,10 @@ def sparse_rows(int kernel, cnp.ndarray y_pred, cnp.ndarray labels, object class
     """Run the row loss ``kernel`` (a RowKernel id) with (N,) int32/int64 labels over
     C-contiguous arrays.
 
+    ``y_pred`` may also be 3-D, (outer, C, S) scores whose C classes lie S apart, with a
+    gradient of its shape and labels, values and sample weights of shape (outer * S,),
+    one per position (sparse cross-entropy from logits only; "row" then means position).
+
     ``ignore_index`` is an int or None.  With ``weighted_mean`` the gradient is scaled by
     1 / (summed class weights, or count, of the non-ignored rows), else by
     ``grad_scale``.  Returns ``(sum of the weighted row losses, flags, that denominator,
@@ -1056,8 +1330,7 @@ def sparse_rows(int kernel, cnp.ndarray y_pred, cnp.ndarray labels, object class
     cdef RowParams prm = row_params(y_pred, class_weight, label_smoothing, z_loss, margin,
                                     power, False, ignore_index)
     cdef RowCall call = row_call(y_pred, None, class_weight, grad, values, sample_weight,
-                                 n_threads, block_size(cnp.PyArray_DIMS(y_pred)[0],
-                                                       cost * prm.n_classes, 1))
+                                 n_threads, cost)
     cdef const void* y = cnp.PyArray_DATA(labels)
     cdef bint single = cnp.PyArray_TYPE(y_pred) == cnp.NPY_FLOAT
     cdef bint int32_labels = cnp.PyArray_TYPE(labels) == cnp.NPY_INT32
@@ -1091,8 +1364,7 @@ def label_matrix_rows(int kernel, cnp.ndarray y_pred, cnp.ndarray labels, object
     """
     cdef RowParams prm = row_params(y_pred, None, 0.0, 0.0, 0.0, 1, False, None)
     cdef RowCall call = row_call(y_pred, None, None, grad, values, sample_weight,
-                                 n_threads, block_size(cnp.PyArray_DIMS(y_pred)[0],
-                                                       cost * prm.n_classes, 1))
+                                 n_threads, cost)
     cdef const void* y = cnp.PyArray_DATA(labels)
     cdef bint single = cnp.PyArray_TYPE(y_pred) == cnp.NPY_FLOAT
     cdef bint int32_labels = cnp.PyArray_TYPE(labels) == cnp.NPY_INT32

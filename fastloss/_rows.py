@@ -30,6 +30,9 @@ class RowLoss(Loss):
 
     ``sample_weight`` of shape (N,) multiplies each row's term; ``"mean"`` divides by N
     (sparse cross-entropy: see :class:`SparseCategoricalCrossEntropy`).
+
+    The cross-entropies also take scores with the classes on any ``axis``: one term per
+    position, the other axes (see :class:`CategoricalCrossEntropy`).
     """
 
     per_row = True
@@ -41,6 +44,13 @@ class RowLoss(Loss):
     _class_weights = None
     #: the constructor parameter that gives them
     _class_weight_name = "class_weight"
+    #: the class axis of y_pred of a loss that takes ``axis``; None: (N, C) scores only
+    _axis = None
+    #: whether 2-D scores have their classes on axis 1 (the rows of the fast path)
+    _rows_ready = True
+    #: the kernel has a loop for class-strided (outer, C, S) scores; without it they are
+    #: copied with the classes last and the gradient copied back
+    _strided = False
 
     @property
     def class_weight(self):
@@ -50,10 +60,25 @@ class RowLoss(Loss):
     #: threads start to pay off
     _cost = 8
 
+    def _class_axis(self, ndim):
+        """The class axis (>= 0) of a y_pred with ``ndim`` dimensions."""
+        axis = -1 if self._axis is None else self._axis
+        return axis + ndim if axis < 0 else axis
+
     def _prepare_target(self, y_true, pred):
-        if pred.ndim != 2 or pred.shape[1] == 0:
-            what = "a 2-D array" if pred.ndim != 2 else "at least one class (C >= 1)"
-            raise ValueError(f"y_pred: {self.name} expects scores of shape (N, C) with "
+        if self._axis is None:
+            if pred.ndim != 2 or pred.shape[1] == 0:
+                what = "a 2-D array" if pred.ndim != 2 else "at least one class (C >= 1)"
+                raise ValueError(f"y_pred: {self.name} expects scores of shape (N, C) with "
+                                 f"{what}, got y_pred shape {pred.shape} (y_true shape "
+                                 f"{v.shape_of(y_true)})")
+        elif pred.ndim < 2 or not -pred.ndim <= self._axis < pred.ndim \
+                or pred.shape[self._axis] == 0:
+            what = ("at least 2 dimensions" if pred.ndim < 2 else
+                    f"an axis {self._axis}" if not -pred.ndim <= self._axis < pred.ndim
+                    else f"at least one class (C >= 1) on axis {self._axis}")
+            raise ValueError(f"y_pred: {self.name} expects scores of shape (N, C), or of "
+                             f"more dimensions with the classes on axis={self._axis}, with "
                              f"{what}, got y_pred shape {pred.shape} (y_true shape "
                              f"{v.shape_of(y_true)})")
         return self._prepare_row_target(y_true, pred)
@@ -62,7 +87,60 @@ class RowLoss(Loss):
         return v.prepare_target(y_true, pred)
 
     def _ready(self, y_pred, y_true, out):
-        return kernels.is_ready_rows(y_pred, y_true, out, self._labels)
+        return self._rows_ready and kernels.is_ready_rows(y_pred, y_true, out, self._labels)
+
+    def _values_shape(self, pred):
+        axis = self._class_axis(pred.ndim)
+        return pred.shape[:axis] + pred.shape[axis + 1:]
+
+    def _is_rows(self, pred):
+        """``pred`` is (N, C) rows as it is (the classes on axis 1 of a 2-D array)."""
+        return pred.ndim == 2 and self._rows_ready
+
+    def _prepare_sample_weight(self, sample_weight, pred):
+        if self._is_rows(pred):
+            return v.prepare_sample_weight(sample_weight, pred)
+        return v.prepare_sample_weight(sample_weight, pred, self._values_shape(pred))
+
+    def _kernel_arrays(self, pred, target, grad, values):
+        """``pred``, a ``target`` of its shape (or None), ``grad`` and ``values`` as the
+        kernel reads them, and the buffer to copy the gradient from afterwards (None when
+        the kernel writes ``grad`` itself).
+
+        Scores with their classes last are (N, C) rows (a view); with C classes on another
+        axis they are (outer, C, S), S the product of the axes after it (a view), read in
+        place by a loss with a class-strided loop, else copied with the classes last.
+        Values come flat, one per row or position.
+        """
+        if self._is_rows(pred):
+            return pred, target, grad, values, None
+        axis = self._class_axis(pred.ndim)
+        n_classes = pred.shape[axis]
+        outer, inner = math.prod(pred.shape[:axis]), math.prod(pred.shape[axis + 1:])
+        if values is not None:
+            values = values.reshape(-1)
+        if inner == 1 or self._strided:
+            view = (outer, n_classes) if inner == 1 else (outer, n_classes, inner)
+            return (pred.reshape(view), None if target is None else target.reshape(view),
+                    None if grad is None else grad.reshape(view), values, None)
+
+        def as_rows(array):
+            return np.ascontiguousarray(
+                array.reshape(outer, n_classes, inner).transpose(0, 2, 1)
+            ).reshape(-1, n_classes)
+
+        buffer = None if grad is None else np.empty((outer * inner, n_classes), pred.dtype)
+        return (as_rows(pred), None if target is None else as_rows(target), buffer, values,
+                buffer)
+
+    def _finish_grad(self, grad, buffer):
+        """Copy the gradient rows of ``buffer`` (see _kernel_arrays) into ``grad``."""
+        if buffer is not None:
+            axis = self._class_axis(grad.ndim)
+            n_classes = grad.shape[axis]
+            outer = math.prod(grad.shape[:axis])
+            grad.reshape(outer, n_classes, -1)[...] = \
+                buffer.reshape(outer, -1, n_classes).transpose(0, 2, 1)
 
     def _class_weight(self, pred):
         """The class weights in pred's dtype, checked against C, or None."""
@@ -70,9 +148,10 @@ class RowLoss(Loss):
         if weights is None:
             return None
         weights = weights[pred.dtype]
-        if weights.size != pred.shape[1]:
+        n_classes = pred.shape[self._class_axis(pred.ndim)]
+        if weights.size != n_classes:
             raise ValueError(f"{self._class_weight_name}: {weights.size} weights for y_pred with "
-                             f"{pred.shape[1]} classes (shape {pred.shape})")
+                             f"{n_classes} classes (shape {pred.shape})")
         return weights
 
     def _n_threads(self, pred):
@@ -84,6 +163,18 @@ class RowLoss(Loss):
             raise ValueError(f"y_true: log_target=True expects log-probabilities <= 0, got "
                              f"{_first_bad(target, target > 0)}")
         super()._raise_for_input_flags(flags, pred, target)
+
+
+def _check_class_axis(axis):
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+        raise v.InvalidParameterError(f"axis must be an int (the class axis), got "
+                                      f"{type(axis).__name__} {axis!r}")
+    return int(axis)
+
+
+def _n_terms(x):
+    """The rows of kernel scores x: N of (N, C), outer * S of (outer, C, S)."""
+    return x.shape[0] if x.ndim == 2 else x.shape[0] * x.shape[2]
 
 
 def _check_z_loss(z_loss, from_logits):
@@ -102,14 +193,16 @@ class _DenseRowLoss(RowLoss):
         return 0.0, 0.0, False, 0.0
 
     def _run(self, pred, target, weight, weight_block, grad, values, want_value):
-        n = pred.shape[0]
+        class_weight = self._class_weight(pred)
         smoothing, z_loss, log_target, gamma = self._kernel_options()
+        x, t, g, values, buffer = self._kernel_arrays(pred, target, grad, values)
+        n = _n_terms(x)
         total, flags = kernels.dense_rows(
-            self._kernel_id, pred, target, self._class_weight(pred), grad, values, weight,
-            smoothing, z_loss, log_target, gamma, self._mean_scale(n),
-            self._n_threads(pred), self._cost)
+            self._kernel_id, x, t, class_weight, g, values, weight, smoothing, z_loss,
+            log_target, gamma, self._mean_scale(n), self._n_threads(pred), self._cost)
         if flags:
             self._raise_for_flags(flags, pred, target)
+        self._finish_grad(grad, buffer)
         return self._reduce(total, n)
 
 
@@ -131,6 +224,15 @@ class CategoricalCrossEntropy(_DenseRowLoss):
     Targets must lie in [0, 1] (they need not sum to 1).  The gradient with respect to
     logits is ``(A + 2 z W lse) softmax(x) - w t'``, A = sum_c w_c t'_c.
 
+    Scores of more dimensions hold their C classes on ``axis``, e.g. (N, d1, ..., dk, C)
+    with the default ``axis=-1`` (Keras' layout) or (N, C, d1, ..., dk) with ``axis=1``
+    (torch's: ``cross_entropy`` of spatial logits), and have one term per position (the
+    index of the other axes); ``y_true`` has ``y_pred``'s shape, ``"mean"`` divides by
+    the number of positions, ``"none"`` returns the terms in the shape of the other axes,
+    ``sample_weight`` has that shape (or (N,): one weight per sample).  Logits with
+    their classes on an inner axis are read in place, vectorised across the positions;
+    probabilities there are copied once with the classes last.
+
     Parameters
     ----------
     from_logits : bool, default False
@@ -141,25 +243,30 @@ class CategoricalCrossEntropy(_DenseRowLoss):
         Per-class weights w (torch's ``weight``); checked against C at each call.
     z_loss : float >= 0, default 0
         Coefficient of the ``logsumexp(x)^2`` term (logits only).
+    axis : int, default -1
+        The class axis of ``y_pred`` (Keras' ``axis``; 1 is torch's layout).
     reduction : {"mean", "sum", "none"}, default "mean"
-        "none" returns one value per row, shape (N,).
+        "none" returns one value per row, shape (N,) (per position for more dimensions).
     """
 
     name = "categorical_cross_entropy"
 
     def __init__(self, from_logits=False, label_smoothing=0.0, class_weight=None,
-                 z_loss=0.0, *, reduction="mean"):
+                 z_loss=0.0, *, axis=-1, reduction="mean"):
         super().__init__(reduction=reduction)
+        self.axis = self._axis = _check_class_axis(axis)
+        self._rows_ready = self._axis in (-1, 1)
         self.from_logits = v.check_bool("from_logits", from_logits)
         self.label_smoothing = v.check_fraction("label_smoothing", label_smoothing)
         self._class_weights = v.check_class_vector("class_weight", class_weight)
         self.z_loss = _check_z_loss(z_loss, self.from_logits)
         self._kernel_id = (Kernel.CATEGORICAL_CROSS_ENTROPY_FROM_LOGITS if self.from_logits
                            else Kernel.CATEGORICAL_CROSS_ENTROPY_FROM_PROBABILITIES)
+        self._strided = self.from_logits
 
     def get_params(self):
         return {"from_logits": self.from_logits, "label_smoothing": self.label_smoothing,
-                "class_weight": self.class_weight, "z_loss": self.z_loss,
+                "class_weight": self.class_weight, "z_loss": self.z_loss, "axis": self.axis,
                 **super().get_params()}
 
     def _kernel_options(self):
@@ -356,29 +463,36 @@ class _SparseRowLoss(RowLoss):
     _labels = Targets.CLASS_LABELS
 
     def _prepare_row_target(self, y_true, pred):
-        return v.prepare_labels(y_true, pred.shape[0], pred.shape[1],
-                                self._ignore_index)
+        if self._is_rows(pred):
+            return v.prepare_labels(y_true, pred.shape[0], pred.shape[1],
+                                    self._ignore_index)
+        shape = self._values_shape(pred)
+        return v.prepare_labels(y_true, math.prod(shape), pred.shape[self._class_axis(
+            pred.ndim)], self._ignore_index, shape)
 
     def _kernel_options(self):
         """(label_smoothing, z_loss, margin, p) for the kernel."""
         raise NotImplementedError
 
     def _run(self, pred, labels, weight, weight_block, grad, values, want_value):
-        n = pred.shape[0]
+        class_weight = None if self._class_weights is None else self._class_weight(pred)
         smoothing, z_loss, margin, power = self._kernel_options()
+        x, _, g, values, buffer = self._kernel_arrays(pred, None, grad, values)
+        n = _n_terms(x)
         mean = self.reduction == "mean"
         weighted_mean = self._weighted_mean and mean
         total, flags, denominator, bad_row = kernels.sparse_rows(
-            self._kernel_id, pred, labels,
-            None if self._class_weights is None else self._class_weight(pred), grad, values,
-            weight, smoothing, z_loss, self._ignore_index, margin, power, weighted_mean,
+            self._kernel_id, x, labels, class_weight, g, values, weight, smoothing, z_loss,
+            self._ignore_index, margin, power, weighted_mean,
             (1.0 / n if n else math.nan) if mean else 1.0,
             self._n_threads(pred), self._cost)
         if flags & Flag.LABEL_OUT_OF_RANGE:
-            raise v.label_out_of_range(labels[bad_row].item(), bad_row, pred.shape[1],
-                                       self._ignore_index)
+            raise v.label_out_of_range(
+                labels[bad_row].item(), bad_row, x.shape[1], self._ignore_index,
+                None if self._is_rows(pred) else self._values_shape(pred))
         if flags:
             self._raise_for_flags(flags, pred, labels)
+        self._finish_grad(grad, buffer)
         if weighted_mean:
             return _divide(total, denominator)
         return self._reduce(total, n)
@@ -417,6 +531,15 @@ class SparseCategoricalCrossEntropy(_SparseRowLoss):
     ignored); ``sample_weight`` only scales each row's term.  Any other label outside
     [0, C) is a ValueError.
 
+    Scores of more dimensions hold their C classes on ``axis``, e.g. (N, C, d1, ..., dk)
+    with ``axis=1``, torch's layout (``cross_entropy`` of spatial logits, the same
+    result), or (N, d1, ..., dk, C) with the default ``axis=-1`` (Keras'), against labels
+    of the shape of the other axes, one per position: everything above holds per
+    position (a label out of range is named by its position), ``"none"`` returns that
+    shape, ``sample_weight`` has it (or (N,): one weight per sample).  Logits with their
+    classes on an inner axis are read in place, vectorised across the positions;
+    probabilities there are copied once with the classes last.
+
     Parameters
     ----------
     from_logits : bool, default False
@@ -429,16 +552,20 @@ class SparseCategoricalCrossEntropy(_SparseRowLoss):
         Label of the rows to skip.
     z_loss : float >= 0, default 0
         Coefficient of the ``logsumexp(x)^2`` term (logits only).
+    axis : int, default -1
+        The class axis of ``y_pred`` (Keras' ``axis``; 1 is torch's layout).
     reduction : {"mean", "sum", "none"}, default "mean"
-        "none" returns one value per row, shape (N,).
+        "none" returns one value per row, shape (N,) (per position for more dimensions).
     """
 
     name = "sparse_categorical_cross_entropy"
     _weighted_mean = True
 
     def __init__(self, from_logits=False, label_smoothing=0.0, class_weight=None,
-                 ignore_index=-100, z_loss=0.0, *, reduction="mean"):
+                 ignore_index=-100, z_loss=0.0, *, axis=-1, reduction="mean"):
         super().__init__(reduction=reduction)
+        self.axis = self._axis = _check_class_axis(axis)
+        self._rows_ready = self._axis in (-1, 1)
         self.from_logits = v.check_bool("from_logits", from_logits)
         self.label_smoothing = v.check_fraction("label_smoothing", label_smoothing)
         self._class_weights = v.check_class_vector("class_weight", class_weight)
@@ -447,11 +574,12 @@ class SparseCategoricalCrossEntropy(_SparseRowLoss):
         self._kernel_id = (Kernel.SPARSE_CATEGORICAL_CROSS_ENTROPY_FROM_LOGITS
                            if self.from_logits
                            else Kernel.SPARSE_CATEGORICAL_CROSS_ENTROPY_FROM_PROBABILITIES)
+        self._strided = self.from_logits
 
     def get_params(self):
         return {"from_logits": self.from_logits, "label_smoothing": self.label_smoothing,
                 "class_weight": self.class_weight, "ignore_index": self.ignore_index,
-                "z_loss": self.z_loss, **super().get_params()}
+                "z_loss": self.z_loss, "axis": self.axis, **super().get_params()}
 
     def _kernel_options(self):
         return self.label_smoothing, self.z_loss, 0.0, 1

@@ -5,6 +5,7 @@ input is read by ``as_array`` (which names the argument in its errors) and conve
 (``as_kernel_array``), never modified.  The kernels only ever see aligned, native-order,
 C-contiguous arrays.
 """
+import math
 import numbers
 
 import numpy as np
@@ -145,7 +146,7 @@ def prepare_target(y_true, pred):
     return y_true
 
 
-def prepare_labels(y_true, n_rows, n_classes, ignore_index=None):
+def prepare_labels(y_true, n_rows, n_classes, ignore_index=None, shape=None):
     """Integer class labels of shape (n_rows,): int32 or int64, C-contiguous.
 
     Other integer dtypes are widened; float labels are accepted when integral (Keras
@@ -153,8 +154,12 @@ def prepare_labels(y_true, n_rows, n_classes, ignore_index=None):
     A label beyond the int64 range (uint64, or an integral float) cannot be converted: it
     is the ValueError of a label outside [0, n_classes), as the kernel reports the labels
     it checks.  ``ignore_index`` (an int, or None) is only used for that message.
+
+    With ``shape`` (one label per position of (N, C, d1, ..., dk) scores: n_rows
+    positions), ``y_true`` must have that shape; the labels come back flat, and the
+    messages name a label by its position.
     """
-    if kernels.is_label_array(y_true, n_rows):
+    if shape is None and kernels.is_label_array(y_true, n_rows):
         return y_true
     if y_true is None:
         raise TypeError("y_true: expected an array of integer labels, got None")
@@ -162,17 +167,22 @@ def prepare_labels(y_true, n_rows, n_classes, ignore_index=None):
     kind = array.dtype.kind
     if kind not in "biuf":
         raise TypeError(f"y_true: expected integer class labels, got dtype {array.dtype}")
-    if array.shape != (n_rows,):
+    if shape is not None:
+        if array.shape != shape:
+            raise ValueError(f"y_true: expected labels of shape {shape}, one per position "
+                             f"of y_pred, got shape {array.shape}")
+        array = array.reshape(-1)   # a view of a C-contiguous array, else one copy
+    elif array.shape != (n_rows,):
         raise ValueError(f"y_true: expected labels of shape ({n_rows},) for y_pred with "
                          f"{n_rows} rows, got shape {array.shape}")
     if kind == "f":
-        return _float_labels(array, n_classes, ignore_index)
+        return _float_labels(array, n_classes, ignore_index, shape)
 
     def beyond_int64():
         bad = array >= n_classes
         if ignore_index is not None and ignore_index >= 0:
             bad &= array != ignore_index
-        return _first_label_out_of_range(array, bad, n_classes, ignore_index)
+        return _first_label_out_of_range(array, bad, n_classes, ignore_index, shape)
 
     return _integer_labels(array, beyond_int64)
 
@@ -189,7 +199,7 @@ def _integer_labels(array, beyond_int64):
     return as_kernel_array(array, np.int32 if is_int32 else np.int64)
 
 
-def _float_labels(array, n_classes, ignore_index):
+def _float_labels(array, n_classes, ignore_index, shape=None):
     """Float labels as int64: they must be integral, finite and within int64."""
     if array.size == 0:
         return as_kernel_array(array, np.int64)
@@ -203,25 +213,34 @@ def _float_labels(array, n_classes, ignore_index):
     if np.any(not_integer):
         row = int(np.argmax(not_integer))
         raise TypeError(f"y_true: expected integer class labels, got dtype {array.dtype} "
-                        f"with the value {array[row].item()!r} at row {row}")
+                        f"with the value {array[row].item()!r} at {_where(row, shape)}")
     bad = (array < 0) | (array >= n_classes)  # the labels out of range, as the kernel's
     if ignore_index is not None:
         bad &= array != ignore_index
-    raise _first_label_out_of_range(array, bad, n_classes, ignore_index)
+    raise _first_label_out_of_range(array, bad, n_classes, ignore_index, shape)
 
 
-def _first_label_out_of_range(labels, bad, n_classes, ignore_index):
+def _first_label_out_of_range(labels, bad, n_classes, ignore_index, shape=None):
     row = int(np.argmax(bad))
     label = labels[row].item()
     if isinstance(label, float) and abs(label) < 2.0 ** 63:
         label = int(label)  # an integral float label: shown as the kernel shows labels
-    return label_out_of_range(label, row, n_classes, ignore_index)
+    return label_out_of_range(label, row, n_classes, ignore_index, shape)
 
 
-def label_out_of_range(label, row, n_classes, ignore_index):
-    """The ValueError of a label outside [0, n_classes) that is not ``ignore_index``."""
+def _where(row, shape):
+    """Row ``row`` of flat labels, named as a row, or as a position of ``shape``."""
+    if shape is None:
+        return f"row {row}"
+    return f"position {tuple(int(i) for i in np.unravel_index(row, shape))}"
+
+
+def label_out_of_range(label, row, n_classes, ignore_index, shape=None):
+    """The ValueError of a label outside [0, n_classes) that is not ``ignore_index``;
+    with ``shape`` (labels of more than one dimension), ``row`` is the flat index of its
+    position, named as an index of that shape."""
     ignore = "" if ignore_index is None else f" and is not ignore_index={ignore_index}"
-    return ValueError(f"y_true: label {label} at row {row} is outside [0, {n_classes}) "
+    return ValueError(f"y_true: label {label} at {_where(row, shape)} is outside [0, {n_classes}) "
                       f"(y_pred has {n_classes} classes){ignore}")
 
 
@@ -262,8 +281,14 @@ def class_index_out_of_range(indices, n_classes):
                       f"after it, must be in that range)")
 
 
-def prepare_sample_weight(sample_weight, pred):
-    """(weights of shape (N,) in pred's dtype, elements per weight), or (None, 1)."""
+def prepare_sample_weight(sample_weight, pred, terms_shape=None):
+    """(weights of shape (N,) in pred's dtype, elements per weight), or (None, 1).
+
+    With ``terms_shape`` (the shape of the terms of a loss with one term per position,
+    such as a cross-entropy of (N, C, d1, ..., dk) scores): weights of that shape (one per
+    term) or of shape (N,) (one per sample, repeated over its terms), returned flat, one
+    per term.
+    """
     if sample_weight is None:
         return None, 1
     if pred.ndim == 0:
@@ -276,6 +301,15 @@ def prepare_sample_weight(sample_weight, pred):
             raise TypeError(f"sample_weight: expected a real-valued array, "
                             f"got dtype {array.dtype}")
         sample_weight = as_kernel_array(array, pred.dtype)
+    if terms_shape is not None:
+        if sample_weight.shape == terms_shape:
+            return sample_weight.reshape(-1), 1
+        if len(terms_shape) and sample_weight.shape == terms_shape[:1]:
+            n = terms_shape[0]
+            return np.repeat(sample_weight, math.prod(terms_shape) // n if n else 0), 1
+        raise ValueError(f"sample_weight: expected shape {terms_shape} (one weight per term) "
+                         f"or ({terms_shape[0]},) (one per sample) for y_pred with shape "
+                         f"{pred.shape}, got shape {sample_weight.shape}")
     n = pred.shape[0]
     if sample_weight.shape != (n,):
         raise ValueError(f"sample_weight: expected shape ({n},), one weight per sample of "

@@ -1104,13 +1104,17 @@ def _class_weight(weight, input, n_classes):
     return False
 
 
-def _as_rows(input, target, per_row, max_ndim=None):
+def _as_rows(input, target, per_row, max_ndim=None, in_place=False):
     """The (N, C) scores and the (N,) target (``per_row``: one entry per row, such as a
     class label) or (N, C) target of a row loss, or None.
 
     torch also takes an unbatched (C,) input and, for cross-entropy, (N, C, d1, ...) with
-    the classes on axis 1: both become rows (views, or one copy for the moved axis).
-    Returns (input2d, target2, shape of the reduction="none" result).
+    the classes on axis 1.  With ``in_place`` (a loss that reads the classes on axis 1
+    where they lie), a contiguous (N, C, d1, ...) input stays as it is (its classes lie
+    d1 * ... * dk apart: no copy); otherwise it becomes rows with the classes moved last:
+    a view of a channels-last input, one copy of any other.
+    Returns (scores, target2, shape of the reduction="none" result or None, class axis
+    of the scores).
     """
     ndim = input.ndim
     if ndim == 0 or (max_ndim is not None and ndim > max_ndim):
@@ -1118,17 +1122,19 @@ def _as_rows(input, target, per_row, max_ndim=None):
     if ndim == 1:
         if target.shape != (() if per_row else input.shape):
             return None
-        return input.unsqueeze(0), target.unsqueeze(0), ()
+        return input.unsqueeze(0), target.unsqueeze(0), (), -1
     none_shape = input.shape[:1] + input.shape[2:]
     if target.shape != (none_shape if per_row else input.shape):
         return None
     if ndim == 2:
-        return input, target, None
+        return input, target, None, -1
+    if in_place and input.is_contiguous():
+        return input, target, None, 1
     n_classes = input.shape[1]
     rows = input.movedim(1, -1).reshape(-1, n_classes)
     target2 = (target.reshape(-1) if per_row
                else target.movedim(1, -1).reshape(-1, n_classes))
-    return rows, target2, none_shape
+    return rows, target2, none_shape, -1
 
 
 def _row_loss_of_labels(labels):
@@ -1138,7 +1144,7 @@ def _row_loss_of_labels(labels):
 
 
 def _row_loss(make_loss, input, target, labels, reduction, torch_loss, *, reads_input,
-              max_ndim=None, per_row=None, integer_target=False):
+              max_ndim=None, per_row=None, integer_target=False, in_place=False):
     """A row loss (one value per row of (N, C) scores): fastloss, else ``torch_loss``.
 
     ``labels``: the target holds int64 class indices (else it is of input's dtype, or
@@ -1146,24 +1152,27 @@ def _row_loss(make_loss, input, target, labels, reduction, torch_loss, *, reads_
     ``per_row``: the target has one entry per row, (N,) for (N, C) scores (by default,
     when it holds labels), else one per score, input's shape (dense targets, or label
     sets padded with -1).  ``make_loss()`` builds the fastloss loss or returns None when
-    it cannot.  ``reads_input`` as for :func:`_elementwise`.
+    it cannot.  ``reads_input`` as for :func:`_elementwise`.  ``in_place``: the loss
+    also reads (N, C, d1, ...) scores with their classes on axis 1 (see
+    :func:`_as_rows`): ``make_loss(axis=1)`` then builds it.
     """
     if input.dtype in _HALF_DTYPES and _plain(input, _HALF_DTYPES, _tensor_types()):
         return _half_precision(_row_loss_of_labels(labels), make_loss, input, target,
                                reduction, torch_loss, reads_input=reads_input,
                                max_ndim=max_ndim, per_row=per_row,
-                               integer_target=integer_target)
+                               integer_target=integer_target, in_place=in_place)
     dtype = _target_dtype(input, target, labels, integer_target)
     if dtype is None:
         return _fall_back(torch_loss, input, target, _unsupported(input, target, labels, integer_target))
-    rows = _as_rows(input, target, labels if per_row is None else per_row, max_ndim)
+    rows = _as_rows(input, target, labels if per_row is None else per_row, max_ndim,
+                    in_place)
     if rows is None:
         return _fall_back(torch_loss, input, target, "shapes of input and target the kernel does not read")
-    scores, target2, none_shape = rows
+    scores, target2, none_shape, axis = rows
     if target2.dtype is not dtype:
         target2 = target2.to(dtype)
     try:
-        loss = make_loss()
+        loss = make_loss() if axis == -1 else make_loss(axis=axis)
         if loss is None:
             return _fall_back(torch_loss, input, target, "a parameter combination the kernel does not compute")
         result = _run(loss, scores, target2, None, torch_loss, 1.0, reads_input)
@@ -1181,19 +1190,24 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     ``categorical_cross_entropy(from_logits=True)`` for probability targets.
 
     ``weight``, ``ignore_index`` and ``label_smoothing`` map onto class_weight,
-    ignore_index and label_smoothing.  Unbatched (C,) and spatial (N, C, d1, ...) inputs
-    are computed as rows.
+    ignore_index and label_smoothing.  Unbatched (C,) input is one row.  Spatial
+    (N, C, d1, ..., dk) input is read where it lies: contiguous, by the loss with
+    ``axis=1`` (vectorised across the positions, gradient in the same layout);
+    channels-last, as the rows it already is in memory; any other layout is copied
+    to rows once.  ``reduction="none"`` of contiguous spatial input is computed as rows
+    too (one copy): the upstream gradient of its backward is one value per row.
     """
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(F.cross_entropy, weight=weight, ignore_index=ignore_index,
                                    reduction=reduction, label_smoothing=label_smoothing)
     labels = getattr(target, "dtype", None) in _LABEL_DTYPES
 
-    def make_loss():   # called once input is known to be (C,) or (N, C, ...)
+    def make_loss(axis=-1):   # called once input is known to be (C,) or (N, C, ...)
         class_weight = _class_weight(weight, input, input.shape[1 if input.ndim > 1 else 0])
         if class_weight is False:
             return None
-        params = dict(from_logits=True, label_smoothing=label_smoothing, reduction=reduction)
+        params = dict(from_logits=True, label_smoothing=label_smoothing, reduction=reduction,
+                      axis=axis)
         if labels:
             cls = _row_loss_class("SparseCategoricalCrossEntropy")
             params["ignore_index"] = ignore_index
@@ -1206,7 +1220,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         return _loss(cls, class_weight, **params)
 
     return _row_loss(make_loss, input, target, labels, reduction, torch_loss,
-                     reads_input=False)
+                     reads_input=False, in_place=reduction != "none")
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,

@@ -136,12 +136,15 @@ def per_class(case):
 def shapes(case):
     """Pointwise: 1-D (one weight per element; C long with per-class parameters), rows
     of C (the general loop), rows of 13 C (>= 16 elements per weight: the per-row loop).
-    Row losses: (N, C).  Ratio losses: (N, C) and (3, 13, C) (whose ratios over axis 1
-    are not over the trailing axes)."""
+    Row losses: (N, C), and with a class ``axis`` also scores of more axes (C classes on
+    axis 1: torch's layout, read class-strided; or last).  Ratio losses: (N, C) and
+    (3, 13, C) (whose ratios over axis 1 are not over the trailing axes)."""
     if case.kind == "pointwise":
         return [(C,) if per_class(case) else (37,), (N, C), (3, 13, C)]
     if case.kind == "ratio":
         return [(N, C), (3, 13, C)]
+    if "axis" in case.params:
+        return [(N, C), (3, C, 4, 6) if case.params["axis"] == 1 else (3, 4, C)]
     return [(N, C)]
 
 
@@ -819,8 +822,13 @@ def test_shape_mismatch_names_y_true_and_its_shape(case, rng):
 def test_wrong_rank_of_a_row_loss_names_y_pred_and_its_shape(case, rng):
     pred, target = case.inputs(rng, (N, C))
     loss = case.loss()
+    # a loss with a class axis reads (N, C, 1) as one class on the last axis: then it is
+    # y_true that has the wrong shape
+    takes_axis = "axis" in loss.get_params()
     for bad in (pred[:, 0], pred[..., None], np.float64(1.0)):
         message = rf"^y_pred: .*\(N, C\).*{re.escape(str(np.shape(bad)))}"
+        if takes_axis and np.ndim(bad) == 3:
+            message = r"^y_true: .*shape"
         for call in (loss, loss.grad, loss.value_and_grad):
             with pytest.raises(ValueError, match=message):
                 call(bad, target)

@@ -726,8 +726,9 @@ def test_signatures_are_torchs(name):
 class _StandIn:
     """A row loss with the fastloss protocol, computed with torch ops in float64.
 
-    ``rows(x, target)`` gives the per-row losses; the reduction and sample_weight follow the
-    fastloss contract ("mean" divides by the row count, or by ``denominator`` when defined).
+    ``rows(x, target)`` gives the per-row losses (per position of scores with more axes,
+    the classes on axis 1); the reduction and sample_weight follow the fastloss contract
+    ("mean" divides by the row count, or by ``denominator`` when defined).
     """
 
     per_row = True
@@ -754,7 +755,7 @@ class _StandIn:
             terms = terms * torch.from_numpy(np.array(sample_weight, dtype=np.float64))
         total = terms.sum()
         if self.reduction == "mean":
-            total = total / self.denominator(target, len(terms))
+            total = total / self.denominator(target, terms.numel())
         (grad,) = torch.autograd.grad(total if self.reduction != "none" else terms.sum(), x)
         if out is None:
             out = np.empty_like(y_pred)

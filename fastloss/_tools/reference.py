@@ -18,6 +18,7 @@ Reductions and ``sample_weight`` are applied once, in :func:`numpy_value_and_gra
 :func:`torch_loss`, on the per-term values ("none") of each loss: a term is one element
 for pointwise losses and one row for row losses.
 """
+import functools
 import math
 
 import numpy as np
@@ -115,16 +116,22 @@ class Reference:
         return math.prod(self.terms_shape(np.shape(y_pred), params))
 
     def terms_shape(self, shape, params):
-        """The shape of the per-term values ("none") for a y_pred of ``shape``."""
+        """The shape of the per-term values ("none") for a y_pred of ``shape``: for a
+        row loss, the axes other than the class axis (its ``axis``, default the last)."""
         if self.kind == "ratio":
             return tuple(shape[a] for a in _kept_axes(len(shape), params.get("axis")))
-        return tuple(shape[:1]) if self.rows else tuple(shape)
+        if self.rows:
+            axis = _class_axis(len(shape), params)
+            return tuple(shape[:axis]) + tuple(shape[axis + 1:])
+        return tuple(shape)
 
     def per_element(self, terms, shape, params):
         """Per-term values ``terms`` broadcasting against a y_pred of ``shape``."""
         terms = np.asarray(terms)
         if self.kind == "ratio":
             return np.expand_dims(terms, _reduced_axes(len(shape), params.get("axis")))
+        if self.rows and terms.ndim == len(shape) - 1:
+            return np.expand_dims(terms, _class_axis(len(shape), params))
         return terms.reshape(terms.shape + (1,) * (len(shape) - terms.ndim))
 
     def weighable(self, shape, params):
@@ -296,9 +303,14 @@ def _ratio_inputs(rng, shape, params):
     return rng.uniform(0.02, 0.98, shape), (rng.random(shape) < 0.4).astype(np.float64)
 
 
-def _softmax(x):
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+def _softmax(x, axis=1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _class_axis(ndim, params):
+    """The class axis (>= 0) of a row loss's y_pred: its ``axis``, default the last."""
+    return params.get("axis", -1) % ndim
 
 
 def _scores(rng, shape, params):
@@ -306,27 +318,70 @@ def _scores(rng, shape, params):
     logits = rng.normal(0.0, 2.0, shape)
     if params.get("from_logits", False):
         return logits
-    n_classes = shape[1]
-    probs = _softmax(logits)
+    axis = _class_axis(len(shape), params)
+    probs = _softmax(logits, axis)
     # keep every probability well inside the (1e-7, 1 - 1e-7) clip
-    return (probs + 0.02 / n_classes) / 1.02
+    return (probs + 0.02 / shape[axis]) / 1.02
 
 
 def _dense_row_inputs(rng, shape, params):
     """Scores and soft targets (rows on the simplex, every entry > 0)."""
-    target = _softmax(rng.normal(0.0, 1.0, shape))
+    target = _softmax(rng.normal(0.0, 1.0, shape), _class_axis(len(shape), params))
     if params.get("log_target", False):
         target = np.log(target)
     return _scores(rng, shape, params), target
 
 
 def _label_row_inputs(rng, shape, params, ignored_rows=False):
-    """Scores and integer labels (every 4th label ``ignore_index`` with ignored_rows)."""
-    n_rows, n_classes = shape
-    labels = rng.integers(0, n_classes, n_rows)
+    """Scores and integer labels, one per row (or position: the indices of the axes but
+    the class axis), every 4th label ``ignore_index`` with ignored_rows."""
+    axis = _class_axis(len(shape), params)
+    labels = rng.integers(0, shape[axis], shape[:axis] + shape[axis + 1:])
     if ignored_rows:
-        labels[::4] = params.get("ignore_index", -100)
+        labels.reshape(-1)[::4] = params.get("ignore_index", -100)
     return _scores(rng, shape, params), labels
+
+
+def _any_class_axis(rows_function):
+    """A NumPy reference of (N, C) rows extended to scores with their classes on any
+    ``axis`` (one term per position): the classes moved last, the rows computed, the
+    terms and gradient brought back to the layout of the scores."""
+    @functools.wraps(rows_function)
+    def function(x, t, scale, axis=-1, **params):
+        axis %= x.ndim
+        if x.ndim == 2 and axis == 1:
+            return rows_function(x, t, scale, **params)
+        moved = np.moveaxis(x, axis, -1)
+        n_classes = moved.shape[-1]
+
+        def as_rows(array):
+            return np.moveaxis(np.broadcast_to(array, x.shape), axis, -1).reshape(
+                -1, n_classes)
+
+        t = as_rows(t) if np.shape(t) == x.shape else np.reshape(t, -1)
+        scale = scale if np.ndim(scale) == 0 else as_rows(scale)
+        terms, grad = rows_function(as_rows(x), t, scale, **params)
+        return (terms.reshape(moved.shape[:-1]),
+                np.moveaxis(grad.reshape(moved.shape), -1, axis))
+    return function
+
+
+def _any_class_axis_torch(rows_function):
+    """A torch reference of (N, C) rows extended as :func:`_any_class_axis` (the rows a
+    view of moved classes, differentiable)."""
+    @functools.wraps(rows_function)
+    def function(x, t, reduction, axis=-1, **params):
+        axis %= x.ndim
+        if x.ndim == 2 and axis == 1:
+            return rows_function(x, t, reduction, **params)
+        moved_shape = x.movedim(axis, -1).shape
+        n_classes = moved_shape[-1]
+        rows = x.movedim(axis, -1).reshape(-1, n_classes)
+        t = (t.movedim(axis, -1).reshape(-1, n_classes) if t.shape == x.shape
+             else t.reshape(-1))
+        value = rows_function(rows, t, reduction, **params)
+        return value.reshape(moved_shape[:-1]) if reduction == "none" else value
+    return function
 
 
 def _multi_margin_inputs(rng, shape, params):
@@ -759,6 +814,7 @@ def _renormalised_ce(p, weighted_target):
     return terms, (dq - (dq * q).sum(axis=1, keepdims=True)) / s
 
 
+@_any_class_axis
 def _cce(x, t, scale, from_logits=False, label_smoothing=0.0, class_weight=None,
          z_loss=0.0):
     z_weight = _z_loss_row_weight(t, class_weight, x)
@@ -802,6 +858,7 @@ def _sparse_ce_count(x, labels, class_weight=None, ignore_index=-100, **unused):
     return float(_label_weights(x, labels, class_weight, ignore_index)[2].sum())
 
 
+@_any_class_axis
 def _sparse_ce(x, labels, scale, from_logits=False, label_smoothing=0.0,
                class_weight=None, ignore_index=-100, z_loss=0.0):
     n_classes = x.shape[1]
@@ -976,6 +1033,7 @@ def _t_renormalised_ce(p, weighted_target):
     return -(weighted_target * q.log()).sum(dim=1)
 
 
+@_any_class_axis_torch
 def _t_cce(x, t, reduction, from_logits=False, label_smoothing=0.0, class_weight=None,
            z_loss=0.0):
     weight = _as_tensor(class_weight, x)
@@ -994,6 +1052,7 @@ def _t_cce(x, t, reduction, from_logits=False, label_smoothing=0.0, class_weight
     return _torch_reduce(terms, reduction)
 
 
+@_any_class_axis_torch
 def _t_sparse_ce(x, labels, reduction, from_logits=False, label_smoothing=0.0,
                  class_weight=None, ignore_index=-100, z_loss=0.0):
     torch = _torch()
@@ -1216,7 +1275,11 @@ REFERENCES = {ref.name: ref for ref in [
                           "class_weight": _CLASS_WEIGHT, "z_loss": 0.1}, {}),
                         ({}, {}),
                         ({"label_smoothing": 0.1}, {}),
-                        ({"label_smoothing": 0.1, "class_weight": _CLASS_WEIGHT}, {})]),
+                        ({"label_smoothing": 0.1, "class_weight": _CLASS_WEIGHT}, {}),
+                        ({"from_logits": True, "axis": 1, "label_smoothing": 0.1,
+                          "class_weight": _CLASS_WEIGHT, "z_loss": 0.05}, {}),
+                        ({"from_logits": True, "axis": -1}, {}),
+                        ({"axis": 1, "label_smoothing": 0.1}, {})]),
     Reference("sparse_categorical_cross_entropy", "label_rows", _label_row_inputs,
               _sparse_ce, _t_sparse_ce, count=_sparse_ce_count,
               bench_params={"from_logits": True}, jax=_j_sparse_ce_logits,
@@ -1233,6 +1296,14 @@ REFERENCES = {ref.name: ref for ref in [
                         ({}, {}),
                         ({"label_smoothing": 0.1}, {"ignored_rows": True}),
                         ({"label_smoothing": 0.1, "class_weight": _CLASS_WEIGHT},
+                         {"ignored_rows": True}),
+                        ({"from_logits": True, "axis": 1}, {}),
+                        ({"from_logits": True, "axis": 1, "label_smoothing": 0.2,
+                          "class_weight": _CLASS_WEIGHT, "z_loss": 0.05},
+                         {"ignored_rows": True}),
+                        ({"from_logits": True, "axis": -1, "ignore_index": 1},
+                         {"ignored_rows": True}),
+                        ({"axis": 1, "class_weight": _CLASS_WEIGHT},
                          {"ignored_rows": True})]),
     Reference("kl_divergence", "dense_rows", _dense_row_inputs, _kl, _t_kl,
               bench_params={"from_logits": True}, jax=_j_kl_logits,
