@@ -200,9 +200,7 @@ class _FusedLoss(torch.autograd.Function):
             if call.scale == 1.0 and grad_output.item() == 1.0:
                 return grad, None, None
         elif grad_output.ndim < grad.ndim:
-            # reduction="none" of a row loss: one upstream value per row
-            grad_output = grad_output.reshape(
-                grad_output.shape + (1,) * (grad.ndim - grad_output.ndim))
+            grad_output = _per_row(grad_output, grad, getattr(call.loss, "axis", -1))
         if call.scale != 1.0:
             grad_output = grad_output * call.scale
         return grad.mul_(grad_output), None, None
@@ -398,7 +396,11 @@ def _value_shape(spec, input):
     cls, params = _spec_parts(spec)
     if params.get("reduction", "mean") != "none":
         return ()
-    return tuple(input.shape[:1]) if cls.per_row else tuple(input.shape)
+    if not cls.per_row:
+        return tuple(input.shape)
+    if params.get("axis", -1) == 1:     # one value per position of (N, C, d1, ...)
+        return (input.shape[0], *input.shape[2:])
+    return tuple(input.shape[:1])
 
 
 def _array_or_none(tensor):
@@ -426,14 +428,19 @@ def _loss_backward_op(loss: str, grad_value: torch.Tensor, input: torch.Tensor,
     if grad_value.ndim == 0:
         if grad_value.item() != 1.0:      # a plain loss.backward() needs no product
             grad.mul_(grad_value)
+    elif grad_value.ndim < grad.ndim:
+        grad.mul_(_per_row(grad_value, grad, _spec_parts(loss)[1].get("axis", -1)))
     else:
-        grad.mul_(_per_row(grad_value, grad))
+        grad.mul_(grad_value)
     return grad
 
 
-def _per_row(grad_value, grad):
-    """The upstream gradient of reduction="none" broadcast over ``grad``: one value per
-    element, or per row (a row loss)."""
+def _per_row(grad_value, grad, class_axis=-1):
+    """The upstream gradient of reduction="none" of a row loss (one value per row, or
+    per position of scores with the classes on ``class_axis`` 1) broadcast over
+    ``grad``."""
+    if class_axis == 1:
+        return grad_value.unsqueeze(1)
     return grad_value.reshape(grad_value.shape + (1,) * (grad.ndim - grad_value.ndim))
 
 
@@ -1194,8 +1201,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     (N, C, d1, ..., dk) input is read where it lies: contiguous, by the loss with
     ``axis=1`` (vectorised across the positions, gradient in the same layout);
     channels-last, as the rows it already is in memory; any other layout is copied
-    to rows once.  ``reduction="none"`` of contiguous spatial input is computed as rows
-    too (one copy): the upstream gradient of its backward is one value per row.
+    to rows once.
     """
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(F.cross_entropy, weight=weight, ignore_index=ignore_index,
@@ -1220,7 +1226,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         return _loss(cls, class_weight, **params)
 
     return _row_loss(make_loss, input, target, labels, reduction, torch_loss,
-                     reads_input=False, in_place=reduction != "none")
+                     reads_input=False, in_place=True)
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,

@@ -275,13 +275,15 @@ def test_adapter_reads_spatial_input_in_place(layout, dtype, monkeypatch, rng):
     y = torch.as_tensor(labels_for(rng, shape, -100, True))
     weight = torch.tensor(rng.uniform(0.5, 2, 5), dtype=dtype)
     reference = x.detach().clone().requires_grad_(True)
-    for kwargs in ({}, {"weight": weight, "label_smoothing": 0.1}):
+    for kwargs in ({}, {"weight": weight, "label_smoothing": 0.1}, {"reduction": "none"}):
         x.grad = reference.grad = None
         seen.clear()
         value = FL.cross_entropy(x, y, **kwargs)
-        value.backward()
         expected = F.cross_entropy(reference, y, **kwargs)
-        expected.backward()
+        # reduction="none": one upstream value per position
+        upstream = (torch.rand(expected.shape, dtype=dtype) if expected.ndim else None)
+        value.backward(upstream)
+        expected.backward(upstream)
         tol = TOL[np.float64 if dtype == torch.float64 else np.float32]
         torch.testing.assert_close(value, expected, rtol=tol, atol=tol)
         torch.testing.assert_close(x.grad, reference.grad, rtol=tol, atol=tol)

@@ -737,6 +737,7 @@ class _StandIn:
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction {reduction!r}")
         self.reduction, self.params = reduction, params
+        self.axis = params.get("axis", -1)   # the class axis, as fastloss's losses have
 
     def __call__(self, y_pred, y_true, sample_weight=None):
         return self.value_and_grad(y_pred, y_true, sample_weight)[0]

@@ -424,3 +424,34 @@ def test_fall_backs_are_logged_at_debug_level(caplog):
     with caplog.at_level("DEBUG", logger="fastloss.torch"):
         FL.l1_loss(x, x)
     assert "l1_loss: computed by torch: input is torch.complex64" in caplog.text
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_spatial_cross_entropy_through_the_operators(reduction, kernel_calls):
+    """(N, C, d1, d2) scores read in place (classes on axis 1) by the traced operators:
+    compiled, and under torch.func.grad and vmap."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 5, 3, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 5, (2, 3, 4), generator=gen)
+    y[0, 1, 2] = -100
+
+    def ours(a, b):
+        return FL.cross_entropy(a, b, reduction=reduction, label_smoothing=0.1)
+
+    def theirs(a, b):
+        return F.cross_entropy(a, b, reduction=reduction, label_smoothing=0.1)
+
+    torch.compiler.reset()
+    compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)
+    value, grad = value_and_grad(compiled, x, y)
+    expected_value, expected_grad = value_and_grad(theirs, x, y)
+    torch.testing.assert_close(value, expected_value, **tolerance(torch.float64))
+    torch.testing.assert_close(grad, expected_grad, **tolerance(torch.float64))
+    assert len(kernel_calls) == 2
+    torch.testing.assert_close(torch.func.grad(lambda a: ours(a, y).sum())(x),
+                               torch.func.grad(lambda a: theirs(a, y).sum())(x),
+                               **tolerance(torch.float64))
+    batch = torch.stack([x, 0.5 * x])
+    torch.testing.assert_close(torch.func.vmap(lambda a: ours(a, y))(batch),
+                               torch.func.vmap(lambda a: theirs(a, y))(batch),
+                               **tolerance(torch.float64))
