@@ -304,6 +304,7 @@ def release_buffers():
     this to give that memory back, e.g. after training.
     """
     _buffers.clear()
+    _kept.clear()
 
 
 def _run(loss, input, target, sample_weight, torch_loss, scale=1.0, reads_input=False):
@@ -409,11 +410,18 @@ def _array_or_none(tensor):
 
 @torch.library.custom_op("fastloss::loss", mutates_args=())
 def _loss_op(loss: str, input: torch.Tensor, target: torch.Tensor,
-             sample_weight: Optional[torch.Tensor], weight: Optional[torch.Tensor]
-             ) -> torch.Tensor:
-    """The value of the fastloss loss ``loss`` (see :func:`_checked_spec`)."""
-    value = _operator_loss(loss, weight)(input.detach().numpy(), target.numpy(),
-                                         _array_or_none(sample_weight))
+             sample_weight: Optional[torch.Tensor], weight: Optional[torch.Tensor],
+             keep_grad: bool = False) -> torch.Tensor:
+    """The value of the fastloss loss ``loss`` (see :func:`_checked_spec`); with
+    ``keep_grad`` the kernel computes the gradient in the same pass and keeps it for
+    fastloss::loss_backward of the same arguments (:class:`_KeptGradients`)."""
+    fused = _operator_loss(loss, weight)
+    x, y, w = input.detach().numpy(), target.numpy(), _array_or_none(sample_weight)
+    if not keep_grad:
+        return _to_tensor(fused(x, y, w), input)
+    grad, grad_array = _gradient_buffer(input)
+    value, _ = fused.value_and_grad(x, y, w, out=grad_array)
+    _kept.keep((loss, input, target, sample_weight, weight), grad)
     return _to_tensor(value, input)
 
 
@@ -421,10 +429,15 @@ def _loss_op(loss: str, input: torch.Tensor, target: torch.Tensor,
 def _loss_backward_op(loss: str, grad_value: torch.Tensor, input: torch.Tensor,
                       target: torch.Tensor, sample_weight: Optional[torch.Tensor],
                       weight: Optional[torch.Tensor]) -> torch.Tensor:
-    """``grad_value`` times the gradient of fastloss::loss with respect to ``input``."""
-    grad, grad_array = _gradient_buffer(input)
-    _operator_loss(loss, weight).grad(input.detach().numpy(), target.numpy(),
-                                      _array_or_none(sample_weight), out=grad_array)
+    """``grad_value`` times the gradient of fastloss::loss with respect to ``input``:
+    the gradient its forward kept, else the kernel's pass again (the same loop, so the
+    same bits)."""
+    grad = _kept.take((loss, input, target, sample_weight, weight))
+    if grad is None:
+        grad, grad_array = _gradient_buffer(input)
+        _operator_loss(loss, weight).value_and_grad(
+            input.detach().numpy(), target.numpy(), _array_or_none(sample_weight),
+            out=grad_array)
     if grad_value.ndim == 0:
         if grad_value.item() != 1.0:      # a plain loss.backward() needs no product
             grad.mul_(grad_value)
@@ -433,6 +446,52 @@ def _loss_backward_op(loss: str, grad_value: torch.Tensor, input: torch.Tensor,
     else:
         grad.mul_(grad_value)
     return grad
+
+
+class _KeptGradients:
+    """Gradients that fastloss::loss computed with its value (``keep_grad``), waiting
+    for the fastloss::loss_backward of the same call.
+
+    A traced graph runs the loss's forward and backward as two operators; recomputing
+    the gradient in backward would read the input a second time (compiled CE
+    4096 x 1000: 4.4 ms against 3.2 ms for the fused pass).  A kept gradient is handed
+    to a backward only for the very same arguments: the same loss, and tensors with the
+    same storage, offset, shape, strides, dtype and version counter (any in-place
+    change since the forward bumps it), so it is the gradient that backward would
+    compute.  A backward that finds none computes it again.  It is taken once, and at
+    most ``capacity`` are kept (a forward whose backward never comes, e.g. evaluation
+    of a model whose parameters need gradients, leaves one behind until it is pushed
+    out).
+    """
+
+    capacity = 4
+
+    def __init__(self):
+        self._grads = {}
+
+    @staticmethod
+    def _key(arguments):
+        loss, *tensors = arguments
+        return (loss,) + tuple(
+            None if t is None else (t.untyped_storage().data_ptr(), t.storage_offset(),
+                                    tuple(t.shape), t.stride(), t.dtype, t._version)
+            for t in tensors)
+
+    def keep(self, arguments, grad):
+        key = self._key(arguments)
+        self._grads.pop(key, None)
+        self._grads[key] = grad
+        while len(self._grads) > self.capacity:
+            del self._grads[next(iter(self._grads))]
+
+    def take(self, arguments):
+        return self._grads.pop(self._key(arguments), None)
+
+    def clear(self):
+        self._grads.clear()
+
+
+_kept = _KeptGradients()
 
 
 def _per_row(grad_value, grad, class_axis=-1):
@@ -445,7 +504,7 @@ def _per_row(grad_value, grad, class_axis=-1):
 
 
 @_loss_op.register_fake
-def _loss_fake(loss, input, target, sample_weight, weight):
+def _loss_fake(loss, input, target, sample_weight, weight, keep_grad=False):
     return input.new_empty(_value_shape(loss, input))
 
 
@@ -456,7 +515,7 @@ def _loss_backward_fake(loss, grad_value, input, target, sample_weight, weight):
 
 def _loss_setup(ctx, inputs, output):
     ctx.spec = inputs[0]
-    ctx.save_for_backward(*inputs[1:])
+    ctx.save_for_backward(*inputs[1:5])
 
 
 def _loss_backward(ctx, grad_value):
@@ -509,8 +568,10 @@ def _per_entry(op, in_dims, size, leading, tensors):
     return torch.stack(entries), 0
 
 
-def _loss_vmap(info, in_dims, loss, *tensors):
-    return _per_entry(_loss_op, in_dims[1:], info.batch_size, (loss,), tensors)
+def _loss_vmap(info, in_dims, loss, input, target, sample_weight, weight,
+               keep_grad=False):
+    return _per_entry(functools.partial(_loss_op, keep_grad=keep_grad), in_dims[1:5],
+                      info.batch_size, (loss,), (input, target, sample_weight, weight))
 
 
 def _loss_backward_vmap(info, in_dims, loss, *tensors):
@@ -530,7 +591,7 @@ class _OperatorFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, target, sample_weight, weight, spec):
-        return _loss_op(spec, input, target, sample_weight, weight)
+        return _loss_op(spec, input, target, sample_weight, weight, keep_grad=True)
 
     @staticmethod
     def setup_context(ctx, inputs, output):

@@ -129,7 +129,7 @@ def tolerance(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_compiled_loss_runs_the_kernels(case, dtype, kernel_calls):
+def test_compiled_loss_runs_the_fused_kernel(case, dtype, kernel_calls):
     ours, theirs = functions(case, dtype, 5)
     x, y = data(case, dtype)
     torch.compiler.reset()
@@ -151,8 +151,8 @@ def test_compiled_loss_runs_the_kernels(case, dtype, kernel_calls):
     torch.testing.assert_close(value, expected_value, **tolerance(dtype))
     torch.testing.assert_close(grad, expected_grad, **tolerance(dtype))
     assert len(graphs) == 1                 # fullgraph: one graph, no break
-    assert len(kernel_calls) == 2           # the compiled graphs ran the value and the
-                                            # gradient kernel
+    # one fused pass: the backward takes the gradient the forward kept
+    assert len(kernel_calls) == 1
 
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop")
@@ -279,7 +279,7 @@ def test_compiled_training_step_with_inductor_equals_torch(kernel_calls):
     (ours, w_ours), (theirs, w_theirs) = models
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(w_ours, w_theirs, rtol=1e-5, atol=1e-6)
-    assert len(kernel_calls) == 6         # value and gradient, each step
+    assert len(kernel_calls) == 3         # one fused pass a step
 
 
 # -- the gradient buffer of large inputs -------------------------------------------------
@@ -447,7 +447,7 @@ def test_spatial_cross_entropy_through_the_operators(reduction, kernel_calls):
     expected_value, expected_grad = value_and_grad(theirs, x, y)
     torch.testing.assert_close(value, expected_value, **tolerance(torch.float64))
     torch.testing.assert_close(grad, expected_grad, **tolerance(torch.float64))
-    assert len(kernel_calls) == 2
+    assert len(kernel_calls) == 1
     torch.testing.assert_close(torch.func.grad(lambda a: ours(a, y).sum())(x),
                                torch.func.grad(lambda a: theirs(a, y).sum())(x),
                                **tolerance(torch.float64))
@@ -455,3 +455,34 @@ def test_spatial_cross_entropy_through_the_operators(reduction, kernel_calls):
     torch.testing.assert_close(torch.func.vmap(lambda a: ours(a, y))(batch),
                                torch.func.vmap(lambda a: theirs(a, y))(batch),
                                **tolerance(torch.float64))
+
+
+def test_a_kept_gradient_serves_only_the_same_arguments():
+    """fastloss::loss(keep_grad=True) keeps its gradient for the backward of the very
+    same arguments; any change since (in place, another target) computes it again."""
+    spec = ('["SparseCategoricalCrossEntropy", {"from_logits": true, "ignore_index": -100, '
+            '"label_smoothing": 0.0, "reduction": "sum", "z_loss": 0.0}]')
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(8, 5, generator=gen)
+    y = torch.randint(0, 5, (8,), generator=gen)
+    one = torch.tensor(1.0)
+
+    def fresh(a, b):
+        a = a.detach().requires_grad_(True)
+        F.cross_entropy(a, b, reduction="sum").backward()
+        return a.grad
+
+    def backward(a, b):
+        return torch.ops.fastloss.loss_backward(spec, one, a, b, None, None)
+
+    torch.ops.fastloss.loss(spec, x, y, None, None, True)
+    torch.testing.assert_close(backward(x, y), fresh(x, y))      # the kept one
+    torch.testing.assert_close(backward(x, y), fresh(x, y))      # taken once: computed again
+    torch.ops.fastloss.loss(spec, x, y, None, None, True)
+    x.mul_(3.0)                                                   # in place after forward
+    torch.testing.assert_close(backward(x, y), fresh(x, y))
+    torch.ops.fastloss.loss(spec, x, y, None, None, True)
+    other = (y + 1) % 5
+    torch.testing.assert_close(backward(x, other), fresh(x, other))
+    FL.release_buffers()
+    assert not FL._kept._grads
