@@ -22,7 +22,7 @@ Design, in three layers (the split of Liger-Kernel):
    a float32 copy, as torch's autocast casts them.  When the input needs no gradient,
    only the value is computed.  Traced or transformed calls (torch.compile,
    torch.func, torch.export, dispatch modes): the custom operators ``fastloss::loss``
-   and ``fastloss::loss_backward`` (layer 1b).
+   and ``fastloss::loss_backward`` (layer 1b), which also run one fused pass.
 2. The functions map torch's arguments onto a fastloss loss, or decide it cannot compute
    this call (:func:`_fall_back`, which :func:`explain` and the debug log report).
 3. The modules call the functions.
@@ -330,20 +330,18 @@ def _run(loss, input, target, sample_weight, torch_loss, scale=1.0, reads_input=
 # Where torch traces or transforms the call (tensors without memory, or a graph to
 # record), the kernels run behind two operators registered with torch.library:
 #   fastloss::loss(str loss, Tensor input, Tensor target, Tensor? sample_weight,
-#                  Tensor? weight) -> Tensor
+#                  Tensor? weight, bool keep_grad=False) -> Tensor
 #   fastloss::loss_backward(str loss, Tensor grad_value, Tensor input, Tensor target,
 #                           Tensor? sample_weight, Tensor? weight) -> Tensor
 # ``loss`` names the fastloss loss and its scalar parameters (JSON); ``weight`` is its
 # per-class weight vector.  fastloss::loss is differentiable: its backward is
-# fastloss::loss_backward, the kernel's gradient pass scaled by the upstream gradient
-# ``grad_value`` inside the kernel call.  Both have fake implementations (shapes only)
-# and a vmap rule (one call per batch entry).
-#
-# Why not the fused forward here: a traced graph cannot hand the kernel's gradient on
-# unscaled (whether the upstream gradient is 1 is data), so it would pay a product pass
-# over a new tensor in backward: measured on 4096 x 1000 float32, kernel 6 ms + product
-# and page faults 13 ms; the value pass (reads only) + gradient pass cost about 1.5
-# kernels.  The eager path (_FusedLoss) keeps the single fused pass.
+# fastloss::loss_backward, the gradient scaled by the upstream gradient ``grad_value``
+# inside the call.  With keep_grad the forward runs the fused value+gradient pass and
+# keeps the gradient for the backward of the same arguments (_KeptGradients): a traced
+# graph cannot hand an output on unscaled (whether the upstream gradient is 1 is data
+# there), and a product pass over a new tensor cost more than the kernel (compiled CE
+# 4096 x 1000: kernel 6 ms + product and page faults 13 ms).  Both operators have fake
+# implementations (shapes only) and a vmap rule (one call per batch entry).
 
 _WEIGHT_PARAMETER = {fl.BinaryCrossEntropy: "pos_weight"}
 
