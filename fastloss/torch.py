@@ -723,7 +723,7 @@ def _legacy_reduction(size_average, reduce, reduction):
     return reduction
 
 
-_LOSSES = {}   # (cls, *parameters) -> loss: immutable, so built once
+_LOSSES = {}   # (cls, *parameters[, weight's identity]) -> (loss, weight): built once
 
 
 def _loss(cls, weight=None, **params):
@@ -738,15 +738,24 @@ def _loss(cls, weight=None, **params):
     if not _kernels_may_run():
         return _OperatorLoss(_checked_spec(cls.__name__, tuple(sorted(params.items()))),
                              weight)
-    if weight is not None:
-        return cls(**{_WEIGHT_PARAMETER.get(cls, "class_weight"): weight.numpy()}, **params)
     key = (cls, *params.items())   # each call site passes its keywords in one order
-    loss = _LOSSES.get(key)
-    if loss is None:
+    if weight is not None:
+        # the same weight tensor, unchanged (a module's buffer, call after call): its
+        # version counter moves with every in-place change; the entry keeps the tensor
+        # alive, so its memory cannot become another tensor's
+        key += (weight.untyped_storage().data_ptr(), weight.storage_offset(),
+                tuple(weight.shape), weight.stride(), weight.dtype, weight._version)
+    entry = _LOSSES.get(key)
+    if entry is None:
         if len(_LOSSES) >= 256:
             _LOSSES.clear()
-        loss = _LOSSES[key] = cls(**params)
-    return loss
+        if weight is None:
+            loss = cls(**params)
+        else:
+            loss = cls(**{_WEIGHT_PARAMETER.get(cls, "class_weight"): weight.numpy()},
+                       **params)
+        entry = _LOSSES[key] = (loss, weight)
+    return entry[0]
 
 
 def _row_loss_class(name):

@@ -1384,3 +1384,24 @@ def test_backward_twice_without_retain_graph_raises_as_torch(case, fast):
         with pytest.raises(RuntimeError, match="backward through the graph a second time"):
             loss.backward(upstream)
     assert len(fast) == 1
+
+
+def test_a_weight_changed_in_place_is_read_again(rng, fast):
+    """Losses with a per-class weight are built once per weight tensor; an in-place
+    change of the weight (a module buffer edited) gives a loss of the new weights."""
+    x = randn((8, 4), torch.float64, rng, requires_grad=True)
+    y = labels_for((8,), 4, rng)
+    weight = rand((4,), torch.float64, rng, 0.5, 2.0)
+    pos_weight = rand((4,), torch.float64, rng, 0.5, 2.0)
+    t = rand((8, 4), torch.float64, rng)
+    for _ in range(2):
+        for ours, theirs in [
+                (lambda: FL.cross_entropy(x, y, weight=weight),
+                 lambda: F.cross_entropy(x, y, weight=weight)),
+                (lambda: FL.binary_cross_entropy_with_logits(x, t, pos_weight=pos_weight),
+                 lambda: F.binary_cross_entropy_with_logits(x, t, pos_weight=pos_weight))]:
+            torch.testing.assert_close(ours(), theirs(), rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(ours(), theirs(), rtol=1e-12, atol=1e-12)
+        weight.mul_(torch.tensor([1.0, 3.0, 0.5, 2.0], dtype=torch.float64))
+        pos_weight.add_(1.0)
+    assert len(fast) == 8
