@@ -10,7 +10,6 @@ adapter's other cases.
 """
 import argparse
 import os
-import time
 
 import numpy as np
 import torch
@@ -18,21 +17,7 @@ import torch.nn.functional as F
 
 import fastloss as fl
 import fastloss.torch as FL
-
-
-def best_time(step, rounds, target_seconds=0.2):
-    step()
-    start = time.perf_counter()
-    step()
-    once = time.perf_counter() - start
-    repeats = max(1, int(target_seconds / max(once, 1e-6)))
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            step()
-        best = min(best, (time.perf_counter() - start) / repeats)
-    return best
+from timing import best_time
 
 
 def main():

@@ -19,13 +19,13 @@ The test suite runs the same loops (smaller) to check the losses agree.
 """
 import argparse
 import contextlib
-import time
 
 import torch
 import torch.nn.functional as F
 
 import fastloss
 import fastloss.torch as FL
+from timing import best_time
 
 
 class Loop:
@@ -125,25 +125,6 @@ def run_losses(loop, functions, form, steps, **kwargs):
     return [step() for _ in range(steps)]
 
 
-def time_step(step, rounds=5, min_seconds=0.2):
-    step()                                  # compile / warm up
-    repeat = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(repeat):
-            step()
-        if time.perf_counter() - start > min_seconds / rounds or repeat > 1000:
-            break
-        repeat *= 2
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(repeat):
-            step()
-        best = min(best, (time.perf_counter() - start) / repeat)
-    return best
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--loops", default=",".join(LOOPS))
@@ -163,8 +144,8 @@ def main(argv=None):
             ours = run_losses(loop, FL, form, args.steps)
             theirs = run_losses(loop, F, form, args.steps)
             difference = max(abs(a - b) for a, b in zip(ours, theirs))
-            t_ours = time_step(make_step(loop, FL, form)[0])
-            t_theirs = time_step(make_step(loop, F, form)[0])
+            t_ours = best_time(make_step(loop, FL, form)[0], rounds=5)
+            t_theirs = best_time(make_step(loop, F, form)[0], rounds=5)
             print(f"{name:<11} {form:<14} {t_ours * 1e3:8.2f}ms {t_theirs * 1e3:8.2f}ms "
                   f"{t_theirs / t_ours:5.2f}x  {difference:.2e}", flush=True)
 

@@ -2,6 +2,7 @@
 losses with fastloss.torch as with torch.nn.functional, eager, compiled and under
 bfloat16 autocast, with the fastloss kernels running."""
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import fastloss.torch as FL  # noqa: E402
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "training_loops.py"
 if not _PATH.exists():     # pragma: no cover - tests run outside the source tree
     pytest.skip("benchmarks/training_loops.py is not here", allow_module_level=True)
+sys.path.insert(0, str(_PATH.parent))    # its helper module, timing.py
 _spec = importlib.util.spec_from_file_location("training_loops", _PATH)
 loops = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(loops)
