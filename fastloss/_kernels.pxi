@@ -120,6 +120,26 @@ def report_region(int team, double elapsed, double first_chunk):
                        now - <int64_t>((elapsed - first_chunk) * 1e9), now)
 
 
+def report_region_of_blocks(int team_size, Py_ssize_t n_blocks, chunk_done, double end):
+    """Tell the back-off about a region of ``n_blocks`` blocks run by ``team_size``
+    threads whose chunks ended at the times ``chunk_done`` (seconds after the start,
+    one per thread, in thread order) and which ended at ``end``: the path of a real
+    region, through each thread's pace (for tests of the mechanism)."""
+    cdef Team team
+    cdef int64_t now = fastloss_now_ns()
+    cdef Py_ssize_t thread, last
+    team.size = team_size
+    team.chunk = (n_blocks + team_size - 1) // team_size
+    team.n_blocks = n_blocks
+    team.start = now - <int64_t>(end * 1e9)
+    team.fastest_per_block = INT64_MAX
+    for thread, done in enumerate(chunk_done):
+        last = min((thread + 1) * team.chunk, n_blocks) - 1
+        offer_pace(&team, last, team.start + <int64_t>(done * 1e9))
+    fastloss_team_done(team.size, team.start,
+                       team.start + team.fastest_per_block * team.chunk, now)
+
+
 def reset_load_state():
     """Forget the back-off (for tests)."""
     global fastloss_serial_until_ns, fastloss_backoff_ns, fastloss_punctual_streak
@@ -200,8 +220,13 @@ cdef inline void block_done(Team* team, Py_ssize_t block) noexcept nogil:
     of its chunk, a thread offers its pace (time per block since the start)."""
     cdef Py_ssize_t in_chunk = block % team.chunk
     if in_chunk == team.chunk - 1 or block == team.n_blocks - 1:
-        fastloss_keep_fastest(&team.fastest_per_block,
-                              (fastloss_now_ns() - team.start) // (in_chunk + 1))
+        offer_pace(team, block, fastloss_now_ns())
+
+
+cdef inline void offer_pace(Team* team, Py_ssize_t block, int64_t now) noexcept nogil:
+    """The pace of the thread whose chunk ends with ``block``, done at ``now``."""
+    fastloss_keep_fastest(&team.fastest_per_block,
+                          (now - team.start) // (block % team.chunk + 1))
 
 
 cdef inline void team_finished(const Team* team) noexcept nogil:

@@ -242,6 +242,27 @@ def test_repeated_late_regions_back_off_longer_and_punctual_ones_recover(
     assert kernels.load_state()["backoff"] == pytest.approx(backoff)
 
 
+def test_a_calling_thread_held_up_by_another_process_is_a_late_region(fresh_load_state):
+    """The calling thread runs the first chunk of blocks: when it is the one held up
+    (the worker done in 0.1 ms, the calling thread after 15 ms), the region is late."""
+    kernels = fresh_load_state
+    kernels.report_region_of_blocks(2, 4, [0.015, 0.0001], 0.015)
+    assert kernels.load_state()["late_regions"] >= 1
+    assert kernels.team_size(2) == 1
+
+
+def test_uneven_chunks_are_judged_by_their_pace(fresh_load_state):
+    """3 blocks on 2 threads: the worker's one block takes half the calling thread's
+    two; a region that kept that pace is punctual, with no slack needed."""
+    kernels = fresh_load_state
+    kernels.report_region_of_blocks(2, 3, [0.002, 0.001], 0.002)
+    kernels.report_region_of_blocks(2, 5, [0.003, 0.002], 0.003)
+    assert kernels.load_state()["serial_for"] == 0
+    assert kernels.team_size(2) == 2
+    kernels.report_region_of_blocks(2, 3, [0.0011, 0.001], 0.0011)    # both on time
+    assert kernels.load_state()["serial_for"] == 0
+
+
 def test_a_punctual_region_is_not_taken_for_a_busy_machine(fresh_load_state):
     kernels = fresh_load_state
     kernels.report_region(2, 0.00060, 0.0003)
