@@ -980,22 +980,28 @@ def _elementwise(make_loss, input, target, reduction, torch_loss, *, reads_input
                                integer_target=integer_target)
     dtype = _target_dtype(input, target, integers=integer_target)
     if dtype is None or target.shape != input.shape:
-        return _fall_back(torch_loss, input, target, _unsupported(input, target, integers=integer_target))
+        return _fall_back(torch_loss, input, target,
+                          _unsupported(input, target, integers=integer_target))
     kernel_target = target if target.dtype is dtype else target.to(dtype)
     sample_weight = None
     kernel_reduction = reduction
     if weight is not None:
         sample_weight = _row_weights(weight, input)
         if sample_weight is None or input.numel() == 0:
-            return _fall_back(torch_loss, input, target, "weight varies within a row (fastloss takes one weight per row)")
+            return _fall_back(torch_loss, input, target,
+                              "weight varies within a row (fastloss takes one weight per "
+                              "row)")
         if weight_mean == "weight_sum" and reduction == "mean":
             if not isinstance(sample_weight, np.ndarray):
-                return _fall_back(torch_loss, input, target, "a weighted mean divides by the weights' sum, data while torch traces")
+                return _fall_back(torch_loss, input, target,
+                                  "a weighted mean divides by the weights' sum, data "
+                                  "while torch traces")
             # torch: sum(w * l) / sum(w), w summed over every element
             total = float(sample_weight.sum(dtype=np.float64)) * (
                 input.numel() // len(sample_weight))
             if not total or not np.isfinite(total):
-                return _fall_back(torch_loss, input, target, "the weights sum to zero or overflow")
+                return _fall_back(torch_loss, input, target,
+                                  "the weights sum to zero or overflow")
             sample_weight = (sample_weight / total).astype(sample_weight.dtype, copy=False)
             kernel_reduction = "sum"
     try:
@@ -1004,8 +1010,10 @@ def _elementwise(make_loss, input, target, reduction, torch_loss, *, reads_input
                       reads_input)
     except (ValueError, TypeError) as error:
         return _fall_back(torch_loss, input, target, error)
-    if nan_is_torchs_error and type(loss) is not _OperatorLoss and bool(result.isnan().any()):
-        return _fall_back(torch_loss, input, target, "NaN in the input: torch raises its error")
+    if (nan_is_torchs_error and type(loss) is not _OperatorLoss
+            and bool(result.isnan().any())):
+        return _fall_back(torch_loss, input, target,
+                          "NaN in the input: torch raises its error")
     return result
 
 
@@ -1238,18 +1246,21 @@ def _row_loss(make_loss, input, target, labels, reduction, torch_loss, *, reads_
                                integer_target=integer_target, in_place=in_place)
     dtype = _target_dtype(input, target, labels, integer_target)
     if dtype is None:
-        return _fall_back(torch_loss, input, target, _unsupported(input, target, labels, integer_target))
+        return _fall_back(torch_loss, input, target,
+                          _unsupported(input, target, labels, integer_target))
     rows = _as_rows(input, target, labels if per_row is None else per_row, max_ndim,
                     in_place)
     if rows is None:
-        return _fall_back(torch_loss, input, target, "shapes of input and target the kernel does not read")
+        return _fall_back(torch_loss, input, target,
+                          "shapes of input and target the kernel does not read")
     scores, target2, none_shape, axis = rows
     if target2.dtype is not dtype:
         target2 = target2.to(dtype)
     try:
         loss = make_loss() if axis == -1 else make_loss(axis=axis)
         if loss is None:
-            return _fall_back(torch_loss, input, target, "a parameter combination the kernel does not compute")
+            return _fall_back(torch_loss, input, target,
+                              "a parameter combination the kernel does not compute")
         result = _run(loss, scores, target2, None, torch_loss, 1.0, reads_input)
     except (ValueError, TypeError) as error:
         return _fall_back(torch_loss, input, target, error)
