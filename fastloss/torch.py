@@ -797,7 +797,8 @@ def explain(fn, *args, **kwargs):
     cross_entropy  fastloss  fused value and gradient (eager)
     mse_loss       torch     input is torch.bfloat16, not float32/float64
 
-    Every call that torch computes instead of fastloss (see the fall-back rules) is
+    The report lists the calls made while ``fn`` runs, from any thread.  Every call that
+    torch computes instead of fastloss (see the fall-back rules) is
     also logged at DEBUG level on the ``fastloss.torch`` logger, with its reason:
     ``logging.getLogger("fastloss.torch").setLevel(logging.DEBUG)`` (and a handler)
     shows them in a running program.  Under torch.compile the report is made while
@@ -815,7 +816,8 @@ def explain(fn, *args, **kwargs):
     try:
         report.result = fn(*args, **kwargs)
     finally:
-        _explaining.remove(report)
+        # by identity: list equality would take an equal report of an enclosing call
+        del _explaining[next(i for i, r in enumerate(_explaining) if r is report)]
     return report
 
 

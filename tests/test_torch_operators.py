@@ -486,3 +486,17 @@ def test_a_kept_gradient_serves_only_the_same_arguments():
     torch.testing.assert_close(backward(x, other), fresh(x, other))
     FL.release_buffers()
     assert not FL._kept._grads
+
+
+def test_nested_explain_reports_each_level():
+    x = torch.randn(4, 3, requires_grad=True)
+    inner_reports = []
+
+    def inner():
+        inner_reports.append(FL.explain(lambda: None))   # an empty report, nested
+        return FL.mse_loss(x, torch.zeros(4, 3))
+
+    outer = FL.explain(inner)
+    assert [name for name, _, _ in outer] == ["mse_loss"]
+    assert list(inner_reports[0]) == []
+    assert FL._explaining == []
