@@ -161,9 +161,7 @@ class _FusedLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, target, call):
-        grad, grad_array = _gradient_buffer(input)
-        value, _ = call.loss.value_and_grad(input.numpy(), target.numpy(),
-                                            call.sample_weight, out=grad_array)
+        value, grad = _fused_pass(call.loss, input, target, call.sample_weight)
         # Saved for a later backward: autograd frees them with the graph and checks on
         # unpacking that they were not modified in place.
         ctx.save_for_backward(input, target)
@@ -185,9 +183,7 @@ class _FusedLoss(torch.autograd.Function):
         if grad is None:
             # the kernel's gradient went to an earlier backward: compute it again
             input, target = _saved_input(ctx, "a backward after the first one")
-            grad, grad_array = _gradient_buffer(input)
-            call.loss.value_and_grad(input.detach().numpy(), target.numpy(),
-                                     call.sample_weight, out=grad_array)
+            grad = _fused_pass(call.loss, input, target, call.sample_weight)[1]
         else:
             if call.reads_input:
                 # torch's backward reads the input here: raise torch's error if it was
@@ -276,9 +272,7 @@ class _GradientBuffers:
         # 2: the private tensor's reference, and the temporary one of untyped_storage()
         if buffer is None or _storage_users(buffer) != 2:
             buffer = torch.empty(numel, dtype=input.dtype)
-        self._buffers[key] = buffer
-        while len(self._buffers) > self.capacity:
-            del self._buffers[next(iter(self._buffers))]
+        _put_recent(self._buffers, key, buffer, self.capacity)
         grad = buffer.view(input.shape)
         return grad, grad.numpy()
 
@@ -291,8 +285,35 @@ def _storage_users(tensor):
     return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
 
 
+def _put_recent(mapping, key, value, capacity):
+    """``mapping[key] = value`` as the most recent entry (insertion order is use
+    order), dropping the oldest beyond ``capacity``."""
+    mapping.pop(key, None)
+    mapping[key] = value
+    while len(mapping) > capacity:
+        del mapping[next(iter(mapping))]
+
+
+def _identity(tensor):
+    """What makes ``tensor`` the same tensor with the same values as at another call:
+    its memory, view and version counter (every in-place change bumps it)."""
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+            tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor._version)
+
+
 _buffers = _GradientBuffers()
-_gradient_buffer = _buffers.take
+
+
+def _fused_pass(loss, input, target, sample_weight):
+    """(value, gradient tensor) of ``loss`` from one kernel pass over the tensors' memory,
+    the gradient in a buffer of :class:`_GradientBuffers`; ``sample_weight`` an array or
+    None."""
+    grad, grad_array = _buffers.take(input)
+    # no detach(): every caller runs without grad mode (an autograd forward or backward,
+    # or an operator's kernel), and it costs a microsecond on the eager path
+    value, _ = loss.value_and_grad(input.numpy(), target.numpy(), sample_weight,
+                                   out=grad_array)
+    return value, grad
 
 
 def release_buffers():
@@ -356,12 +377,6 @@ def _spec_parts(spec):
     return cls, params
 
 
-@functools.lru_cache(maxsize=256)
-def _spec_loss(spec):
-    cls, params = _spec_parts(spec)
-    return cls(**params)
-
-
 @torch.compiler.assume_constant_result
 def _checked_spec(name, params):
     """The operators' ``loss`` argument for the loss class ``name`` with the scalar
@@ -369,7 +384,8 @@ def _checked_spec(name, params):
     fastloss accepts them (a ValueError/TypeError otherwise).  torch.compile runs this
     in Python while it traces the caller, and records the string as a constant."""
     spec = json.dumps([name, dict(params)], sort_keys=True)
-    _spec_loss(spec)
+    cls, checked = _spec_parts(spec)
+    _built_loss(cls, None, checked)
     return spec
 
 
@@ -384,11 +400,8 @@ class _OperatorLoss:
 
 def _operator_loss(spec, weight):
     """The loss object an operator call computes."""
-    if weight is None:
-        return _spec_loss(spec)
     cls, params = _spec_parts(spec)
-    return cls(**{_WEIGHT_PARAMETER.get(cls, "class_weight"): weight.detach().numpy()},
-               **params)
+    return _built_loss(cls, None if weight is None else weight.detach(), params)
 
 
 def _value_shape(spec, input):
@@ -414,11 +427,10 @@ def _loss_op(loss: str, input: torch.Tensor, target: torch.Tensor,
     ``keep_grad`` the kernel computes the gradient in the same pass and keeps it for
     fastloss::loss_backward of the same arguments (:class:`_KeptGradients`)."""
     fused = _operator_loss(loss, weight)
-    x, y, w = input.detach().numpy(), target.numpy(), _array_or_none(sample_weight)
     if not keep_grad:
-        return _to_tensor(fused(x, y, w), input)
-    grad, grad_array = _gradient_buffer(input)
-    value, _ = fused.value_and_grad(x, y, w, out=grad_array)
+        return _to_tensor(fused(input.detach().numpy(), target.numpy(),
+                                _array_or_none(sample_weight)), input)
+    value, grad = _fused_pass(fused, input, target, _array_or_none(sample_weight))
     _kept.keep((loss, input, target, sample_weight, weight), grad)
     return _to_tensor(value, input)
 
@@ -432,10 +444,8 @@ def _loss_backward_op(loss: str, grad_value: torch.Tensor, input: torch.Tensor,
     same bits)."""
     grad = _kept.take((loss, input, target, sample_weight, weight))
     if grad is None:
-        grad, grad_array = _gradient_buffer(input)
-        _operator_loss(loss, weight).value_and_grad(
-            input.detach().numpy(), target.numpy(), _array_or_none(sample_weight),
-            out=grad_array)
+        grad = _fused_pass(_operator_loss(loss, weight), input, target,
+                           _array_or_none(sample_weight))[1]
     if grad_value.ndim == 0:
         if grad_value.item() != 1.0:      # a plain loss.backward() needs no product
             grad.mul_(grad_value)
@@ -470,17 +480,10 @@ class _KeptGradients:
     @staticmethod
     def _key(arguments):
         loss, *tensors = arguments
-        return (loss,) + tuple(
-            None if t is None else (t.untyped_storage().data_ptr(), t.storage_offset(),
-                                    tuple(t.shape), t.stride(), t.dtype, t._version)
-            for t in tensors)
+        return (loss,) + tuple(None if t is None else _identity(t) for t in tensors)
 
     def keep(self, arguments, grad):
-        key = self._key(arguments)
-        self._grads.pop(key, None)
-        self._grads[key] = grad
-        while len(self._grads) > self.capacity:
-            del self._grads[next(iter(self._grads))]
+        _put_recent(self._grads, self._key(arguments), grad, self.capacity)
 
     def take(self, arguments):
         return self._grads.pop(self._key(arguments), None)
@@ -738,13 +741,17 @@ def _loss(cls, weight=None, **params):
     if not _kernels_may_run():
         return _OperatorLoss(_checked_spec(cls.__name__, tuple(sorted(params.items()))),
                              weight)
+    return _built_loss(cls, weight, params)
+
+
+def _built_loss(cls, weight, params):
+    """``cls(**params)`` with ``weight`` (a tensor needing no gradient, or None) as its
+    per-class weights, built once per parameters and weight tensor."""
     key = (cls, *params.items())   # each call site passes its keywords in one order
     if weight is not None:
-        # the same weight tensor, unchanged (a module's buffer, call after call): its
-        # version counter moves with every in-place change; the entry keeps the tensor
-        # alive, so its memory cannot become another tensor's
-        key += (weight.untyped_storage().data_ptr(), weight.storage_offset(),
-                tuple(weight.shape), weight.stride(), weight.dtype, weight._version)
+        # the same weight tensor, unchanged (a module's buffer, call after call); the
+        # entry keeps the tensor alive, so its memory cannot become another tensor's
+        key += _identity(weight)
     entry = _LOSSES.get(key)
     if entry is None:
         if len(_LOSSES) >= 256:
