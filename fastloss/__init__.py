@@ -95,7 +95,9 @@ def config():
     -------
     dict
         ``isa_level`` (the compiled variant in use: ``"baseline"``, ``"x86_64_v3"`` or
-        ``"x86_64_v4"``), ``compile_flags``, ``openmp`` (whether OpenMP was compiled in),
+        ``"x86_64_v4"``), ``compiler`` (the compiler's own version line),
+        ``compile_flags``, ``openmp`` (whether OpenMP was compiled in: a build without
+        it runs every call on one thread),
         ``openmp_max_threads`` (libgomp's own setting, not fastloss's),
         ``vector_exp_log`` and ``vector_log1p_tanh`` (whether glibc's vector math is
         used for those functions), ``kernel_module`` (the imported module's name),

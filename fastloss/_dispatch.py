@@ -9,39 +9,47 @@ import importlib
 import importlib.machinery
 import importlib.util
 import os
-import platform
 import sys
 
 from ._source_hash import kernel_source_hash
 
 LEVELS = ("x86_64_v4", "x86_64_v3", "baseline")
 
-# CPU flags (as /proc/cpuinfo spells them) that gcc's -march=x86-64-vN may use.
-_REQUIRED_FLAGS = {
-    "x86_64_v3": {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"},
-    "x86_64_v4": {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave",
-                  "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"},
-}
-
-
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+#: the x86-64 level (as gcc's -march=x86-64-vN) each module needs
+_LEVEL_NUMBER = {"x86_64_v4": 4, "x86_64_v3": 3, "baseline": 1}
 
 
 def supported_levels():
-    """ISA levels this CPU can run, best first."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return ["baseline"]
-    flags = _cpu_flags()
+    """ISA levels this CPU can run, best first.
+
+    Asked of the CPU by the baseline module (CPUID, and XGETBV for the register state
+    the operating system saves), so it works on every system the modules build on; on a
+    CPU that is not x86-64 only the baseline module exists.
+    """
+    cpu_level = _baseline().x86_64_level()
     return [level for level in LEVELS
-            if level == "baseline" or _REQUIRED_FLAGS[level] <= flags]
+            if level == "baseline" or _LEVEL_NUMBER[level] <= cpu_level]
+
+
+_baseline_module = None
+
+
+def _baseline():
+    """The baseline kernel module (it runs on any CPU of its architecture)."""
+    global _baseline_module
+    if _baseline_module is None:
+        try:
+            module = _import_own("baseline")
+        except ImportError:
+            module = _import_installed("baseline")
+        if module is None:
+            raise ImportError(_NOT_BUILT)
+        _baseline_module = _checked(module)
+    return _baseline_module
+
+
+_NOT_BUILT = ("no fastloss kernel module is built: install fastloss (pip install .) or "
+              "build in place (python setup.py build_ext --inplace)")
 
 
 def _import_own(level):
@@ -107,9 +115,7 @@ def load_kernels():
         module = _import_installed(level)
         if module is not None:
             return _checked(module)
-    raise ImportError("no fastloss kernel module is built: install fastloss "
-                      "(pip install .) or build in place (python setup.py build_ext --inplace)"
-                      + (f" (FASTLOSS_ISA={forced})" if forced else ""))
+    raise ImportError(_NOT_BUILT + (f" (FASTLOSS_ISA={forced})" if forced else ""))
 
 
 def _openmp_inherited_from_parent():
@@ -118,15 +124,17 @@ def _openmp_inherited_from_parent():
     thread pool, whose threads do not exist in the child (GCC bug 60035: the first
     parallel region waits for them forever).  fastloss's fork handler only marks
     children forked after its import; this covers a worker that imports fastloss first.
-    Conservative: a spawned child that imported torch first runs serially too."""
+    Conservative: a spawned child that imported torch first runs serially too.  Where
+    the loaded libraries cannot be listed (no /proc), any child of a start method that
+    forks is taken as such; Windows has no fork."""
     mp = sys.modules.get("multiprocessing")
-    if mp is None or mp.parent_process() is None:
+    if mp is None or mp.parent_process() is None or sys.platform == "win32":
         return False
     try:
         with open("/proc/self/maps") as fh:
             return any("libgomp" in line for line in fh)
     except OSError:
-        return True  # cannot tell: stay safe
+        return mp.get_start_method(allow_none=True) not in ("spawn", "forkserver")
 
 
 openmp_inherited_from_parent = _openmp_inherited_from_parent()

@@ -23,8 +23,19 @@ cnp.import_array()
 
 cdef extern from "_numerics.h":
     const char* FASTLOSS_ISA_LEVEL
+    const char* FASTLOSS_COMPILER
     const char* FASTLOSS_COMPILE_FLAGS
     const char* FASTLOSS_SOURCE_HASH
+
+cdef extern from "_cpu_features.h" nogil:
+    int fastloss_x86_64_level()
+
+
+def x86_64_level():
+    """The x86-64 micro-architecture level (1 = baseline, 2, 3 or 4, as gcc's
+    -march=x86-64-vN) this CPU and its operating system support, asked of the CPU
+    (CPUID and XGETBV); 0 on a CPU that is not x86-64."""
+    return fastloss_x86_64_level()
 
 cdef extern from *:
     """
@@ -75,6 +86,7 @@ cdef extern from "_parallel.h" nogil:
     void fastloss_team_done(int team, int64_t start, int64_t paced_end, int64_t end)
     void fastloss_keep_fastest(int64_t* slot, int64_t value)
     int fastloss_install_fork_handler()
+    void fastloss_initialise_openmp()
     int64_t fastloss_serial_process
     int64_t fastloss_serial_until_ns
     int64_t fastloss_backoff_ns
@@ -83,6 +95,7 @@ cdef extern from "_parallel.h" nogil:
 
 if fastloss_install_fork_handler() != 0:
     raise ImportError("fastloss: could not install its fork handler (pthread_atfork)")
+fastloss_initialise_openmp()
 
 
 def serial_process():
@@ -360,6 +373,7 @@ def build_info():
     return {
         "isa_level": FASTLOSS_ISA_LEVEL.decode(),
         "source_hash": FASTLOSS_SOURCE_HASH.decode(),
+        "compiler": FASTLOSS_COMPILER.decode(),
         "compile_flags": FASTLOSS_COMPILE_FLAGS.decode(),
         "openmp": bool(fastloss_openmp_enabled()),
         "openmp_max_threads": fastloss_omp_max_threads(),

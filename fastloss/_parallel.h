@@ -28,6 +28,12 @@
  *    scheduler time slice (4-50 ms), one punctual region gains half a call (~0.1 ms),
  *    so under steady load a probe is rare enough to cost a few percent, and on a quiet
  *    machine no region is ever late and nothing changes.
+ *
+ * 4. LLVM's OpenMP runtime (libomp, a clang build) reading a malformed OMP_NUM_THREADS.
+ *    libomp 14 aborts on OMP_NUM_THREADS="" (an assertion) and hangs on "abc" when it
+ *    initialises; libgomp ignores such values.  fastloss initialises libomp at import
+ *    with a malformed value out of its sight and puts the value back at once, so the
+ *    environment ends as it was and libomp starts with its default.
  */
 #ifndef FASTLOSS_PARALLEL_H
 #define FASTLOSS_PARALLEL_H
@@ -200,13 +206,54 @@ static void fastloss_team_done(int team, int64_t start, int64_t paced_end, int64
     FASTLOSS_STORE(&fastloss_punctual_streak, streak);
 }
 
+/* -- 4. libomp and a malformed OMP_NUM_THREADS -------------------------------------- */
+
+#if defined(_OPENMP)
+#  include <omp.h>
+#endif
+
+/* Whether ``text`` is a list of decimal numbers separated by commas (spaces allowed),
+ * the form OpenMP defines for OMP_NUM_THREADS. */
+static int fastloss_is_number_list(const char* text) {
+    int digits = 0;
+    for (;; text++) {
+        if (isdigit((unsigned char)*text)) digits++;
+        else if (*text == ',' || *text == '\0') {
+            if (digits == 0) return 0;
+            if (*text == '\0') return 1;
+            digits = 0;
+        } else if (!isspace((unsigned char)*text)) return 0;
+    }
+}
+
+/* Called once when the module is imported. */
+static void fastloss_initialise_openmp(void) {
+#if defined(_OPENMP) && defined(KMP_VERSION_MAJOR) && defined(FASTLOSS_HAVE_PTHREAD)
+    const char* value = getenv("OMP_NUM_THREADS");
+    char* hidden = NULL;
+    if (value != NULL && !fastloss_is_number_list(value)) {
+        hidden = strdup(value);
+        if (hidden != NULL) unsetenv("OMP_NUM_THREADS");
+    }
+    (void)omp_get_max_threads();  /* libomp reads its environment now */
+    if (hidden != NULL) {
+        setenv("OMP_NUM_THREADS", hidden, 1);
+        free(hidden);
+    }
+#endif
+}
+
 /* -- the team of a region ----------------------------------------------------------- */
 
 /* The threads a region asking for ``requested`` gets now: 1 in a forked child and while
  * backing off from a busy machine; else ``requested``, capped by what this calling
- * thread was able to start. */
+ * thread was able to start; always 1 in a build without OpenMP. */
 static int fastloss_team_size(int requested) {
     int started;
+#if !defined(_OPENMP)
+    (void)started;
+    return 1;  /* built without OpenMP: every region is a plain loop */
+#endif
     if (requested <= 1 || FASTLOSS_LOAD(&fastloss_serial_process)) return 1;
     if (fastloss_now_ns() < FASTLOSS_LOAD(&fastloss_serial_until_ns)) return 1;
     if (requested > fastloss_probed_team) {

@@ -92,7 +92,9 @@ def get_num_threads():
     int
         The count set by :func:`set_num_threads` (or ``threadpoolctl``), initially
         ``OMP_NUM_THREADS`` or the CPUs this process may run on; 1 in a process forked
-        after OpenMP was used.
+        after OpenMP was used.  A build without OpenMP (``config()["openmp"]`` is
+        False) keeps the setting, so code written for threaded builds runs unchanged,
+        but runs every call on one thread.
     """
     return 1 if kernels.serial_process() else _num_threads
 

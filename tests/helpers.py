@@ -2,16 +2,44 @@
 on sys.path)."""
 import importlib
 import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 import fastloss
 from fastloss import _dispatch
 
 PACKAGE_DIR = Path(fastloss.__file__).resolve().parent
 PROJECT_DIR = PACKAGE_DIR.parent
+
+#: Whether the fastloss under test must have been built with OpenMP: true unless the
+#: runner of the suite says otherwise (tests/test_portable_builds.py runs the suite on
+#: builds without OpenMP), so a build that lost OpenMP fails instead of passing serially.
+EXPECT_OPENMP = os.environ.get("FASTLOSS_TEST_EXPECT_OPENMP", "1") != "0"
+#: the OpenMP runtimes a threaded build links: gcc's libgomp, LLVM's libomp
+OPENMP_RUNTIME = re.compile(r"lib(gomp|omp)\.so")
+needs_threads = pytest.mark.skipif(
+    not EXPECT_OPENMP, reason="threads only exist in a build with OpenMP")
+
+
+def copy_sources(destination):
+    """A copy of the files a build needs (setup.py, pyproject.toml, the package's sources),
+    without any build product, at ``destination``; returns it."""
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in",
+                 "CHANGELOG.md"):
+        if (PROJECT_DIR / name).exists():
+            shutil.copy2(PROJECT_DIR / name, destination / name)
+    shutil.copytree(PROJECT_DIR / "fastloss", destination / "fastloss",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "*.c", "__pycache__",
+                                                  "_kernels_*.pyx"))
+    return destination
 
 
 def run_python(code, env=None, timeout=60):

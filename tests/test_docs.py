@@ -94,3 +94,12 @@ def test_public_docstrings_have_numpydoc_sections():
                      fl.Loss.get_params, fl.get, fl.available, fl.get_num_threads,
                      fl.config):
         assert _has_section(function.__doc__, "Returns"), function.__qualname__
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    after = readme.split("run the whole test suite", 1)[1]
+    command = after.split("```bash\n", 1)[1].split("\n```", 1)[0].strip()
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    assert ci == [command]

@@ -15,7 +15,7 @@ import pytest
 
 import fastloss as fl
 from fastloss import _dispatch, _threads
-from helpers import run_python
+from helpers import needs_threads, run_python
 
 # -- fork -----------------------------------------------------------------------------
 
@@ -213,6 +213,7 @@ def fresh_load_state():
     _dispatch.kernels.reset_load_state()
 
 
+@needs_threads
 def test_a_region_that_waited_for_a_late_worker_makes_the_next_calls_serial(
         fresh_load_state):
     kernels = fresh_load_state
@@ -225,6 +226,7 @@ def test_a_region_that_waited_for_a_late_worker_makes_the_next_calls_serial(
     assert kernels.team_size(2) == 2             # probing with threads again
 
 
+@needs_threads
 def test_repeated_late_regions_back_off_longer_and_punctual_ones_recover(
         fresh_load_state):
     kernels = fresh_load_state
@@ -242,6 +244,7 @@ def test_repeated_late_regions_back_off_longer_and_punctual_ones_recover(
     assert kernels.load_state()["backoff"] == pytest.approx(backoff)
 
 
+@needs_threads
 def test_a_calling_thread_held_up_by_another_process_is_a_late_region(fresh_load_state):
     """The calling thread runs the first chunk of blocks: when it is the one held up
     (the worker done in 0.1 ms, the calling thread after 15 ms), the region is late."""
@@ -251,6 +254,7 @@ def test_a_calling_thread_held_up_by_another_process_is_a_late_region(fresh_load
     assert kernels.team_size(2) == 1
 
 
+@needs_threads
 def test_uneven_chunks_are_judged_by_their_pace(fresh_load_state):
     """3 blocks on 2 threads: the worker's one block takes half the calling thread's
     two; a region that kept that pace is punctual, with no slack needed."""
@@ -263,6 +267,7 @@ def test_uneven_chunks_are_judged_by_their_pace(fresh_load_state):
     assert kernels.load_state()["serial_for"] == 0
 
 
+@needs_threads
 def test_a_punctual_region_is_not_taken_for_a_busy_machine(fresh_load_state):
     kernels = fresh_load_state
     kernels.report_region(2, 0.00060, 0.0003)
@@ -271,6 +276,7 @@ def test_a_punctual_region_is_not_taken_for_a_busy_machine(fresh_load_state):
     assert kernels.team_size(2) == 2
 
 
+@needs_threads
 def test_results_while_backing_off_have_the_bits_of_threaded_ones(
         fresh_load_state, set_threads, parallel_always, rng):
     x = rng.normal(size=(300, 40))

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import fastloss as fl
+from helpers import copy_sources
 
 pytestmark = pytest.mark.slow
 
@@ -65,13 +66,7 @@ def sanitized_build(tmp_path_factory):
     if reused:
         return Path(reused)
     libasan()
-    root = tmp_path_factory.mktemp("sanitized")
-    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
-        if (PROJECT_DIR / name).exists():
-            shutil.copy2(PROJECT_DIR / name, root / name)
-    shutil.copytree(PROJECT_DIR / "fastloss", root / "fastloss",
-                    ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__",
-                                                  "_kernels_*.pyx"))
+    root = copy_sources(tmp_path_factory.mktemp("sanitized"))
     env = {k: v for k, v in os.environ.items() if k != "FASTLOSS_ONLY_BASELINE"}
     env["FASTLOSS_SANITIZE"] = "1"
     result = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"],
