@@ -504,11 +504,16 @@ class Result:
         """fastloss at the highest thread count: the figure compared with the peers."""
         return self.seconds[_fastloss_column(self.threads[-1])]
 
+    @property
+    def best_peer(self):
+        """The fastest peer timed (None when none was)."""
+        return min((p for p in PEERS if p in self.seconds), key=self.seconds.get,
+                   default=None)
+
     def speedup(self, peer):
         """How many times faster fastloss is than ``peer`` ("best": the fastest peer)."""
         if peer == "best":
-            peers = [self.seconds[p] for p in PEERS if p in self.seconds]
-            return min(peers) / self.fastloss if peers else None
+            peer = self.best_peer
         return self.seconds[peer] / self.fastloss if peer in self.seconds else None
 
     @property
@@ -570,7 +575,10 @@ def load_targets(path=None):
         if unknown:
             raise ValueError(f"{path}: unknown metric {unknown[0]!r} for "
                              f"{row['loss']} {row['size']}; known: {', '.join(METRIC_TEXT)}")
-        targets[row["loss"], row["size"]] = bounds
+        key = row["loss"], row["size"]
+        if key in targets:      # a later row would silently replace the earlier bounds
+            raise ValueError(f"{path}: two rows for {key[0]} {key[1]}; merge them")
+        targets[key] = bounds
     return targets
 
 
@@ -599,9 +607,11 @@ def evaluate_targets(results, targets):
                 met = None
                 if measured is not None:
                     met = measured <= bound if metric == "max_us" else measured >= bound
-                evaluations.append({"loss": case.loss, "size": case.size,
-                                    "metric": metric, "target": bound,
-                                    "measured": measured, "met": met})
+                evaluation = {"loss": case.loss, "size": case.size, "metric": metric,
+                              "target": bound, "measured": measured, "met": met}
+                if metric == "vs_best" and measured is not None:
+                    evaluation["peer"] = result.best_peer
+                evaluations.append(evaluation)
     return evaluations
 
 
@@ -636,8 +646,10 @@ def target_texts(evaluation):
             return f"{x:.0%}"
         return f"{x:.4g}{unit}"
     measured = evaluation["measured"]
-    return (name, f"{relation} {fmt(evaluation['target'])}",
-            "not measured" if measured is None else fmt(measured),
+    measured = "not measured" if measured is None else fmt(measured)
+    if evaluation.get("peer"):          # vs_best: which peer was the fastest
+        measured += f" ({PEER_TITLES[evaluation['peer']]})"
+    return (name, f"{relation} {fmt(evaluation['target'])}", measured,
             VERDICTS[evaluation["met"]])
 
 
