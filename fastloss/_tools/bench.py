@@ -784,8 +784,8 @@ def add_arguments(parser):
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile: a peer column (the loss's value "
                              "and gradient compiled by inductor, the compile time "
-                             "excluded and shown apart; 1-70 s a case) and the adapter's "
-                             "compiled and bfloat16-autocast cases (not with --quick)")
+                             "excluded and shown apart; 1-70 s a case) and, except with "
+                             "--quick, the adapter's compiled and bfloat16-autocast cases")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")
     parser.add_argument("--plot", metavar="FILE.png",
