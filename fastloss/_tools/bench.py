@@ -62,7 +62,7 @@ PEER_TITLES = {"torch": "PyTorch", "torch_compile": "torch.compile", "numpy": "N
                "jax": "JAX"}
 #: the module a peer needs, where it is not the peer's name
 PEER_MODULES = {"torch_compile": "torch"}
-#: peers timed only when asked for (--compile): compiling one case takes 10-70 s
+#: peers timed only when asked for (--compile): compiling one case takes 1-70 s
 OPTIONAL_PEERS = ("torch_compile",)
 #: the torch.compile backend of the torch_compile peer (the tests use "eager", which
 #: compiles nothing)
