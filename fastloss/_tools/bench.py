@@ -914,7 +914,8 @@ def _print_header(out, threads, dtypes, peer_info, timing, no_reference):
     if "torch_compile" in peer_info:
         peers.insert(1, f"torch.compile ({peer_info['torch_compile']}, "
                         f"torch.func.grad_and_value of the PyTorch loss as one graph; "
-                        f"compile time = its first call, excluded from the times)")
+                        f"compile time = its first call, excluded from the times, "
+                        f"shorter when inductor's on-disk cache holds the graph)")
     elif "torch" in peer_info:
         peers.append("torch.compile not timed (--compile)")
     print("peers: " + "; ".join(peers), file=out)
