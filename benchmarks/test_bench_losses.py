@@ -3,7 +3,9 @@ import pytest
 
 from fastloss._tools import bench as _bench
 
-LIBRARIES = ("fastloss",) + _bench.PEERS
+# torch.compile (compiling every case takes minutes) is left to `python -m fastloss
+# bench --compile`
+LIBRARIES = ("fastloss",) + tuple(p for p in _bench.PEERS if p not in _bench.OPTIONAL_PEERS)
 
 
 @pytest.mark.parametrize("library", LIBRARIES)

@@ -159,7 +159,11 @@ def test_bench_quick_json_and_markdown(tmp_path):
     # the shipped performance targets are evaluated on the float32 cases
     assert document["targets"], "the shipped targets (fastloss/_tools/targets.json) were not found"
     for evaluation in document["targets"]:
-        assert set(evaluation) == {"loss", "size", "metric", "target", "measured", "met"}
+        keys = {"loss", "size", "metric", "target", "measured", "met"}
+        if evaluation["metric"] == "vs_best":         # and which peer was the fastest
+            keys.add("peer")
+            assert evaluation["peer"] in peers + ["jax"]
+        assert set(evaluation) == keys
         assert evaluation["met"] in (True, False, None)
     assert "performance targets (targets.json" in proc.stdout
 
@@ -214,17 +218,31 @@ def test_targets_evaluation():
                                   "torch": 4e-5, "numpy": 5e-6}, [1, 2], 3 * 1024, 1e10)
     targets = {("mse", "256"): {"max_us": 2.5, "vs_torch": 10.0},
                ("pointwise", "small"): {"vs_numpy": 3.0, "thread_speedup": 1.5},
-               ("*", "*"): {"vs_best": 1.5, "vs_jax": 2.0},
+               ("*", "*"): {"vs_best": 1.5, "vs_jax": 2.0, "vs_torch_compile": 2.0},
                ("huber", "*"): {"vs_best": 100.0},
                ("*", "large"): {"bandwidth_fraction": 0.8}}
-    verdicts = {e["metric"]: (e["measured"], e["met"])
-                for e in _bench.evaluate_targets([result], targets)}
+    evaluations = _bench.evaluate_targets([result], targets)
+    verdicts = {e["metric"]: (e["measured"], e["met"]) for e in evaluations}
     assert verdicts == {"max_us": (pytest.approx(2.0), True),
                         "vs_torch": (pytest.approx(20.0), True),
                         "vs_numpy": (pytest.approx(2.5), False),
                         "thread_speedup": (pytest.approx(2.0), True),
                         "vs_best": (pytest.approx(2.5), True),
-                        "vs_jax": (None, None)}
+                        "vs_jax": (None, None), "vs_torch_compile": (None, None)}
+    best = next(e for e in evaluations if e["metric"] == "vs_best")
+    assert best["peer"] == "numpy" and "(NumPy)" in _bench.describe_target(best)
+
+    # a torch.compile time, the fastest peer, is what the best-peer target compares with
+    compiled = _bench.Result(case, {**result.seconds, "torch_compile": 3e-6}, [1, 2],
+                             3 * 1024, 1e10, compiled={"torch_compile": 12.0})
+    verdicts = {e["metric"]: (e["measured"], e["met"], e.get("peer"))
+                for e in _bench.evaluate_targets([compiled], targets)}
+    assert verdicts["vs_torch_compile"] == (pytest.approx(1.5), False, None)
+    assert verdicts["vs_best"] == (pytest.approx(1.5), True, "torch_compile")
+    document = compiled.to_json()
+    assert document["speedup"]["best"] == pytest.approx(1.5)
+    assert document["seconds"]["torch_compile"] == 3e-6
+    assert document["compile_seconds"] == {"torch_compile": 12.0}
     float64 = _bench.Result(_bench.Case("mse", (256,), "small", "float64"),
                             result.seconds, [1, 2], 6 * 1024, 1e10)
     assert _bench.evaluate_targets([float64], targets) == []
@@ -235,6 +253,95 @@ def test_shipped_targets_load():
     assert targets is not None, "fastloss/_tools/targets.json is missing"
     metrics = {metric for bounds in targets.values() for metric in bounds}
     assert metrics <= set(_bench.METRIC_TEXT)
+
+
+def test_targets_reject_a_repeated_row(tmp_path):
+    """A second row for the same loss and size would replace the first one's bounds."""
+    path = tmp_path / "targets.json"
+    path.write_text(json.dumps({"targets": [{"loss": "mse", "size": "256", "max_us": 2.0},
+                                            {"loss": "mse", "size": "256",
+                                             "vs_torch": 1.0}]}))
+    with pytest.raises(ValueError, match="two rows for mse 256"):
+        _bench.load_targets(path)
+
+
+# ----------------------------------------------------------------------------------
+# the torch.compile peer (--compile), compiled by the "eager" backend: the same
+# calls, wrappers and checks as inductor's, without a compiler run
+
+
+def test_compile_option_adds_the_torch_compile_peer():
+    import argparse
+    parser = argparse.ArgumentParser()
+    _bench.add_arguments(parser)
+    assert parser.parse_args(["--compile"]).compile
+    assert not parser.parse_args([]).compile
+    assert "torch_compile" not in _bench.available_peers()
+    assert ("torch_compile" in _bench.available_peers(_bench.OPTIONAL_PEERS)) == HAS_TORCH
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_bench_torch_compile_column(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(_bench, "TORCH_COMPILE_BACKEND", "eager")
+    json_path, md_path = tmp_path / "r.json", tmp_path / "r.md"
+    assert main(["bench", "--quick", "--sizes", "small", "--scale", "0.25", "--threads", "1",
+                 "--losses", "mse,sparse_categorical_cross_entropy", "--no-adapter",
+                 "--compile", "--json", str(json_path), "--markdown", str(md_path)]) == 0
+    out = capsys.readouterr().out
+    assert "torch.compile (eager, torch.func.grad_and_value" in out
+    header = next(line for line in out.splitlines() if line.startswith("loss "))
+    assert "torch.compile" in header and "×torch.compile" in header
+    assert "compile time" in header
+
+    document = json.loads(json_path.read_text())
+    assert document["peers"]["torch_compile"] == "eager"
+    for r in document["results"]:
+        assert r["seconds"]["torch_compile"] > 0
+        assert r["compile_seconds"]["torch_compile"] > 0
+        assert r["speedup"]["torch_compile"] == pytest.approx(
+            r["seconds"]["torch_compile"] / r["seconds"]["fastloss"])
+        peers = {p: s for p, s in r["seconds"].items() if p != "fastloss"}
+        assert r["speedup"]["best"] == pytest.approx(min(peers.values())
+                                                     / r["seconds"]["fastloss"])
+        assert r["skipped"] == {}
+    best = [e for e in document["targets"] if e["metric"] == "vs_best"]
+    assert len(best) == 2 and all(e["peer"] in document["peers"] for e in best)
+    assert "| torch.compile |" in md_path.read_text()
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_torch_compile_call_computes_the_value_and_gradient(monkeypatch):
+    import torch
+    monkeypatch.setattr(_bench, "TORCH_COMPILE_BACKEND", "eager")
+    case = _bench.Case("sparse_categorical_cross_entropy", (6, 5), "small", "float32")
+    pred, target = case.inputs()
+    call = _bench.torch_compile_call(case, pred, target)
+    assert call.compile_seconds > 0
+    grad, value = call()
+    expected_value, expected_grad = fl.get(case.loss, **case.params).value_and_grad(pred,
+                                                                                   target)
+    assert isinstance(grad, torch.Tensor)
+    np.testing.assert_allclose(value.numpy(), expected_value, rtol=1e-5)
+    np.testing.assert_allclose(grad.numpy(), expected_grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_torch_compile_peer_skips_a_case_it_gets_wrong(monkeypatch):
+    """A compiled version that disagrees with eager PyTorch is not timed, with the reason."""
+    monkeypatch.setattr(_bench, "TORCH_COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(_bench, "COMPILED_TOLERANCE", -1.0)     # every result "differs"
+    case = _bench.Case("mse", (16,), "small", "float32")
+    skipped = {}
+    calls = _bench.make_calls(case, *case.inputs(), ["torch_compile"], [1], skipped)
+    assert "torch_compile" not in calls
+    assert skipped["torch_compile"].startswith("compiled value differs from eager PyTorch")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no graph")
+    monkeypatch.setattr(case.reference, "torch", broken)
+    skipped.clear()
+    _bench.make_calls(case, *case.inputs(), ["torch_compile"], [1], skipped)
+    assert skipped["torch_compile"].startswith("does not compile")
 
 
 # ----------------------------------------------------------------------------------

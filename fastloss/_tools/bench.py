@@ -1,4 +1,5 @@
-"""``python -m fastloss bench``: fastloss against PyTorch, NumPy and JAX, side by side.
+"""``python -m fastloss bench``: fastloss against PyTorch, NumPy, JAX and torch.compile,
+side by side.
 
 Every timed call computes the loss value and its gradient with respect to the
 predictions:
@@ -8,7 +9,10 @@ predictions:
   with ``requires_grad=True`` whose ``.grad`` is reset to None before each call (what
   ``optimizer.zero_grad()`` does);
 - NumPy: the reference of :mod:`fastloss._tools.reference` (value and gradient);
-- JAX (when importable): ``jax.jit(jax.value_and_grad(loss))``, waited for.
+- JAX (when importable): ``jax.jit(jax.value_and_grad(loss))``, waited for;
+- torch.compile (with ``--compile``): ``torch.func.grad_and_value(loss)`` compiled by
+  ``torch.compile`` (inductor, one graph for the value and the gradient, static shapes),
+  compiled before the timing; its compile time is reported apart.
 
 A time is the best (min) over several rounds of the mean of an adaptive number of
 repeated calls (``time.perf_counter``, garbage collection off); the rounds of the
@@ -53,8 +57,19 @@ SHAPES = {
     "ratio": {"small": [(4, 64)], "medium": [(16, 4096)],
               "large": [(16, 1048576), (4096, 4096)]},
 }
-PEERS = ("torch", "numpy", "jax")
-PEER_TITLES = {"torch": "PyTorch", "numpy": "NumPy", "jax": "JAX"}
+PEERS = ("torch", "torch_compile", "numpy", "jax")
+PEER_TITLES = {"torch": "PyTorch", "torch_compile": "torch.compile", "numpy": "NumPy",
+               "jax": "JAX"}
+#: the module a peer needs, where it is not the peer's name
+PEER_MODULES = {"torch_compile": "torch"}
+#: peers timed only when asked for (--compile): compiling one case takes 1-70 s
+OPTIONAL_PEERS = ("torch_compile",)
+#: the torch.compile backend of the torch_compile peer (the tests use "eager", which
+#: compiles nothing)
+TORCH_COMPILE_BACKEND = "inductor"
+#: largest relative difference of a compiled peer's value or gradient from eager PyTorch
+#: (float32 sums in another order), beyond which the compiled version is not timed
+COMPILED_TOLERANCE = 1e-3
 #: the shipped performance targets
 TARGETS_PATH = Path(__file__).resolve().parent / "targets.json"
 
@@ -194,6 +209,59 @@ def numpy_call(case, pred, target):
     return lambda: value_and_grad(pred, target)
 
 
+class PeerSkipped(Exception):
+    """A peer that cannot time a case, with the reason (reported, the cell left empty)."""
+
+
+def torch_compile_call(case, pred, target):
+    """``torch.compile(torch.func.grad_and_value(loss))``: the value and the gradient
+    from one compiled graph, like ``value_and_grad`` and JAX's ``jit(value_and_grad)``.
+
+    Compiled here by its first call, whose duration the returned call carries as
+    ``compile_seconds``.  PeerSkipped when the loss does not compile into one graph or
+    the compiled version's value or gradient differs from eager PyTorch's.
+    """
+    import torch
+    loss, params = case.reference.torch, case.params
+
+    def value(x, t):
+        return loss(x, t, "mean", **params)
+    # a fresh cache per case: the wrapper's code is shared by every case, and a cache
+    # past its recompile limit would run the loss eagerly without a word
+    torch._dynamo.reset()
+    step = torch.compile(torch.func.grad_and_value(value), backend=TORCH_COMPILE_BACKEND,
+                         dynamic=False, fullgraph=True)
+    x, t = torch.from_numpy(pred.copy()), torch.from_numpy(target)
+    start = time.perf_counter()
+    try:
+        grad, result = step(x, t)
+    except Exception as error:          # inductor's errors have no common base
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise PeerSkipped(f"does not compile ({type(error).__name__}: {reason[:120]})")
+    compile_seconds = time.perf_counter() - start
+    leaf = x.clone().requires_grad_(True)
+    expected = value(leaf, t)
+    expected.backward()
+    for what, got, want in [("value", result, expected.detach()),
+                            ("gradient", grad, leaf.grad)]:
+        error = _relative_difference(got.numpy(), want.numpy())
+        if not error <= COMPILED_TOLERANCE:
+            raise PeerSkipped(f"compiled {what} differs from eager PyTorch's (relative "
+                              f"difference {error:.2g})")
+
+    def call():
+        return step(x, t)
+    call.compile_seconds = compile_seconds
+    return call
+
+
+def _relative_difference(got, want):
+    """Largest absolute difference over the largest magnitude of ``want``."""
+    scale = np.max(np.abs(want), initial=0.0)
+    difference = np.max(np.abs(got.astype(np.float64) - want), initial=0.0)
+    return difference / scale if scale else difference
+
+
 def jax_call(case, pred, target):
     """jax.jit(jax.value_and_grad(mean of the terms)); None where JAX cannot run it."""
     terms = case.reference.jax
@@ -208,20 +276,28 @@ def jax_call(case, pred, target):
     return lambda: jax.block_until_ready(value_and_grad(p, t))
 
 
-PEER_CALLS = {"torch": torch_call, "numpy": numpy_call, "jax": jax_call}
+PEER_CALLS = {"torch": torch_call, "torch_compile": torch_compile_call,
+              "numpy": numpy_call, "jax": jax_call}
 
 
 def importable(module):
     return importlib.util.find_spec(module) is not None
 
 
-def available_peers():
-    """The peers importable here, in PEERS order."""
-    return [peer for peer in PEERS if importable(peer)]
+def available_peers(optional=()):
+    """The peers importable here, in PEERS order; of OPTIONAL_PEERS only those named in
+    ``optional``."""
+    return [peer for peer in PEERS
+            if (peer not in OPTIONAL_PEERS or peer in optional)
+            and importable(PEER_MODULES.get(peer, peer))]
 
 
-def make_calls(case, pred, target, peers, threads=None):
-    """{column: (setup, call)}: fastloss at each thread count (or as configured) and peers."""
+def make_calls(case, pred, target, peers, threads=None, skipped=None):
+    """{column: (setup, call)}: fastloss at each thread count (or as configured) and peers.
+
+    A peer without a version of the case has no column; the reason it was skipped,
+    when it gave one, goes to the dict ``skipped`` ({peer: reason}) if given.
+    """
     calls = {}
     call = fastloss_call(case, pred, target)
     if threads is None:
@@ -229,10 +305,21 @@ def make_calls(case, pred, target, peers, threads=None):
     for n in threads or ():
         calls[_fastloss_column(n)] = (lambda n=n: fl.set_num_threads(n)), call
     for peer in peers:
-        call = PEER_CALLS[peer](case, pred, target)
+        try:
+            call = PEER_CALLS[peer](case, pred, target)
+        except PeerSkipped as reason:
+            if skipped is not None:
+                skipped[peer] = str(reason)
+            continue
         if call is not None:
             calls[peer] = _no_setup, call
     return calls
+
+
+def compile_times(calls):
+    """{column: seconds} of the calls that were compiled before timing."""
+    return {column: call.compile_seconds for column, (_, call) in calls.items()
+            if hasattr(call, "compile_seconds")}
 
 
 def _fastloss_column(threads):
@@ -402,23 +489,31 @@ def bytes_moved(pred, target):
 class Result:
     """The times of one case, and the figures derived from them."""
 
-    def __init__(self, case, seconds, threads, nbytes, bandwidth):
+    def __init__(self, case, seconds, threads, nbytes, bandwidth, compiled=None,
+                 skipped=None):
         self.case = case
         self.seconds = seconds          # column -> seconds per call
         self.threads = threads          # fastloss thread counts timed, ascending
         self.bytes = nbytes
         self.bandwidth = bandwidth      # STREAM add, bytes/s
+        self.compile_seconds = dict(compiled or {})   # peer -> seconds, not in `seconds`
+        self.skipped = dict(skipped or {})            # peer -> why it has no time
 
     @property
     def fastloss(self):
         """fastloss at the highest thread count: the figure compared with the peers."""
         return self.seconds[_fastloss_column(self.threads[-1])]
 
+    @property
+    def best_peer(self):
+        """The fastest peer timed (None when none was)."""
+        return min((p for p in PEERS if p in self.seconds), key=self.seconds.get,
+                   default=None)
+
     def speedup(self, peer):
         """How many times faster fastloss is than ``peer`` ("best": the fastest peer)."""
         if peer == "best":
-            peers = [self.seconds[p] for p in PEERS if p in self.seconds]
-            return min(peers) / self.fastloss if peers else None
+            peer = self.best_peer
         return self.seconds[peer] / self.fastloss if peer in self.seconds else None
 
     @property
@@ -454,6 +549,8 @@ class Result:
             "thread_speedup": self.thread_speedup,
             "gbps": self.gbps,
             "bandwidth_fraction": self.bandwidth_fraction,
+            "compile_seconds": self.compile_seconds,
+            "skipped": self.skipped,
         }
 
 
@@ -478,7 +575,10 @@ def load_targets(path=None):
         if unknown:
             raise ValueError(f"{path}: unknown metric {unknown[0]!r} for "
                              f"{row['loss']} {row['size']}; known: {', '.join(METRIC_TEXT)}")
-        targets[row["loss"], row["size"]] = bounds
+        key = row["loss"], row["size"]
+        if key in targets:      # a later row would silently replace the earlier bounds
+            raise ValueError(f"{path}: two rows for {key[0]} {key[1]}; merge them")
+        targets[key] = bounds
     return targets
 
 
@@ -507,9 +607,11 @@ def evaluate_targets(results, targets):
                 met = None
                 if measured is not None:
                     met = measured <= bound if metric == "max_us" else measured >= bound
-                evaluations.append({"loss": case.loss, "size": case.size,
-                                    "metric": metric, "target": bound,
-                                    "measured": measured, "met": met})
+                evaluation = {"loss": case.loss, "size": case.size, "metric": metric,
+                              "target": bound, "measured": measured, "met": met}
+                if metric == "vs_best" and measured is not None:
+                    evaluation["peer"] = result.best_peer
+                evaluations.append(evaluation)
     return evaluations
 
 
@@ -528,6 +630,7 @@ def _measured(result, metric):
 #: metric -> (what it is, unit, how the measurement must relate to the target)
 METRIC_TEXT = {"max_us": ("time", " µs", "≤"), "vs_torch": ("× PyTorch", "", "≥"),
                "vs_numpy": ("× NumPy", "", "≥"), "vs_jax": ("× JAX", "", "≥"),
+               "vs_torch_compile": ("× torch.compile", "", "≥"),
                "vs_best": ("× best peer", "", "≥"),
                "bandwidth_fraction": ("of memory bandwidth", "", "≥"),
                "thread_speedup": ("2 threads / 1", "", "≥")}
@@ -543,8 +646,10 @@ def target_texts(evaluation):
             return f"{x:.0%}"
         return f"{x:.4g}{unit}"
     measured = evaluation["measured"]
-    return (name, f"{relation} {fmt(evaluation['target'])}",
-            "not measured" if measured is None else fmt(measured),
+    measured = "not measured" if measured is None else fmt(measured)
+    if evaluation.get("peer"):          # vs_best: which peer was the fastest
+        measured += f" ({PEER_TITLES[evaluation['peer']]})"
+    return (name, f"{relation} {fmt(evaluation['target'])}", measured,
             VERDICTS[evaluation["met"]])
 
 
@@ -581,11 +686,15 @@ class Table:
         loss_width = max([len(case.title) for case in cases] + [20])
         columns = [("loss", loss_width, "<"), ("size", 12, ">")]
         columns += [(_fastloss_title(n, threads), 13, ">") for n in threads]
-        columns += [(PEER_TITLES[p], 10, ">") for p in peers]
-        columns += [(f"×{PEER_TITLES[p]}", 9, ">") for p in peers]
+        columns += [(PEER_TITLES[p], max(10, len(PEER_TITLES[p])), ">") for p in peers]
+        columns += [(f"×{PEER_TITLES[p]}", max(9, len(PEER_TITLES[p]) + 1), ">")
+                    for p in peers]
         if len(threads) > 1 and threads[0] == 1:
             columns.append((f"{threads[-1]}t/1t", 6, ">"))
         columns += [("GB/s", 6, ">"), ("%bw", 5, ">")]
+        #: peers compiled before timing, with a column of the compile time (one such peer)
+        self.compiled = [p for p in peers if p in OPTIONAL_PEERS]
+        columns += [("compile time", 12, ">") for p in self.compiled]
         self.columns = columns
 
     def cells(self, result):
@@ -597,6 +706,7 @@ class Table:
             cells.append(format_ratio(result.thread_speedup))
         fraction = result.bandwidth_fraction
         cells += [f"{result.gbps:.1f}", "" if fraction is None else f"{fraction:.0%}"]
+        cells += [format_time(result.compile_seconds.get(p)) for p in self.compiled]
         return cells
 
     def text_row(self, cells):
@@ -672,8 +782,10 @@ def add_arguments(parser):
     parser.add_argument("--adapter-only", action="store_true",
                         help="time only the PyTorch adapter's section")
     parser.add_argument("--compile", action="store_true",
-                        help="add the adapter's torch.compile and bfloat16-autocast cases "
-                             "(compiling takes a minute or two; not with --quick)")
+                        help="also time torch.compile: a peer column (the loss's value "
+                             "and gradient compiled by inductor, the compile time "
+                             "excluded and shown apart; 1-70 s a case) and, except with "
+                             "--quick, the adapter's compiled and bfloat16-autocast cases")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")
     parser.add_argument("--plot", metavar="FILE.png",
@@ -725,7 +837,8 @@ def main(args, argv):
 
     if args.busy < 0:
         return _fail(f"--busy must be >= 0, got {args.busy}")
-    peers = [] if args.no_peers else available_peers()
+    optional = OPTIONAL_PEERS if args.compile else ()
+    peers = [] if args.no_peers else available_peers(optional)
     timing = QUICK_TIMING if args.quick else DEFAULT_TIMING
     if args.busy:
         timing = dataclasses.replace(timing, mean=True)
@@ -775,6 +888,8 @@ def _peers_configured(peers, threads, dtypes):
         if "float64" in dtypes:
             jax.config.update("jax_enable_x64", True)
         info["jax"] = jax.__version__
+    if "torch_compile" in peers:
+        info["torch_compile"] = TORCH_COMPILE_BACKEND
     try:
         yield info
     finally:
@@ -796,6 +911,13 @@ def _print_header(out, threads, dtypes, peer_info, timing, no_reference):
         peers.append("PyTorch not installed")
     peers.append(f"JAX {peer_info['jax']} (jit(value_and_grad))" if "jax" in peer_info
                  else "JAX not installed")
+    if "torch_compile" in peer_info:
+        peers.insert(1, f"torch.compile ({peer_info['torch_compile']}, "
+                        f"torch.func.grad_and_value of the PyTorch loss as one graph; "
+                        f"compile time = its first call, excluded from the times, "
+                        f"shorter when inductor's on-disk cache holds the graph)")
+    elif "torch" in peer_info:
+        peers.append("torch.compile not timed (--compile)")
     print("peers: " + "; ".join(peers), file=out)
     print(f"times: per value+grad call, best of {timing.rounds} rounds of adaptive repeats "
           f"(~{timing.round_time * 1e3:g} ms a round); ×PEER = how many times faster "
@@ -831,19 +953,25 @@ def run_cases(cases, table, timing, bandwidth, out=None, progress=None):
         label = f"[{index}/{len(cases)}] {case.title} {case.size_label} {case.dtype}"
         progress.show(f"{label}: preparing inputs")
         pred, target = case.inputs()
-        calls = make_calls(case, pred, target, table.peers, threads)
+        if any(peer in OPTIONAL_PEERS for peer in table.peers):
+            progress.show(f"{label}: compiling")
+        skipped = {}
+        calls = make_calls(case, pred, target, table.peers, threads, skipped)
         saved = fl.get_num_threads()
         try:
             seconds = measure(calls, timing,
                               lambda column: progress.show(f"{label}: {column}"))
         finally:
             fl.set_num_threads(saved)
-        result = Result(case, seconds, threads, bytes_moved(pred, target), bandwidth)
+        result = Result(case, seconds, threads, bytes_moved(pred, target), bandwidth,
+                        compile_times(calls), skipped)
         del calls, pred, target
         results.append(result)
         progress.clear()
         if out:
             print(table.text_row(table.cells(result)), file=out, flush=True)
+            for peer, reason in skipped.items():
+                print(f"  ({PEER_TITLES[peer]} not timed: {reason})", file=out, flush=True)
     return results
 
 
