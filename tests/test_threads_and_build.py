@@ -405,3 +405,35 @@ def test_source_checkout_without_compiled_kernels_uses_the_installed_ones(tmp_pa
     assert Path(package_file).parent == checkout
     assert Path(kernels_file).parent == PACKAGE_DIR
     assert float(value) == 5.0
+
+
+# the flags (as Linux's /proc/cpuinfo spells them) each x86-64 level needs, for a
+# cross-check of the CPUID/XGETBV answer on Linux
+_LEVEL_FLAGS = {
+    2: {"cx16", "lahf_lm", "popcnt", "pni", "ssse3", "sse4_1", "sse4_2"},
+    3: {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"},
+    4: {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"},
+}
+
+
+def test_the_cpu_level_asked_of_the_cpu_agrees_with_linux():
+    import platform
+    level = _dispatch._baseline().x86_64_level()
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        assert level == 0
+        return
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo to compare with")
+    flags = set(next(line for line in text.splitlines()
+                     if line.startswith("flags")).split(":", 1)[1].split())
+    expected = 1
+    for number in (2, 3, 4):
+        if not _LEVEL_FLAGS[number] <= flags:
+            break
+        expected = number
+    assert level == expected
+    assert _dispatch.supported_levels() == [
+        name for name, number in (("x86_64_v4", 4), ("x86_64_v3", 3), ("baseline", 1))
+        if number <= level]
