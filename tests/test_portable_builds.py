@@ -9,7 +9,8 @@ directory, so the checkout's own modules are never touched:
 - the default compiler with OpenMP disabled (``FASTLOSS_OPENMP=0``): serial kernels;
 - the aarch64 cross compiler: the baseline module builds for aarch64 (it cannot run
   here; it is checked to be an aarch64 shared object linked against libgomp);
-- a wheel: ``pip wheel`` then ``auditwheel repair`` give a manylinux wheel, which
+- a wheel: ``python -m build --sdist``, ``pip wheel`` of that source distribution, then
+  ``auditwheel repair`` give a manylinux wheel, which
   installs into a fresh virtual environment with no compiler on PATH and passes
   ``python -m fastloss check``.
 
@@ -120,21 +121,32 @@ def plan_builds(root):
                   "--build-temp", str(source / "temp")))
 
     def wheel():
-        source = copy_sources(root / "wheel")
+        # the wheel is built from the source distribution, which must carry everything
+        # the build needs
+        source = root / "wheel"
+        shutil.copytree(PROJECT_DIR, source, ignore=shutil.ignore_patterns(
+            ".git", "build", "dist", "*.egg-info", "_build", "__pycache__", "*.so", "*.c",
+            "_kernels_*.pyx"))
         dist = source / "dist"
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-             "-w", str(dist), str(source)],
-            cwd=source, env=base_env(), capture_output=True, text=True,
-            timeout=BUILD_TIMEOUT)
-        return Build(source, result.returncode, result.stdout + result.stderr)
+        log = ""
+        for command in ([sys.executable, "-m", "build", "--sdist", "--no-isolation",
+                         "--outdir", str(dist), str(source)],
+                        [sys.executable, "-m", "pip", "wheel", "--no-deps",
+                         "--no-build-isolation", "-w", str(dist),
+                         *map(str, dist.glob("fastloss-*.tar.gz"))]):
+            result = subprocess.run(command, cwd=root, env=base_env(), capture_output=True,
+                                    text=True, timeout=BUILD_TIMEOUT)
+            log += result.stdout + result.stderr
+            if result.returncode != 0:
+                break
+        return Build(source, result.returncode, log)
 
     return {
         "clang-openmp": (("clang",), clang_openmp),
         "clang-without-openmp": (("clang",), clang_without_runtime),
         "openmp-disabled": ((), openmp_disabled),
         "aarch64": (("aarch64-linux-gnu-gcc",), aarch64),
-        "wheel": (("auditwheel", "patchelf"), wheel),
+        "wheel": (("auditwheel", "patchelf"), wheel),   # and the build package
     }
 
 
