@@ -25,6 +25,7 @@
 #     is checked row by row in the main pass, before the row indexes with it.
 
 from libc.math cimport INFINITY, NAN
+from libc.float cimport FLT_MAX, DBL_MAX
 from libc.stdint cimport int32_t, int64_t
 
 cdef enum:
@@ -32,11 +33,30 @@ cdef enum:
     # rows of y_pred) and at most SOFTMAX_MAX_BLOCK_ROWS rows.
     SOFTMAX_BLOCK_ELEMS = 2048
     SOFTMAX_MAX_BLOCK_ROWS = 256
-    # Fewer rows than this in a block: one row at a time, with exp and sum fused (the
-    # separate shift and sum passes of a block only pay off for short rows).
+    # Fewer rows than this in a block: one row at a time, through the online pass
+    # (softmax_row_online; the separate shift and sum passes of a block only pay off
+    # for short rows).
     SOFTMAX_MIN_BLOCK_ROWS = 8
     # Rows of at most this many classes take their maxes across the rows (rows_max).
     SOFTMAX_ROWS_MAX_CLASSES = 32
+    # The online pass reads a row in chunks of this many elements (2 KiB of float32,
+    # 4 KiB of float64: the chunk is read twice, max then exp, from L1) ...
+    ONLINE_CHUNK = 512
+    # ... and asks for the cache lines this many bytes ahead of the chunk it reads, so
+    # the next rows stream in while a row's exp and gradient run on cached data (the
+    # hardware prefetcher stops at every 4 KiB page: a 1000-class float32 row is one)
+    ONLINE_PREFETCH_BYTES = 4096
+    CACHE_LINE_BYTES = 64
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define fastloss_prefetch(p) __builtin_prefetch((p), 0, 3)
+    #else
+    #define fastloss_prefetch(p) ((void)(p))
+    #endif
+    """
+    void fastloss_prefetch(const void* p) noexcept nogil
 
 cdef double KL_LOG_FLOOR = -100    # log q of kl_divergence from probabilities is >= this
 
@@ -125,6 +145,29 @@ cdef struct RowParams:
     double gamma              # focal: the focusing exponent
 
 
+# -- the exp rows of the softmax losses ----------------------------------------------
+#
+# The logits losses receive in ``g`` the exponentials of their row, and its max m, 1 / sum
+# and log(sum) of exp(x - m).  From the block pass (softmax_block) g holds exp(x - m)
+# itself (``shifts`` NULL); from the online pass (softmax_row_online) each chunk of
+# ONLINE_CHUNK elements holds exp(x - its shift), the running max when it was read, so
+# the gradient loop multiplies that chunk by exp(shift - m) (exactly 1 from the chunk
+# of the max on).  Both come through exp_chunk_end and exp_chunk_factor.
+
+cdef inline Py_ssize_t exp_chunk_end(const floating* shifts, Py_ssize_t start,
+                                     Py_ssize_t n) noexcept nogil:
+    """The end of the chunk of an exp row of ``n`` elements that starts at ``start``."""
+    return n if shifts == NULL else min(start + <Py_ssize_t>ONLINE_CHUNK, n)
+
+
+cdef inline floating exp_chunk_factor(const floating* shifts, Py_ssize_t start,
+                                      floating m) noexcept nogil:
+    """What turns the stored exponentials of the chunk at ``start`` into exp(x - m)."""
+    if shifts == NULL:
+        return 1
+    return exp_(shifts[start // ONLINE_CHUNK] - m)
+
+
 # -- per-row math --------------------------------------------------------------------
 
 cdef inline double categorical_logits_value(const RowParams* restrict prm, floating m,
@@ -146,6 +189,7 @@ cdef inline double categorical_logits_value(const RowParams* restrict prm, float
 cdef inline double categorical_logits_row(const RowParams* restrict prm,
                                           const floating* restrict x, floating* restrict g,
                                           floating m, floating inv_s, floating log_s,
+                                          const floating* restrict shifts,
                                           const floating* restrict t,
                                           const floating* restrict cw, floating sw,
                                           floating scale_row,
@@ -155,7 +199,8 @@ cdef inline double categorical_logits_row(const RowParams* restrict prm,
     torch cross_entropy with probability targets (label_smoothing, weight).  The z-loss is
     weighted by W = sum_c w_c t_c / sum_c t_c, the target-weighted mean class weight (1
     without class weights, w_y for a one-hot row, 0 for a row whose targets sum to 0).
-    On entry ``g`` holds exp(x - m), whose row sum is 1 / ``inv_s``; on exit the gradient
+    On entry ``g`` holds the row's exponentials (exp(x - m) once multiplied by their
+    exp_chunk_factor), whose sum is 1 / ``inv_s``; on exit the gradient
     (A + 2 z W lse) softmax - a, times ``scale_row``.
 
     The value is computed as A log_s - sum_c a_c (x_c - m), A = sum_c a_c: the shifted
@@ -163,10 +208,10 @@ cdef inline double categorical_logits_row(const RowParams* restrict prm,
     a sum such as log_s - (x_c - m) into (log_s + m) - x_c, which loses the digits of a
     small loss against logits of 1e4 in float32.)
     """
-    cdef Py_ssize_t c, C = prm.n_classes
+    cdef Py_ssize_t c, start, end, C = prm.n_classes
     cdef floating keep = <floating>prm.keep
     cdef floating spread = <floating>prm.spread
-    cdef floating tc, k
+    cdef floating tc, k, kc
     # the row sums run in the element type (full vector width): their terms all have
     # one sign, so they are accurate to float rounding; the per-row scalars are float64
     cdef floating dot = 0, total_t = 0, total_wt = 0
@@ -189,12 +234,17 @@ cdef inline double categorical_logits_row(const RowParams* restrict prm,
     flags[0] |= bad * TARGET_NOT_PROBABILITY
     value = categorical_logits_value(prm, m, inv_s, log_s, dot, total_t, total_wt,
                                      scale_row, &k)
-    if cw == NULL:
-        for c in range(C):
-            g[c] = k * g[c] - scale_row * (t[c] * keep + spread)
-    else:
-        for c in range(C):
-            g[c] = k * g[c] - scale_row * cw[c] * (t[c] * keep + spread)
+    start = 0
+    while start < C:
+        end = exp_chunk_end(shifts, start, C)
+        kc = k * exp_chunk_factor(shifts, start, m)
+        if cw == NULL:
+            for c in range(start, end):
+                g[c] = kc * g[c] - scale_row * (t[c] * keep + spread)
+        else:
+            for c in range(start, end):
+                g[c] = kc * g[c] - scale_row * cw[c] * (t[c] * keep + spread)
+        start = end
     return sw * value
 
 
@@ -221,7 +271,8 @@ cdef inline double sparse_logits_value(const RowParams* restrict prm, floating m
 
 cdef inline double sparse_logits_row(const RowParams* restrict prm,
                                      const floating* restrict x, floating* restrict g,
-                                     floating m, floating inv_s, floating log_s, int64_t y,
+                                     floating m, floating inv_s, floating log_s,
+                                     const floating* restrict shifts, int64_t y,
                                      const floating* restrict cw, floating sw,
                                      floating scale_row, int* restrict flags) noexcept nogil:
     """torch cross_entropy with a class index: (1 - eps) w_y (-log p_y)
@@ -231,10 +282,10 @@ cdef inline double sparse_logits_row(const RowParams* restrict prm,
     ``g`` and the product form of the smoothing sum as in categorical_logits_row; the
     scalar part is computed in float64.
     """
-    cdef Py_ssize_t c, C = prm.n_classes
+    cdef Py_ssize_t c, start, end, C = prm.n_classes
     cdef floating keep = <floating>prm.keep
     cdef floating spread = <floating>prm.spread
-    cdef floating wy, k, b
+    cdef floating wy, k, kc, b
     cdef double dot = 0, value
     if prm.has_ignore_index and y == prm.ignore_index:
         memset(g, 0, C * sizeof(floating))
@@ -250,19 +301,25 @@ cdef inline double sparse_logits_row(const RowParams* restrict prm,
     value = sparse_logits_value(prm, m, inv_s, log_s, exactly(<double>x[y] - <double>m),
                                 dot, wy, scale_row, &k)
     b = scale_row * spread
-    if cw == NULL or spread == 0:
-        for c in range(C):
-            g[c] = k * g[c] - b
-    else:
-        for c in range(C):
-            g[c] = k * g[c] - b * cw[c]
+    start = 0
+    while start < C:
+        end = exp_chunk_end(shifts, start, C)
+        kc = k * exp_chunk_factor(shifts, start, m)
+        if cw == NULL or spread == 0:
+            for c in range(start, end):
+                g[c] = kc * g[c] - b
+        else:
+            for c in range(start, end):
+                g[c] = kc * g[c] - b * cw[c]
+        start = end
     g[y] -= scale_row * keep * wy
     return sw * value
 
 
 cdef inline double kl_logits_row(const RowParams* restrict prm, const floating* restrict x,
                                  floating* restrict g, floating m, floating inv_s,
-                                 floating log_s, const floating* restrict t, floating sw,
+                                 floating log_s, const floating* restrict shifts,
+                                 const floating* restrict t, floating sw,
                                  floating scale_row, int* restrict flags) noexcept nogil:
     """torch kl_div(log_softmax(x), p) summed over the row: sum_c p_c (log p_c - log q_c)
     (0 log 0 = 0), or with log_target sum_c exp(lp_c) (lp_c - log q_c).
@@ -270,8 +327,8 @@ cdef inline double kl_logits_row(const RowParams* restrict prm, const floating* 
     Computed as sum_c p_c log p_c + P log_s - sum_c p_c (x_c - m), P = sum_c p_c (product
     form as in categorical_logits_row); gradient P softmax - p.  ``g`` as there.
     """
-    cdef Py_ssize_t c, C = prm.n_classes
-    cdef floating p, lp, k
+    cdef Py_ssize_t c, start, end, C = prm.n_classes
+    cdef floating p, lp, k, kc
     cdef floating entropy = 0, dot = 0, p_sum = 0  # single-signed sums: as categorical
     cdef int bad = 0
     if prm.log_target:
@@ -283,9 +340,6 @@ cdef inline double kl_logits_row(const RowParams* restrict prm, const floating* 
             entropy += p * lp
             dot += p * (x[c] - m)
         flags[0] |= bad * TARGET_NOT_LOG_PROBABILITY
-        k = <floating>(scale_row * p_sum * inv_s)
-        for c in range(C):
-            g[c] = k * g[c] - scale_row * exp_(t[c])
     else:
         for c in range(C):
             p = t[c]
@@ -294,9 +348,18 @@ cdef inline double kl_logits_row(const RowParams* restrict prm, const floating* 
             entropy += xlogx(p)
             dot += p * (x[c] - m)
         flags[0] |= bad * TARGET_NOT_PROBABILITY
-        k = <floating>(scale_row * p_sum * inv_s)
-        for c in range(C):
-            g[c] = k * g[c] - scale_row * t[c]
+    k = <floating>(scale_row * p_sum * inv_s)
+    start = 0
+    while start < C:
+        end = exp_chunk_end(shifts, start, C)
+        kc = k * exp_chunk_factor(shifts, start, m)
+        if prm.log_target:
+            for c in range(start, end):
+                g[c] = kc * g[c] - scale_row * exp_(t[c])
+        else:
+            for c in range(start, end):
+                g[c] = kc * g[c] - scale_row * t[c]
+        start = end
     return sw * (<double>entropy + <double>p_sum * log_s - <double>dot)
 
 
@@ -503,27 +566,33 @@ cdef inline double focal_probs_row(const RowParams* restrict prm,
 cdef inline double focal_logits_row(const RowParams* restrict prm,
                                     const floating* restrict x, floating* restrict g,
                                     floating m, floating inv_s,
+                                    const floating* restrict shifts,
                                     const floating* restrict t,
                                     const floating* restrict alpha, floating sw,
                                     floating scale_row, int* restrict flags) noexcept nogil:
     """focal_probs_row of q = softmax(x) (Keras from_logits: the softmax, renormalised and
     clipped; where the clip is active the term is capped and passes no gradient).
 
-    On entry ``g`` holds exp(x - m), whose row sum is 1 / ``inv_s``; the gradient through
-    the softmax is q_j (G_j - sum_c G_c q_c).
+    On entry ``g`` holds the row's exponentials, as for categorical_logits_row; the
+    gradient through the softmax is q_j (G_j - sum_c G_c q_c).
     """
-    cdef Py_ssize_t c, C = prm.n_classes
+    cdef Py_ssize_t c, start, end, C = prm.n_classes
     cdef floating keep = <floating>prm.keep, spread = <floating>prm.spread
-    cdef floating q, slope, through = 0
+    cdef floating q, slope, through = 0, kc
     cdef double loss = 0
     cdef int bad = 0
-    for c in range(C):
-        bad |= (t[c] < 0) | (t[c] > 1)
-        q = g[c] * inv_s
-        loss += focal_term(q, alpha[c] * (t[c] * keep + spread), prm.gamma, &slope)
-        slope = q * slope
-        through += slope
-        g[c] = slope
+    start = 0
+    while start < C:
+        end = exp_chunk_end(shifts, start, C)
+        kc = inv_s * exp_chunk_factor(shifts, start, m)
+        for c in range(start, end):
+            bad |= (t[c] < 0) | (t[c] > 1)
+            q = g[c] * kc
+            loss += focal_term(q, alpha[c] * (t[c] * keep + spread), prm.gamma, &slope)
+            slope = q * slope
+            through += slope
+            g[c] = slope
+        start = end
     flags[0] |= bad * TARGET_NOT_PROBABILITY
     for c in range(C):  # q again: exp is cheaper than a second log and power
         g[c] = scale_row * (g[c] - exp_(x[c] - m) * inv_s * through)
@@ -704,6 +773,56 @@ cdef inline void softmax_block(const floating* restrict x, Py_ssize_t n_rows,
     log_inplace(log_sums, n_rows)
 
 
+cdef inline void prefetch_ahead(const floating* p, Py_ssize_t n,
+                                const floating* end) noexcept nogil:
+    """Ask for the cache lines of the n elements that lie ONLINE_PREFETCH_BYTES after
+    ``p``, those before ``end`` only (a hint: no fault, no effect on the results)."""
+    cdef Py_ssize_t ahead = ONLINE_PREFETCH_BYTES // sizeof(floating)
+    cdef Py_ssize_t line = CACHE_LINE_BYTES // sizeof(floating)
+    cdef Py_ssize_t i = 0, left = end - p - ahead
+    n = min(n, left)
+    while i < n:
+        fastloss_prefetch(p + ahead + i)
+        i += line
+
+
+cdef inline floating softmax_row_online(const floating* restrict x, Py_ssize_t n,
+                                        floating* restrict e, floating* restrict shifts,
+                                        const floating* stream_end,
+                                        floating* restrict total) noexcept nogil:
+    """The softmax of one long row in one read of it: returns its max m, sets ``total``
+    to sum_c exp(x_c - m) and e to the row's exponentials by chunks (see
+    exp_chunk_factor): chunk i (ONLINE_CHUNK elements) holds exp(x - shifts[i]), shifts[i]
+    the running max when it was read, the sum rescaled when the max grows (online
+    softmax: Milakov and Gimelshein, arXiv:1805.02867).  Each chunk is read twice from
+    L1 (max, then exp and sum); the lines ahead, up to ``stream_end`` (the end of the
+    block's rows), are prefetched meanwhile.
+
+    A shift is never below the lowest finite value, so a run of -inf logits before the
+    first finite one stores exp(-inf) = 0, not exp(-inf + inf) = NaN.  NaN propagates
+    through the sum (never through the shift: comparisons with NaN are false); a row of
+    -inf only gives a NaN softmax, as torch's.
+    """
+    cdef floating lowest = -FLT_MAX if floating is float else -DBL_MAX
+    cdef floating m = -INFINITY, shift = lowest, s = 0, chunk_max
+    cdef Py_ssize_t start = 0, end, i = 0
+    while start < n:
+        end = min(start + <Py_ssize_t>ONLINE_CHUNK, n)
+        prefetch_ahead(x + start, end - start, stream_end)
+        chunk_max = row_max(x + start, end - start)
+        if chunk_max > m:
+            m = chunk_max
+        if chunk_max > shift:
+            s = s * exp_(shift - chunk_max)
+            shift = chunk_max
+        shifts[i] = shift
+        s += exp_shifted_sum(x + start, shift, e + start, end - start)
+        start = end
+        i += 1
+    total[0] = s
+    return m
+
+
 cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict prm,
                        const floating* restrict x, const floating* restrict target,
                        const label_t* restrict labels, const floating* restrict class_weight,
@@ -722,17 +841,24 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
     cdef floating log_sums[SOFTMAX_MAX_BLOCK_ROWS]
     cdef floating* scratch = NULL
     cdef floating* masked = NULL  # multilabel margin: a row with its targets masked
+    cdef floating* shifts = NULL  # one row at a time: the shifts of its exp chunks
     cdef floating* buf
     cdef floating* g
-    cdef floating sw = 1
+    cdef floating sw = 1, one = 1, total
     cdef double acc = 0, v = 0
     if RowLoss is CategoricalCrossEntropyFromLogits or RowLoss is KLDivergenceFromLogits or RowLoss is SparseCategoricalCrossEntropyFromLogits or RowLoss is CategoricalFocalCrossEntropyFromLogits:
         block_rows = min(<Py_ssize_t>SOFTMAX_MAX_BLOCK_ROWS, SOFTMAX_BLOCK_ELEMS // C)
         if block_rows < SOFTMAX_MIN_BLOCK_ROWS:
             block_rows = 1
+            shifts = <floating*>malloc((C + ONLINE_CHUNK - 1) // ONLINE_CHUNK
+                                       * sizeof(floating))
+            if shifts == NULL:
+                flags[0] |= OUT_OF_MEMORY
+                return 0
     if grad == NULL:
         scratch = <floating*>malloc(block_rows * C * sizeof(floating))
         if scratch == NULL:
+            free(shifts)
             flags[0] |= OUT_OF_MEMORY
             return 0
     if RowLoss is MultilabelMargin:
@@ -746,7 +872,13 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
         n_block = min(block_rows, stop - block)
         buf = scratch if grad == NULL else grad + block * C
         if RowLoss is CategoricalCrossEntropyFromLogits or RowLoss is KLDivergenceFromLogits or RowLoss is SparseCategoricalCrossEntropyFromLogits or RowLoss is CategoricalFocalCrossEntropyFromLogits:
-            softmax_block(x + block * C, n_block, C, buf, maxes, inv_sums, log_sums)
+            if shifts != NULL:
+                maxes[0] = softmax_row_online(x + block * C, C, buf, shifts, x + stop * C,
+                                              &total)
+                inv_sums[0] = one / total
+                log_sums[0] = log_(total)
+            else:
+                softmax_block(x + block * C, n_block, C, buf, maxes, inv_sums, log_sums)
         for r in range(n_block):
             row = block + r
             g = buf + r * C
@@ -754,14 +886,15 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
                 sw = sample_weight[row]
             if RowLoss is CategoricalCrossEntropyFromLogits:
                 v = categorical_logits_row(prm, x + row * C, g, maxes[r], inv_sums[r],
-                                           log_sums[r], target + row * C, class_weight,
-                                           sw, scale * sw, flags)
+                                           log_sums[r], shifts, target + row * C,
+                                           class_weight, sw, scale * sw, flags)
             elif RowLoss is KLDivergenceFromLogits:
                 v = kl_logits_row(prm, x + row * C, g, maxes[r], inv_sums[r], log_sums[r],
-                                  target + row * C, sw, scale * sw, flags)
+                                  shifts, target + row * C, sw, scale * sw, flags)
             elif RowLoss is SparseCategoricalCrossEntropyFromLogits:
                 v = sparse_logits_row(prm, x + row * C, g, maxes[r], inv_sums[r], log_sums[r],
-                                      labels[row], class_weight, sw, scale * sw, flags)
+                                      shifts, labels[row], class_weight, sw, scale * sw,
+                                      flags)
             elif RowLoss is CategoricalCrossEntropyFromProbabilities:
                 v = categorical_probs_row(prm, x + row * C, g, target + row * C,
                                           class_weight, sw, scale * sw, flags)
@@ -775,7 +908,7 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
                 v = multi_margin_row(prm, x + row * C, g, labels[row], class_weight, sw,
                                      scale * sw)
             elif RowLoss is CategoricalFocalCrossEntropyFromLogits:
-                v = focal_logits_row(prm, x + row * C, g, maxes[r], inv_sums[r],
+                v = focal_logits_row(prm, x + row * C, g, maxes[r], inv_sums[r], shifts,
                                      target + row * C, class_weight, sw, scale * sw, flags)
             elif RowLoss is CategoricalFocalCrossEntropyFromProbabilities:
                 v = focal_probs_row(prm, x + row * C, g, target + row * C, class_weight, sw,
@@ -798,6 +931,7 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
         block += n_block
     free(scratch)
     free(masked)
+    free(shifts)
     return acc
 
 
