@@ -10,9 +10,14 @@
 #     per-thread scratch of at most max(C, SOFTMAX_BLOCK_ELEMS) elements when no gradient is
 #     wanted), so there is never an N x C temporary.  Small C takes many rows per block, so
 #     the exp, log and 1/sum loops run over long contiguous stretches (per-row overhead
-#     dominates at C ~ 10), and for C <= 32 the maxes are taken across the rows; C > 256
-#     (fewer than 8 rows a block) goes one row at a time with exp and sum fused, so each
-#     row is read twice (max, exp) and its gradient finished while it is in L1.
+#     dominates at C ~ 10); for C <= 32 the max, shift and sum loops run across the rows,
+#     and sparse cross-entropy finishes the block across its rows too
+#     (``sparse_logits_positions``, shared with class-strided scores).  C > 256 (fewer
+#     than 8 rows a block) goes one row at a time through the online pass
+#     (``softmax_row_online``): the row is read once for its max and sum, chunk by chunk
+#     with the lines ahead prefetched, its exponentials stored against the running max and
+#     rescaled by the gradient loop (``exp_chunk_factor``), which reads them back from
+#     cache once.
 #   * The per-row function of each loss (``*_row``) turns exp(x - max) into the scaled
 #     gradient in place and returns the row's weighted loss.  ``scale_row`` is
 #     grad_scale * sample_weight[row]: the reduction's denominator is folded in.
@@ -752,13 +757,23 @@ cdef inline void softmax_block(const floating* restrict x, Py_ssize_t n_rows,
     if n_rows == 1:
         maxes[0] = row_max(x, n_classes)
         log_sums[0] = exp_shifted_sum(x, maxes[0], e, n_classes)
-    else:
-        # shift row by row (cheap), then one long exp loop over the whole block
-        if n_classes <= SOFTMAX_ROWS_MAX_CLASSES:
-            rows_max(x, n_rows, n_classes, maxes)
-        else:
+    elif n_classes <= SOFTMAX_ROWS_MAX_CLASSES:
+        # short rows: every loop but the exp runs across the rows, as rows_max (a loop
+        # of a few elements per row would be all prologue and epilogue)
+        rows_max(x, n_rows, n_classes, maxes)
+        for c in range(n_classes):
             for r in range(n_rows):
-                maxes[r] = row_max(x + r * n_classes, n_classes)
+                e[r * n_classes + c] = x[r * n_classes + c] - maxes[r]
+        exp_inplace(e, n_rows * n_classes)
+        for r in range(n_rows):
+            log_sums[r] = e[r * n_classes]
+        for c in range(1, n_classes):
+            for r in range(n_rows):
+                log_sums[r] += e[r * n_classes + c]
+    else:
+        # shift row by row, then one long exp loop over the whole block
+        for r in range(n_rows):
+            maxes[r] = row_max(x + r * n_classes, n_classes)
         for r in range(n_rows):
             row = x + r * n_classes
             out = e + r * n_classes
@@ -879,6 +894,15 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
                 log_sums[0] = log_(total)
             else:
                 softmax_block(x + block * C, n_block, C, buf, maxes, inv_sums, log_sums)
+        if RowLoss is SparseCategoricalCrossEntropyFromLogits:
+            if C <= SOFTMAX_ROWS_MAX_CLASSES and n_block > 1:
+                acc += sparse_logits_positions(
+                    prm, x + block * C, 1, C, n_block, labels + block, class_weight,
+                    NULL if sample_weight == NULL else sample_weight + block,
+                    NULL if values == NULL else values + block, scale, maxes, inv_sums,
+                    log_sums, NULL if grad == NULL else buf)
+                block += n_block
+                continue
         for r in range(n_block):
             row = block + r
             g = buf + r * C
@@ -993,6 +1017,83 @@ cdef inline void softmax_tile(const floating* restrict x, Py_ssize_t stride, Py_
     log_inplace(log_sums, n)
 
 
+cdef inline double sparse_logits_positions(
+        const RowParams* restrict prm, const floating* restrict x, Py_ssize_t class_stride,
+        Py_ssize_t pos_stride, Py_ssize_t n, const label_t* restrict labels,
+        const floating* restrict class_weight, const floating* restrict sample_weight,
+        floating* restrict values, floating scale, const floating* restrict maxes,
+        const floating* restrict inv_sums, const floating* restrict log_sums,
+        floating* restrict g) noexcept nogil:
+    """Sparse cross-entropy from logits at ``n`` <= STRIDED_MAX_TILE positions whose class
+    c lies at x[c * class_stride + t * pos_stride], every loop running across the
+    positions: the positions of a tile of class-strided scores (``pos_stride`` 1), or
+    a block of short rows (``class_stride`` 1, rows of C <= SOFTMAX_ROWS_MAX_CLASSES,
+    whose per-row loops would be all overhead).  Returns the sum of their weighted
+    losses; ``values`` (NULL: not wanted) gets each.  ``g`` (NULL: no gradient) holds
+    exp(x - max) in the layout of x, turned into the gradient in place.
+
+    Labels were checked before; an ignored position gets value 0 and a zero gradient,
+    as in sparse_logits_row, whose scalars (sparse_logits_value) these are.
+    """
+    cdef Py_ssize_t c, t, C = prm.n_classes
+    cdef floating ks[STRIDED_MAX_TILE]       # factor of exp(x - m) in the gradient
+    cdef floating bs[STRIDED_MAX_TILE]       # scale_row * spread
+    cdef floating hits[STRIDED_MAX_TILE]     # subtracted at the label
+    cdef floating lives[STRIDED_MAX_TILE]    # 0 at an ignored position
+    cdef Py_ssize_t ys[STRIDED_MAX_TILE]     # the label (0 if ignored)
+    cdef double dots[STRIDED_MAX_TILE]       # sum_c w_c (x_c - m), float64
+    cdef double shifted[STRIDED_MAX_TILE]    # x_y - m
+    cdef floating sws[STRIDED_MAX_TILE]      # the sample weight
+    cdef floating wys[STRIDED_MAX_TILE]      # the class weight of the label
+    cdef floating keep = <floating>prm.keep, spread = <floating>prm.spread
+    cdef floating w, srow, k
+    cdef const floating* xc
+    cdef floating* gc
+    cdef int64_t y
+    cdef bint live
+    cdef double acc = 0, v
+    for t in range(n):
+        dots[t] = 0
+    if spread != 0:
+        for c in range(C):
+            w = 1 if class_weight == NULL else class_weight[c]
+            xc = x + c * class_stride
+            for t in range(n):
+                dots[t] += w * (xc[t * pos_stride] - maxes[t])
+    for t in range(n):  # the gathers, by label
+        y = labels[t]
+        live = not (prm.has_ignore_index and y == prm.ignore_index)
+        ys[t] = y if live else 0
+        lives[t] = live
+        sws[t] = 1 if sample_weight == NULL else sample_weight[t]
+        wys[t] = 1 if class_weight == NULL else class_weight[ys[t]]
+        shifted[t] = exactly(<double>x[ys[t] * class_stride + t * pos_stride]
+                             - <double>maxes[t])
+    for t in range(n):  # the per-position scalars, vectorised
+        srow = scale * sws[t]
+        v = sparse_logits_value(prm, maxes[t], inv_sums[t], log_sums[t], shifted[t],
+                                dots[t], wys[t], srow, &k)
+        v = sws[t] * v if lives[t] != 0 else 0
+        ks[t] = k if lives[t] != 0 else 0
+        bs[t] = srow * spread
+        hits[t] = srow * keep * wys[t] if lives[t] != 0 else 0
+        acc += v
+        if values != NULL:
+            values[t] = <floating>v
+    if g == NULL:
+        return acc
+    for c in range(C):
+        w = 1 if class_weight == NULL else class_weight[c]
+        gc = g + c * class_stride
+        # an ignored position is 0 even where exp(x - m) is NaN, as in the row loop
+        for t in range(n):
+            gc[t * pos_stride] = ((ks[t] * gc[t * pos_stride] - bs[t] * w)
+                                  if lives[t] != 0 else 0)
+    for t in range(n):
+        g[ys[t] * class_stride + t * pos_stride] -= hits[t]
+    return acc
+
+
 cdef double strided_chunk(const RowLoss* restrict loss, const RowParams* restrict prm,
                           const floating* restrict x, const floating* restrict target,
                           const label_t* restrict labels,
@@ -1016,15 +1117,8 @@ cdef double strided_chunk(const RowLoss* restrict loss, const RowParams* restric
     cdef floating maxes[STRIDED_MAX_TILE]
     cdef floating inv_sums[STRIDED_MAX_TILE]
     cdef floating log_sums[STRIDED_MAX_TILE]
-    cdef floating ks[STRIDED_MAX_TILE]       # factor of exp(x - m) in the gradient
-    cdef floating bs[STRIDED_MAX_TILE]       # scale_row * spread (sparse), scale_row
-    cdef floating hits[STRIDED_MAX_TILE]     # sparse: subtracted at the label
-    cdef floating lives[STRIDED_MAX_TILE]    # sparse: 0 at an ignored position
-    cdef Py_ssize_t ys[STRIDED_MAX_TILE]     # sparse: the label (0 if ignored)
-    cdef double dots[STRIDED_MAX_TILE]       # sparse: sum_c w_c (x_c - m), float64
-    cdef double shifted[STRIDED_MAX_TILE]    # sparse: x_y - m
-    cdef floating sws[STRIDED_MAX_TILE]      # sparse: the sample weight
-    cdef floating wys[STRIDED_MAX_TILE]      # sparse: the class weight of the label
+    cdef floating ks[STRIDED_MAX_TILE]       # categorical: factor of exp(x - m) in the
+    cdef floating bs[STRIDED_MAX_TILE]       # gradient, and scale_row
     cdef floating fdots[STRIDED_MAX_TILE]    # categorical: the sums of its row function
     cdef floating totals[STRIDED_MAX_TILE]
     cdef floating wtotals[STRIDED_MAX_TILE]
@@ -1035,8 +1129,6 @@ cdef double strided_chunk(const RowLoss* restrict loss, const RowParams* restric
     cdef const floating* tc_row
     cdef floating keep = <floating>prm.keep, spread = <floating>prm.spread
     cdef floating w, sw, srow, k, tc
-    cdef int64_t y
-    cdef bint live
     cdef int bad = 0
     cdef double acc = 0, v
     if grad == NULL:
@@ -1057,34 +1149,11 @@ cdef double strided_chunk(const RowLoss* restrict loss, const RowParams* restric
             g_stride = inner
         softmax_tile(x + base, inner, n, C, g, g_stride, maxes, inv_sums, log_sums)
         if RowLoss is SparseCategoricalCrossEntropyFromLogits:
-            for t in range(n):
-                dots[t] = 0
-            if spread != 0:
-                for c in range(C):
-                    w = 1 if class_weight == NULL else class_weight[c]
-                    xc = x + base + c * inner
-                    for t in range(n):
-                        dots[t] += w * (xc[t] - maxes[t])
-            for t in range(n):  # the gathers, by label
-                y = labels[pos + t]
-                live = not (prm.has_ignore_index and y == prm.ignore_index)
-                ys[t] = y if live else 0
-                lives[t] = live
-                sws[t] = 1 if sample_weight == NULL else sample_weight[pos + t]
-                wys[t] = 1 if class_weight == NULL else class_weight[ys[t]]
-                shifted[t] = exactly(<double>x[base + ys[t] * inner + t]
-                                     - <double>maxes[t])
-            for t in range(n):  # the per-position scalars, vectorised
-                srow = scale * sws[t]
-                v = sparse_logits_value(prm, maxes[t], inv_sums[t], log_sums[t],
-                                        shifted[t], dots[t], wys[t], srow, &k)
-                v = sws[t] * v if lives[t] != 0 else 0
-                ks[t] = k if lives[t] != 0 else 0
-                bs[t] = srow * spread
-                hits[t] = srow * keep * wys[t] if lives[t] != 0 else 0
-                acc += v
-                if values != NULL:
-                    values[pos + t] = <floating>v
+            acc += sparse_logits_positions(
+                prm, x + base, inner, 1, n, labels + pos, class_weight,
+                NULL if sample_weight == NULL else sample_weight + pos,
+                NULL if values == NULL else values + pos, scale, maxes, inv_sums,
+                log_sums, NULL if grad == NULL else g)
         else:
             for t in range(n):
                 fdots[t] = 0
@@ -1111,22 +1180,14 @@ cdef double strided_chunk(const RowLoss* restrict loss, const RowParams* restric
                 acc += v
                 if values != NULL:
                     values[pos + t] = <floating>v
-        if grad == NULL:
-            continue
-        for c in range(C):
-            w = 1 if class_weight == NULL else class_weight[c]
-            gc = g + c * inner
-            if RowLoss is SparseCategoricalCrossEntropyFromLogits:
-                # an ignored position is 0 even where exp(x - m) is NaN, as in the row loop
-                for t in range(n):
-                    gc[t] = (ks[t] * gc[t] - bs[t] * w) if lives[t] != 0 else 0
-            else:
+            if grad == NULL:
+                continue
+            for c in range(C):
+                w = 1 if class_weight == NULL else class_weight[c]
+                gc = g + c * inner
                 tc_row = target + base + c * inner
                 for t in range(n):
                     gc[t] = ks[t] * gc[t] - bs[t] * w * (tc_row[t] * keep + spread)
-        if RowLoss is SparseCategoricalCrossEntropyFromLogits:
-            for t in range(n):
-                g[ys[t] * inner + t] -= hits[t]
     if RowLoss is CategoricalCrossEntropyFromLogits:
         flags[0] |= bad * TARGET_NOT_PROBABILITY
     free(scratch)
