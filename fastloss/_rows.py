@@ -194,7 +194,7 @@ class _DenseRowLoss(RowLoss):
     def _run(self, pred, target, weight, weight_block, grad, values, want_value):
         # the per-call path, as _SparseRowLoss._run's
         if pred.ndim == 2 and self._rows_ready:
-            x, t, g, buffer, n = pred, target, grad, None, pred.shape[0]
+            x, t, g, buffer, n = pred, target, grad, None, len(pred)
         else:
             x, t, g, values, buffer = self._kernel_arrays(pred, target, grad, values)
             n = _n_terms(x)
@@ -478,7 +478,7 @@ class _SparseRowLoss(RowLoss):
         # the per-call path: (N, C) rows go to the kernel as they are, through no call
         # but the kernel's and threads_for (a call on a small batch is mostly this path)
         if pred.ndim == 2 and self._rows_ready:
-            x, g, buffer, n = pred, grad, None, pred.shape[0]
+            x, g, buffer, n = pred, grad, None, len(pred)
         else:
             x, _, g, values, buffer = self._kernel_arrays(pred, None, grad, values)
             n = _n_terms(x)

@@ -1,10 +1,11 @@
 """The softmax passes of the logits row losses against PyTorch, at every class count.
 
-The kernels read the rows of (N, C) logits in one of two ways, chosen by C: short rows
-in blocks of many rows (maxes across the rows up to 32 classes, one long exp loop), and
-rows of more than 256 classes one at a time through the online pass, in chunks of 512
-elements whose exponentials are taken against the running max and rescaled by the
-gradient loop.  The class counts below put rows on both sides of each threshold (one
+The kernels read the rows of (N, C) logits in one of three ways, chosen by C and the
+dtype: short rows in blocks of many rows (up to 32 classes every loop across the rows,
+one long exp loop), and rows of more than 256 classes one at a time: in float32 through
+the online pass, in chunks of 512 elements whose exponentials are taken against the
+running max and rescaled by the gradient loop, in float64 max first, then exp and sum
+(so both dtypes below cover every path).  The class counts below put rows on both sides of each threshold (one
 class, a single vector, a block's maxes across rows or per row, one chunk, exactly one
 chunk, a chunk and one element, many chunks), and the rows are built to move the max
 where the online pass must rescale: late (every chunk raises it), early (no chunk
