@@ -254,11 +254,13 @@ cdef inline void* data_or_null(object array):
     return NULL if array is None else cnp.PyArray_DATA(array)
 
 
-def is_kernel_float_array(object a):
+cpdef bint is_kernel_float_array(object a):
     """True for an exact ndarray, float32 or float64, C-contiguous, aligned, native order.
 
     The per-call fast path of the Python layer: one C call instead of several attribute
-    reads (each ``.flags`` access builds an object).
+    reads (each ``.flags`` access builds an object).  ``cpdef``, as the other checks the
+    ``is_ready_*`` functions call: a ``def`` function called from here would go through
+    a module lookup and a Python call each time (about half of is_ready_rows' cost).
     """
     if type(a) is not cnp.ndarray:
         return False
@@ -278,7 +280,7 @@ cdef bint same_shape(cnp.ndarray a, cnp.ndarray b):
     return True
 
 
-def matches(object a, cnp.ndarray like, bint writeable):
+cpdef bint matches(object a, cnp.ndarray like, bint writeable):
     """True when ``a`` is an exact ndarray with ``like``'s dtype and shape, C-contiguous,
     aligned, in native byte order (and writeable if asked): usable by a kernel next to
     ``like`` as it is."""
@@ -355,14 +357,14 @@ cdef bint is_kernel_label_array(object a):
             and cnp.PyArray_ISBEHAVED_RO(<cnp.ndarray>a))
 
 
-def is_label_array(object a, Py_ssize_t n_rows):
+cpdef bint is_label_array(object a, Py_ssize_t n_rows):
     """True for an exact 1-D ndarray of ``n_rows`` int32/int64 labels, C-contiguous,
     aligned, native byte order: usable by a kernel as it is."""
     return (is_kernel_label_array(a) and (<cnp.ndarray>a).ndim == 1
             and (<cnp.ndarray>a).shape[0] == n_rows)
 
 
-def is_label_matrix(object a, cnp.ndarray like):
+cpdef bint is_label_matrix(object a, cnp.ndarray like):
     """True for an exact ndarray of int32/int64 class indices of ``like``'s shape,
     C-contiguous, aligned, native byte order: usable by a kernel as it is."""
     return is_kernel_label_array(a) and same_shape(<cnp.ndarray>a, like)

@@ -10,9 +10,14 @@
 #     per-thread scratch of at most max(C, SOFTMAX_BLOCK_ELEMS) elements when no gradient is
 #     wanted), so there is never an N x C temporary.  Small C takes many rows per block, so
 #     the exp, log and 1/sum loops run over long contiguous stretches (per-row overhead
-#     dominates at C ~ 10), and for C <= 32 the maxes are taken across the rows; C > 256
-#     (fewer than 8 rows a block) goes one row at a time with exp and sum fused, so each
-#     row is read twice (max, exp) and its gradient finished while it is in L1.
+#     dominates at C ~ 10); for C <= 32 the max, shift and sum loops run across the rows,
+#     and sparse cross-entropy finishes the block across its rows too
+#     (``sparse_logits_positions``, shared with class-strided scores).  C > 256 (fewer
+#     than 8 rows a block) goes one row at a time: in float32 through the online pass
+#     (``softmax_row_online``): the row is read once for its max and sum, chunk by chunk
+#     with the lines ahead prefetched, its exponentials stored against the running max and
+#     rescaled by the gradient loop (``exp_chunk_factor``), which reads them back from
+#     cache once; in float64 (where that measured slower) twice, max then exp and sum.
 #   * The per-row function of each loss (``*_row``) turns exp(x - max) into the scaled
 #     gradient in place and returns the row's weighted loss.  ``scale_row`` is
 #     grad_scale * sample_weight[row]: the reduction's denominator is folded in.
@@ -25,6 +30,7 @@
 #     is checked row by row in the main pass, before the row indexes with it.
 
 from libc.math cimport INFINITY, NAN
+from libc.float cimport FLT_MAX, DBL_MAX
 from libc.stdint cimport int32_t, int64_t
 
 cdef enum:
@@ -32,11 +38,30 @@ cdef enum:
     # rows of y_pred) and at most SOFTMAX_MAX_BLOCK_ROWS rows.
     SOFTMAX_BLOCK_ELEMS = 2048
     SOFTMAX_MAX_BLOCK_ROWS = 256
-    # Fewer rows than this in a block: one row at a time, with exp and sum fused (the
-    # separate shift and sum passes of a block only pay off for short rows).
+    # Fewer rows than this in a block: one row at a time, through the online pass
+    # (softmax_row_online; the separate shift and sum passes of a block only pay off
+    # for short rows).
     SOFTMAX_MIN_BLOCK_ROWS = 8
     # Rows of at most this many classes take their maxes across the rows (rows_max).
     SOFTMAX_ROWS_MAX_CLASSES = 32
+    # The online pass reads a row in chunks of this many elements (2 KiB of float32,
+    # 4 KiB of float64: the chunk is read twice, max then exp, from L1) ...
+    ONLINE_CHUNK = 512
+    # ... and asks for the cache lines this many bytes ahead of the chunk it reads, so
+    # the next rows stream in while a row's exp and gradient run on cached data (the
+    # hardware prefetcher stops at every 4 KiB page: a 1000-class float32 row is one)
+    ONLINE_PREFETCH_BYTES = 4096
+    CACHE_LINE_BYTES = 64
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define fastloss_prefetch(p) __builtin_prefetch((p), 0, 3)
+    #else
+    #define fastloss_prefetch(p) ((void)(p))
+    #endif
+    """
+    void fastloss_prefetch(const void* p) noexcept nogil
 
 cdef double KL_LOG_FLOOR = -100    # log q of kl_divergence from probabilities is >= this
 
@@ -125,6 +150,29 @@ cdef struct RowParams:
     double gamma              # focal: the focusing exponent
 
 
+# -- the exp rows of the softmax losses ----------------------------------------------
+#
+# The logits losses receive in ``g`` the exponentials of their row, and its max m, 1 / sum
+# and log(sum) of exp(x - m).  From the block pass (softmax_block) g holds exp(x - m)
+# itself (``shifts`` NULL); from the online pass (softmax_row_online) each chunk of
+# ONLINE_CHUNK elements holds exp(x - its shift), the running max when it was read, so
+# the gradient loop multiplies that chunk by exp(shift - m) (exactly 1 from the chunk
+# of the max on).  Both come through exp_chunk_end and exp_chunk_factor.
+
+cdef inline Py_ssize_t exp_chunk_end(const floating* shifts, Py_ssize_t start,
+                                     Py_ssize_t n) noexcept nogil:
+    """The end of the chunk of an exp row of ``n`` elements that starts at ``start``."""
+    return n if shifts == NULL else min(start + <Py_ssize_t>ONLINE_CHUNK, n)
+
+
+cdef inline floating exp_chunk_factor(const floating* shifts, Py_ssize_t start,
+                                      floating m) noexcept nogil:
+    """What turns the stored exponentials of the chunk at ``start`` into exp(x - m)."""
+    if shifts == NULL:
+        return 1
+    return exp_(shifts[start // ONLINE_CHUNK] - m)
+
+
 # -- per-row math --------------------------------------------------------------------
 
 cdef inline double categorical_logits_value(const RowParams* restrict prm, floating m,
@@ -146,6 +194,7 @@ cdef inline double categorical_logits_value(const RowParams* restrict prm, float
 cdef inline double categorical_logits_row(const RowParams* restrict prm,
                                           const floating* restrict x, floating* restrict g,
                                           floating m, floating inv_s, floating log_s,
+                                          const floating* restrict shifts,
                                           const floating* restrict t,
                                           const floating* restrict cw, floating sw,
                                           floating scale_row,
@@ -155,7 +204,8 @@ cdef inline double categorical_logits_row(const RowParams* restrict prm,
     torch cross_entropy with probability targets (label_smoothing, weight).  The z-loss is
     weighted by W = sum_c w_c t_c / sum_c t_c, the target-weighted mean class weight (1
     without class weights, w_y for a one-hot row, 0 for a row whose targets sum to 0).
-    On entry ``g`` holds exp(x - m), whose row sum is 1 / ``inv_s``; on exit the gradient
+    On entry ``g`` holds the row's exponentials (exp(x - m) once multiplied by their
+    exp_chunk_factor), whose sum is 1 / ``inv_s``; on exit the gradient
     (A + 2 z W lse) softmax - a, times ``scale_row``.
 
     The value is computed as A log_s - sum_c a_c (x_c - m), A = sum_c a_c: the shifted
@@ -163,10 +213,10 @@ cdef inline double categorical_logits_row(const RowParams* restrict prm,
     a sum such as log_s - (x_c - m) into (log_s + m) - x_c, which loses the digits of a
     small loss against logits of 1e4 in float32.)
     """
-    cdef Py_ssize_t c, C = prm.n_classes
+    cdef Py_ssize_t c, start, end, C = prm.n_classes
     cdef floating keep = <floating>prm.keep
     cdef floating spread = <floating>prm.spread
-    cdef floating tc, k
+    cdef floating tc, k, kc
     # the row sums run in the element type (full vector width): their terms all have
     # one sign, so they are accurate to float rounding; the per-row scalars are float64
     cdef floating dot = 0, total_t = 0, total_wt = 0
@@ -189,12 +239,17 @@ cdef inline double categorical_logits_row(const RowParams* restrict prm,
     flags[0] |= bad * TARGET_NOT_PROBABILITY
     value = categorical_logits_value(prm, m, inv_s, log_s, dot, total_t, total_wt,
                                      scale_row, &k)
-    if cw == NULL:
-        for c in range(C):
-            g[c] = k * g[c] - scale_row * (t[c] * keep + spread)
-    else:
-        for c in range(C):
-            g[c] = k * g[c] - scale_row * cw[c] * (t[c] * keep + spread)
+    start = 0
+    while start < C:
+        end = exp_chunk_end(shifts, start, C)
+        kc = k * exp_chunk_factor(shifts, start, m)
+        if cw == NULL:
+            for c in range(start, end):
+                g[c] = kc * g[c] - scale_row * (t[c] * keep + spread)
+        else:
+            for c in range(start, end):
+                g[c] = kc * g[c] - scale_row * cw[c] * (t[c] * keep + spread)
+        start = end
     return sw * value
 
 
@@ -221,7 +276,8 @@ cdef inline double sparse_logits_value(const RowParams* restrict prm, floating m
 
 cdef inline double sparse_logits_row(const RowParams* restrict prm,
                                      const floating* restrict x, floating* restrict g,
-                                     floating m, floating inv_s, floating log_s, int64_t y,
+                                     floating m, floating inv_s, floating log_s,
+                                     const floating* restrict shifts, int64_t y,
                                      const floating* restrict cw, floating sw,
                                      floating scale_row, int* restrict flags) noexcept nogil:
     """torch cross_entropy with a class index: (1 - eps) w_y (-log p_y)
@@ -231,10 +287,10 @@ cdef inline double sparse_logits_row(const RowParams* restrict prm,
     ``g`` and the product form of the smoothing sum as in categorical_logits_row; the
     scalar part is computed in float64.
     """
-    cdef Py_ssize_t c, C = prm.n_classes
+    cdef Py_ssize_t c, start, end, C = prm.n_classes
     cdef floating keep = <floating>prm.keep
     cdef floating spread = <floating>prm.spread
-    cdef floating wy, k, b
+    cdef floating wy, k, kc, b
     cdef double dot = 0, value
     if prm.has_ignore_index and y == prm.ignore_index:
         memset(g, 0, C * sizeof(floating))
@@ -250,19 +306,25 @@ cdef inline double sparse_logits_row(const RowParams* restrict prm,
     value = sparse_logits_value(prm, m, inv_s, log_s, exactly(<double>x[y] - <double>m),
                                 dot, wy, scale_row, &k)
     b = scale_row * spread
-    if cw == NULL or spread == 0:
-        for c in range(C):
-            g[c] = k * g[c] - b
-    else:
-        for c in range(C):
-            g[c] = k * g[c] - b * cw[c]
+    start = 0
+    while start < C:
+        end = exp_chunk_end(shifts, start, C)
+        kc = k * exp_chunk_factor(shifts, start, m)
+        if cw == NULL or spread == 0:
+            for c in range(start, end):
+                g[c] = kc * g[c] - b
+        else:
+            for c in range(start, end):
+                g[c] = kc * g[c] - b * cw[c]
+        start = end
     g[y] -= scale_row * keep * wy
     return sw * value
 
 
 cdef inline double kl_logits_row(const RowParams* restrict prm, const floating* restrict x,
                                  floating* restrict g, floating m, floating inv_s,
-                                 floating log_s, const floating* restrict t, floating sw,
+                                 floating log_s, const floating* restrict shifts,
+                                 const floating* restrict t, floating sw,
                                  floating scale_row, int* restrict flags) noexcept nogil:
     """torch kl_div(log_softmax(x), p) summed over the row: sum_c p_c (log p_c - log q_c)
     (0 log 0 = 0), or with log_target sum_c exp(lp_c) (lp_c - log q_c).
@@ -270,8 +332,8 @@ cdef inline double kl_logits_row(const RowParams* restrict prm, const floating* 
     Computed as sum_c p_c log p_c + P log_s - sum_c p_c (x_c - m), P = sum_c p_c (product
     form as in categorical_logits_row); gradient P softmax - p.  ``g`` as there.
     """
-    cdef Py_ssize_t c, C = prm.n_classes
-    cdef floating p, lp, k
+    cdef Py_ssize_t c, start, end, C = prm.n_classes
+    cdef floating p, lp, k, kc
     cdef floating entropy = 0, dot = 0, p_sum = 0  # single-signed sums: as categorical
     cdef int bad = 0
     if prm.log_target:
@@ -283,9 +345,6 @@ cdef inline double kl_logits_row(const RowParams* restrict prm, const floating* 
             entropy += p * lp
             dot += p * (x[c] - m)
         flags[0] |= bad * TARGET_NOT_LOG_PROBABILITY
-        k = <floating>(scale_row * p_sum * inv_s)
-        for c in range(C):
-            g[c] = k * g[c] - scale_row * exp_(t[c])
     else:
         for c in range(C):
             p = t[c]
@@ -294,9 +353,18 @@ cdef inline double kl_logits_row(const RowParams* restrict prm, const floating* 
             entropy += xlogx(p)
             dot += p * (x[c] - m)
         flags[0] |= bad * TARGET_NOT_PROBABILITY
-        k = <floating>(scale_row * p_sum * inv_s)
-        for c in range(C):
-            g[c] = k * g[c] - scale_row * t[c]
+    k = <floating>(scale_row * p_sum * inv_s)
+    start = 0
+    while start < C:
+        end = exp_chunk_end(shifts, start, C)
+        kc = k * exp_chunk_factor(shifts, start, m)
+        if prm.log_target:
+            for c in range(start, end):
+                g[c] = kc * g[c] - scale_row * exp_(t[c])
+        else:
+            for c in range(start, end):
+                g[c] = kc * g[c] - scale_row * t[c]
+        start = end
     return sw * (<double>entropy + <double>p_sum * log_s - <double>dot)
 
 
@@ -503,27 +571,33 @@ cdef inline double focal_probs_row(const RowParams* restrict prm,
 cdef inline double focal_logits_row(const RowParams* restrict prm,
                                     const floating* restrict x, floating* restrict g,
                                     floating m, floating inv_s,
+                                    const floating* restrict shifts,
                                     const floating* restrict t,
                                     const floating* restrict alpha, floating sw,
                                     floating scale_row, int* restrict flags) noexcept nogil:
     """focal_probs_row of q = softmax(x) (Keras from_logits: the softmax, renormalised and
     clipped; where the clip is active the term is capped and passes no gradient).
 
-    On entry ``g`` holds exp(x - m), whose row sum is 1 / ``inv_s``; the gradient through
-    the softmax is q_j (G_j - sum_c G_c q_c).
+    On entry ``g`` holds the row's exponentials, as for categorical_logits_row; the
+    gradient through the softmax is q_j (G_j - sum_c G_c q_c).
     """
-    cdef Py_ssize_t c, C = prm.n_classes
+    cdef Py_ssize_t c, start, end, C = prm.n_classes
     cdef floating keep = <floating>prm.keep, spread = <floating>prm.spread
-    cdef floating q, slope, through = 0
+    cdef floating q, slope, through = 0, kc
     cdef double loss = 0
     cdef int bad = 0
-    for c in range(C):
-        bad |= (t[c] < 0) | (t[c] > 1)
-        q = g[c] * inv_s
-        loss += focal_term(q, alpha[c] * (t[c] * keep + spread), prm.gamma, &slope)
-        slope = q * slope
-        through += slope
-        g[c] = slope
+    start = 0
+    while start < C:
+        end = exp_chunk_end(shifts, start, C)
+        kc = inv_s * exp_chunk_factor(shifts, start, m)
+        for c in range(start, end):
+            bad |= (t[c] < 0) | (t[c] > 1)
+            q = g[c] * kc
+            loss += focal_term(q, alpha[c] * (t[c] * keep + spread), prm.gamma, &slope)
+            slope = q * slope
+            through += slope
+            g[c] = slope
+        start = end
     flags[0] |= bad * TARGET_NOT_PROBABILITY
     for c in range(C):  # q again: exp is cheaper than a second log and power
         g[c] = scale_row * (g[c] - exp_(x[c] - m) * inv_s * through)
@@ -683,13 +757,23 @@ cdef inline void softmax_block(const floating* restrict x, Py_ssize_t n_rows,
     if n_rows == 1:
         maxes[0] = row_max(x, n_classes)
         log_sums[0] = exp_shifted_sum(x, maxes[0], e, n_classes)
-    else:
-        # shift row by row (cheap), then one long exp loop over the whole block
-        if n_classes <= SOFTMAX_ROWS_MAX_CLASSES:
-            rows_max(x, n_rows, n_classes, maxes)
-        else:
+    elif n_classes <= SOFTMAX_ROWS_MAX_CLASSES:
+        # short rows: every loop but the exp runs across the rows, as rows_max (a loop
+        # of a few elements per row would be all prologue and epilogue)
+        rows_max(x, n_rows, n_classes, maxes)
+        for c in range(n_classes):
             for r in range(n_rows):
-                maxes[r] = row_max(x + r * n_classes, n_classes)
+                e[r * n_classes + c] = x[r * n_classes + c] - maxes[r]
+        exp_inplace(e, n_rows * n_classes)
+        for r in range(n_rows):
+            log_sums[r] = e[r * n_classes]
+        for c in range(1, n_classes):
+            for r in range(n_rows):
+                log_sums[r] += e[r * n_classes + c]
+    else:
+        # shift row by row, then one long exp loop over the whole block
+        for r in range(n_rows):
+            maxes[r] = row_max(x + r * n_classes, n_classes)
         for r in range(n_rows):
             row = x + r * n_classes
             out = e + r * n_classes
@@ -702,6 +786,56 @@ cdef inline void softmax_block(const floating* restrict x, Py_ssize_t n_rows,
     for r in range(n_rows):  # log_sums holds the sums until here
         inv_sums[r] = one / log_sums[r]
     log_inplace(log_sums, n_rows)
+
+
+cdef inline void prefetch_ahead(const floating* p, Py_ssize_t n,
+                                const floating* end) noexcept nogil:
+    """Ask for the cache lines of the n elements that lie ONLINE_PREFETCH_BYTES after
+    ``p``, those before ``end`` only (a hint: no fault, no effect on the results)."""
+    cdef Py_ssize_t ahead = ONLINE_PREFETCH_BYTES // sizeof(floating)
+    cdef Py_ssize_t line = CACHE_LINE_BYTES // sizeof(floating)
+    cdef Py_ssize_t i = 0, left = end - p - ahead
+    n = min(n, left)
+    while i < n:
+        fastloss_prefetch(p + ahead + i)
+        i += line
+
+
+cdef inline floating softmax_row_online(const floating* restrict x, Py_ssize_t n,
+                                        floating* restrict e, floating* restrict shifts,
+                                        const floating* stream_end,
+                                        floating* restrict total) noexcept nogil:
+    """The softmax of one long row in one read of it: returns its max m, sets ``total``
+    to sum_c exp(x_c - m) and e to the row's exponentials by chunks (see
+    exp_chunk_factor): chunk i (ONLINE_CHUNK elements) holds exp(x - shifts[i]), shifts[i]
+    the running max when it was read, the sum rescaled when the max grows (online
+    softmax: Milakov and Gimelshein, arXiv:1805.02867).  Each chunk is read twice from
+    L1 (max, then exp and sum); the lines ahead, up to ``stream_end`` (the end of the
+    block's rows), are prefetched meanwhile.
+
+    A shift is never below the lowest finite value, so a run of -inf logits before the
+    first finite one stores exp(-inf) = 0, not exp(-inf + inf) = NaN.  NaN propagates
+    through the sum (never through the shift: comparisons with NaN are false); a row of
+    -inf only gives a NaN softmax, as torch's.
+    """
+    cdef floating lowest = -FLT_MAX if floating is float else -DBL_MAX
+    cdef floating m = -INFINITY, shift = lowest, s = 0, chunk_max
+    cdef Py_ssize_t start = 0, end, i = 0
+    while start < n:
+        end = min(start + <Py_ssize_t>ONLINE_CHUNK, n)
+        prefetch_ahead(x + start, end - start, stream_end)
+        chunk_max = row_max(x + start, end - start)
+        if chunk_max > m:
+            m = chunk_max
+        if chunk_max > shift:
+            s = s * exp_(shift - chunk_max)
+            shift = chunk_max
+        shifts[i] = shift
+        s += exp_shifted_sum(x + start, shift, e + start, end - start)
+        start = end
+        i += 1
+    total[0] = s
+    return m
 
 
 cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict prm,
@@ -722,17 +856,28 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
     cdef floating log_sums[SOFTMAX_MAX_BLOCK_ROWS]
     cdef floating* scratch = NULL
     cdef floating* masked = NULL  # multilabel margin: a row with its targets masked
+    cdef floating* shifts = NULL  # one row at a time: the shifts of its exp chunks
     cdef floating* buf
     cdef floating* g
-    cdef floating sw = 1
+    cdef floating sw = 1, one = 1, total
     cdef double acc = 0, v = 0
     if RowLoss is CategoricalCrossEntropyFromLogits or RowLoss is KLDivergenceFromLogits or RowLoss is SparseCategoricalCrossEntropyFromLogits or RowLoss is CategoricalFocalCrossEntropyFromLogits:
         block_rows = min(<Py_ssize_t>SOFTMAX_MAX_BLOCK_ROWS, SOFTMAX_BLOCK_ELEMS // C)
         if block_rows < SOFTMAX_MIN_BLOCK_ROWS:
             block_rows = 1
+            # float32 rows take the online pass (measured against the two passes of
+            # softmax_block: 512 x 32000 1.1-1.2x faster, 8192 x 1000 even); float64
+            # rows were 10-25% slower through it, so they keep the two passes
+            if floating is float:
+                shifts = <floating*>malloc((C + ONLINE_CHUNK - 1) // ONLINE_CHUNK
+                                           * sizeof(floating))
+                if shifts == NULL:
+                    flags[0] |= OUT_OF_MEMORY
+                    return 0
     if grad == NULL:
         scratch = <floating*>malloc(block_rows * C * sizeof(floating))
         if scratch == NULL:
+            free(shifts)
             flags[0] |= OUT_OF_MEMORY
             return 0
     if RowLoss is MultilabelMargin:
@@ -746,7 +891,22 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
         n_block = min(block_rows, stop - block)
         buf = scratch if grad == NULL else grad + block * C
         if RowLoss is CategoricalCrossEntropyFromLogits or RowLoss is KLDivergenceFromLogits or RowLoss is SparseCategoricalCrossEntropyFromLogits or RowLoss is CategoricalFocalCrossEntropyFromLogits:
-            softmax_block(x + block * C, n_block, C, buf, maxes, inv_sums, log_sums)
+            if shifts != NULL:
+                maxes[0] = softmax_row_online(x + block * C, C, buf, shifts, x + stop * C,
+                                              &total)
+                inv_sums[0] = one / total
+                log_sums[0] = log_(total)
+            else:
+                softmax_block(x + block * C, n_block, C, buf, maxes, inv_sums, log_sums)
+        if RowLoss is SparseCategoricalCrossEntropyFromLogits:
+            if C <= SOFTMAX_ROWS_MAX_CLASSES and n_block > 1:
+                acc += sparse_logits_positions(
+                    prm, x + block * C, 1, C, n_block, labels + block, class_weight,
+                    NULL if sample_weight == NULL else sample_weight + block,
+                    NULL if values == NULL else values + block, scale, maxes, inv_sums,
+                    log_sums, NULL if grad == NULL else buf)
+                block += n_block
+                continue
         for r in range(n_block):
             row = block + r
             g = buf + r * C
@@ -754,14 +914,15 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
                 sw = sample_weight[row]
             if RowLoss is CategoricalCrossEntropyFromLogits:
                 v = categorical_logits_row(prm, x + row * C, g, maxes[r], inv_sums[r],
-                                           log_sums[r], target + row * C, class_weight,
-                                           sw, scale * sw, flags)
+                                           log_sums[r], shifts, target + row * C,
+                                           class_weight, sw, scale * sw, flags)
             elif RowLoss is KLDivergenceFromLogits:
                 v = kl_logits_row(prm, x + row * C, g, maxes[r], inv_sums[r], log_sums[r],
-                                  target + row * C, sw, scale * sw, flags)
+                                  shifts, target + row * C, sw, scale * sw, flags)
             elif RowLoss is SparseCategoricalCrossEntropyFromLogits:
                 v = sparse_logits_row(prm, x + row * C, g, maxes[r], inv_sums[r], log_sums[r],
-                                      labels[row], class_weight, sw, scale * sw, flags)
+                                      shifts, labels[row], class_weight, sw, scale * sw,
+                                      flags)
             elif RowLoss is CategoricalCrossEntropyFromProbabilities:
                 v = categorical_probs_row(prm, x + row * C, g, target + row * C,
                                           class_weight, sw, scale * sw, flags)
@@ -775,7 +936,7 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
                 v = multi_margin_row(prm, x + row * C, g, labels[row], class_weight, sw,
                                      scale * sw)
             elif RowLoss is CategoricalFocalCrossEntropyFromLogits:
-                v = focal_logits_row(prm, x + row * C, g, maxes[r], inv_sums[r],
+                v = focal_logits_row(prm, x + row * C, g, maxes[r], inv_sums[r], shifts,
                                      target + row * C, class_weight, sw, scale * sw, flags)
             elif RowLoss is CategoricalFocalCrossEntropyFromProbabilities:
                 v = focal_probs_row(prm, x + row * C, g, target + row * C, class_weight, sw,
@@ -798,6 +959,7 @@ cdef double rows_chunk(const RowLoss* restrict loss, const RowParams* restrict p
         block += n_block
     free(scratch)
     free(masked)
+    free(shifts)
     return acc
 
 
@@ -859,6 +1021,83 @@ cdef inline void softmax_tile(const floating* restrict x, Py_ssize_t stride, Py_
     log_inplace(log_sums, n)
 
 
+cdef inline double sparse_logits_positions(
+        const RowParams* restrict prm, const floating* restrict x, Py_ssize_t class_stride,
+        Py_ssize_t pos_stride, Py_ssize_t n, const label_t* restrict labels,
+        const floating* restrict class_weight, const floating* restrict sample_weight,
+        floating* restrict values, floating scale, const floating* restrict maxes,
+        const floating* restrict inv_sums, const floating* restrict log_sums,
+        floating* restrict g) noexcept nogil:
+    """Sparse cross-entropy from logits at ``n`` <= STRIDED_MAX_TILE positions whose class
+    c lies at x[c * class_stride + t * pos_stride], every loop running across the
+    positions: the positions of a tile of class-strided scores (``pos_stride`` 1), or
+    a block of short rows (``class_stride`` 1, rows of C <= SOFTMAX_ROWS_MAX_CLASSES,
+    whose per-row loops would be all overhead).  Returns the sum of their weighted
+    losses; ``values`` (NULL: not wanted) gets each.  ``g`` (NULL: no gradient) holds
+    exp(x - max) in the layout of x, turned into the gradient in place.
+
+    Labels were checked before; an ignored position gets value 0 and a zero gradient,
+    as in sparse_logits_row, whose scalars (sparse_logits_value) these are.
+    """
+    cdef Py_ssize_t c, t, C = prm.n_classes
+    cdef floating ks[STRIDED_MAX_TILE]       # factor of exp(x - m) in the gradient
+    cdef floating bs[STRIDED_MAX_TILE]       # scale_row * spread
+    cdef floating hits[STRIDED_MAX_TILE]     # subtracted at the label
+    cdef floating lives[STRIDED_MAX_TILE]    # 0 at an ignored position
+    cdef Py_ssize_t ys[STRIDED_MAX_TILE]     # the label (0 if ignored)
+    cdef double dots[STRIDED_MAX_TILE]       # sum_c w_c (x_c - m), float64
+    cdef double shifted[STRIDED_MAX_TILE]    # x_y - m
+    cdef floating sws[STRIDED_MAX_TILE]      # the sample weight
+    cdef floating wys[STRIDED_MAX_TILE]      # the class weight of the label
+    cdef floating keep = <floating>prm.keep, spread = <floating>prm.spread
+    cdef floating w, srow, k
+    cdef const floating* xc
+    cdef floating* gc
+    cdef int64_t y
+    cdef bint live
+    cdef double acc = 0, v
+    for t in range(n):
+        dots[t] = 0
+    if spread != 0:
+        for c in range(C):
+            w = 1 if class_weight == NULL else class_weight[c]
+            xc = x + c * class_stride
+            for t in range(n):
+                dots[t] += w * (xc[t * pos_stride] - maxes[t])
+    for t in range(n):  # the gathers, by label
+        y = labels[t]
+        live = not (prm.has_ignore_index and y == prm.ignore_index)
+        ys[t] = y if live else 0
+        lives[t] = live
+        sws[t] = 1 if sample_weight == NULL else sample_weight[t]
+        wys[t] = 1 if class_weight == NULL else class_weight[ys[t]]
+        shifted[t] = exactly(<double>x[ys[t] * class_stride + t * pos_stride]
+                             - <double>maxes[t])
+    for t in range(n):  # the per-position scalars, vectorised
+        srow = scale * sws[t]
+        v = sparse_logits_value(prm, maxes[t], inv_sums[t], log_sums[t], shifted[t],
+                                dots[t], wys[t], srow, &k)
+        v = sws[t] * v if lives[t] != 0 else 0
+        ks[t] = k if lives[t] != 0 else 0
+        bs[t] = srow * spread
+        hits[t] = srow * keep * wys[t] if lives[t] != 0 else 0
+        acc += v
+        if values != NULL:
+            values[t] = <floating>v
+    if g == NULL:
+        return acc
+    for c in range(C):
+        w = 1 if class_weight == NULL else class_weight[c]
+        gc = g + c * class_stride
+        # an ignored position is 0 even where exp(x - m) is NaN, as in the row loop
+        for t in range(n):
+            gc[t * pos_stride] = ((ks[t] * gc[t * pos_stride] - bs[t] * w)
+                                  if lives[t] != 0 else 0)
+    for t in range(n):
+        g[ys[t] * class_stride + t * pos_stride] -= hits[t]
+    return acc
+
+
 cdef double strided_chunk(const RowLoss* restrict loss, const RowParams* restrict prm,
                           const floating* restrict x, const floating* restrict target,
                           const label_t* restrict labels,
@@ -882,15 +1121,8 @@ cdef double strided_chunk(const RowLoss* restrict loss, const RowParams* restric
     cdef floating maxes[STRIDED_MAX_TILE]
     cdef floating inv_sums[STRIDED_MAX_TILE]
     cdef floating log_sums[STRIDED_MAX_TILE]
-    cdef floating ks[STRIDED_MAX_TILE]       # factor of exp(x - m) in the gradient
-    cdef floating bs[STRIDED_MAX_TILE]       # scale_row * spread (sparse), scale_row
-    cdef floating hits[STRIDED_MAX_TILE]     # sparse: subtracted at the label
-    cdef floating lives[STRIDED_MAX_TILE]    # sparse: 0 at an ignored position
-    cdef Py_ssize_t ys[STRIDED_MAX_TILE]     # sparse: the label (0 if ignored)
-    cdef double dots[STRIDED_MAX_TILE]       # sparse: sum_c w_c (x_c - m), float64
-    cdef double shifted[STRIDED_MAX_TILE]    # sparse: x_y - m
-    cdef floating sws[STRIDED_MAX_TILE]      # sparse: the sample weight
-    cdef floating wys[STRIDED_MAX_TILE]      # sparse: the class weight of the label
+    cdef floating ks[STRIDED_MAX_TILE]       # categorical: factor of exp(x - m) in the
+    cdef floating bs[STRIDED_MAX_TILE]       # gradient, and scale_row
     cdef floating fdots[STRIDED_MAX_TILE]    # categorical: the sums of its row function
     cdef floating totals[STRIDED_MAX_TILE]
     cdef floating wtotals[STRIDED_MAX_TILE]
@@ -901,8 +1133,6 @@ cdef double strided_chunk(const RowLoss* restrict loss, const RowParams* restric
     cdef const floating* tc_row
     cdef floating keep = <floating>prm.keep, spread = <floating>prm.spread
     cdef floating w, sw, srow, k, tc
-    cdef int64_t y
-    cdef bint live
     cdef int bad = 0
     cdef double acc = 0, v
     if grad == NULL:
@@ -923,34 +1153,11 @@ cdef double strided_chunk(const RowLoss* restrict loss, const RowParams* restric
             g_stride = inner
         softmax_tile(x + base, inner, n, C, g, g_stride, maxes, inv_sums, log_sums)
         if RowLoss is SparseCategoricalCrossEntropyFromLogits:
-            for t in range(n):
-                dots[t] = 0
-            if spread != 0:
-                for c in range(C):
-                    w = 1 if class_weight == NULL else class_weight[c]
-                    xc = x + base + c * inner
-                    for t in range(n):
-                        dots[t] += w * (xc[t] - maxes[t])
-            for t in range(n):  # the gathers, by label
-                y = labels[pos + t]
-                live = not (prm.has_ignore_index and y == prm.ignore_index)
-                ys[t] = y if live else 0
-                lives[t] = live
-                sws[t] = 1 if sample_weight == NULL else sample_weight[pos + t]
-                wys[t] = 1 if class_weight == NULL else class_weight[ys[t]]
-                shifted[t] = exactly(<double>x[base + ys[t] * inner + t]
-                                     - <double>maxes[t])
-            for t in range(n):  # the per-position scalars, vectorised
-                srow = scale * sws[t]
-                v = sparse_logits_value(prm, maxes[t], inv_sums[t], log_sums[t],
-                                        shifted[t], dots[t], wys[t], srow, &k)
-                v = sws[t] * v if lives[t] != 0 else 0
-                ks[t] = k if lives[t] != 0 else 0
-                bs[t] = srow * spread
-                hits[t] = srow * keep * wys[t] if lives[t] != 0 else 0
-                acc += v
-                if values != NULL:
-                    values[pos + t] = <floating>v
+            acc += sparse_logits_positions(
+                prm, x + base, inner, 1, n, labels + pos, class_weight,
+                NULL if sample_weight == NULL else sample_weight + pos,
+                NULL if values == NULL else values + pos, scale, maxes, inv_sums,
+                log_sums, NULL if grad == NULL else g)
         else:
             for t in range(n):
                 fdots[t] = 0
@@ -977,22 +1184,14 @@ cdef double strided_chunk(const RowLoss* restrict loss, const RowParams* restric
                 acc += v
                 if values != NULL:
                     values[pos + t] = <floating>v
-        if grad == NULL:
-            continue
-        for c in range(C):
-            w = 1 if class_weight == NULL else class_weight[c]
-            gc = g + c * inner
-            if RowLoss is SparseCategoricalCrossEntropyFromLogits:
-                # an ignored position is 0 even where exp(x - m) is NaN, as in the row loop
-                for t in range(n):
-                    gc[t] = (ks[t] * gc[t] - bs[t] * w) if lives[t] != 0 else 0
-            else:
+            if grad == NULL:
+                continue
+            for c in range(C):
+                w = 1 if class_weight == NULL else class_weight[c]
+                gc = g + c * inner
                 tc_row = target + base + c * inner
                 for t in range(n):
                     gc[t] = ks[t] * gc[t] - bs[t] * w * (tc_row[t] * keep + spread)
-        if RowLoss is SparseCategoricalCrossEntropyFromLogits:
-            for t in range(n):
-                g[ys[t] * inner + t] -= hits[t]
     if RowLoss is CategoricalCrossEntropyFromLogits:
         flags[0] |= bad * TARGET_NOT_PROBABILITY
     free(scratch)

@@ -188,22 +188,29 @@ def _check_z_loss(z_loss, from_logits):
 class _DenseRowLoss(RowLoss):
     """y_true of the shape of y_pred, (N, C) floats."""
 
-    def _kernel_options(self):
-        """(label_smoothing, z_loss, log_target, gamma) for the kernel."""
-        return 0.0, 0.0, False, 0.0
+    #: (label_smoothing, z_loss, log_target, gamma) for the kernel, set by the constructor
+    _kernel_options = (0.0, 0.0, False, 0.0)
 
     def _run(self, pred, target, weight, weight_block, grad, values, want_value):
-        class_weight = self._class_weight(pred)
-        smoothing, z_loss, log_target, gamma = self._kernel_options()
-        x, t, g, values, buffer = self._kernel_arrays(pred, target, grad, values)
-        n = _n_terms(x)
+        # the per-call path, as _SparseRowLoss._run's
+        if pred.ndim == 2 and self._rows_ready:
+            x, t, g, buffer, n = pred, target, grad, None, len(pred)
+        else:
+            x, t, g, values, buffer = self._kernel_arrays(pred, target, grad, values)
+            n = _n_terms(x)
+        smoothing, z_loss, log_target, gamma = self._kernel_options
+        mean = self.reduction == "mean"
         total, flags = kernels.dense_rows(
-            self._kernel_id, x, t, class_weight, g, values, weight, smoothing, z_loss,
-            log_target, gamma, self._mean_scale(n), self._n_threads(pred), self._cost)
+            self._kernel_id, x, t, self._class_weight(pred), g, values, weight, smoothing,
+            z_loss, log_target, gamma, (1.0 / n if n else math.nan) if mean else 1.0,
+            _threads.threads_for(pred.size * self._cost), self._cost)
         if flags:
             self._raise_for_flags(flags, pred, target)
-        self._finish_grad(grad, buffer)
-        return self._reduce(total, n)
+        if buffer is not None:
+            self._finish_grad(grad, buffer)
+        if mean:
+            return total / n if n else math.nan
+        return total
 
 
 class CategoricalCrossEntropy(_DenseRowLoss):
@@ -263,14 +270,12 @@ class CategoricalCrossEntropy(_DenseRowLoss):
         self._kernel_id = (Kernel.CATEGORICAL_CROSS_ENTROPY_FROM_LOGITS if self.from_logits
                            else Kernel.CATEGORICAL_CROSS_ENTROPY_FROM_PROBABILITIES)
         self._strided = self.from_logits
+        self._kernel_options = (self.label_smoothing, self.z_loss, False, 0.0)
 
     def get_params(self):
         return {"from_logits": self.from_logits, "label_smoothing": self.label_smoothing,
                 "class_weight": self.class_weight, "z_loss": self.z_loss, "axis": self.axis,
                 **super().get_params()}
-
-    def _kernel_options(self):
-        return self.label_smoothing, self.z_loss, False, 0.0
 
 
 class KLDivergence(_DenseRowLoss):
@@ -305,13 +310,11 @@ class KLDivergence(_DenseRowLoss):
         self.log_target = v.check_bool("log_target", log_target)
         self._kernel_id = (Kernel.KL_DIVERGENCE_FROM_LOGITS if self.from_logits
                            else Kernel.KL_DIVERGENCE_FROM_PROBABILITIES)
+        self._kernel_options = (0.0, 0.0, self.log_target, 0.0)
 
     def get_params(self):
         return {"from_logits": self.from_logits, "log_target": self.log_target,
                 **super().get_params()}
-
-    def _kernel_options(self):
-        return 0.0, 0.0, self.log_target, 0.0
 
 
 class CategoricalFocalCrossEntropy(_DenseRowLoss):
@@ -361,6 +364,7 @@ class CategoricalFocalCrossEntropy(_DenseRowLoss):
         self._kernel_id = (Kernel.CATEGORICAL_FOCAL_CROSS_ENTROPY_FROM_LOGITS
                            if self.from_logits
                            else Kernel.CATEGORICAL_FOCAL_CROSS_ENTROPY_FROM_PROBABILITIES)
+        self._kernel_options = (self.label_smoothing, 0.0, False, self.gamma)
 
     @property
     def alpha(self):
@@ -370,9 +374,6 @@ class CategoricalFocalCrossEntropy(_DenseRowLoss):
     def get_params(self):
         return {"from_logits": self.from_logits, "gamma": self.gamma, "alpha": self.alpha,
                 "label_smoothing": self.label_smoothing, **super().get_params()}
-
-    def _kernel_options(self):
-        return self.label_smoothing, 0.0, False, self.gamma
 
     def _class_weight(self, pred):
         if self._class_weights is not None:
@@ -470,37 +471,39 @@ class _SparseRowLoss(RowLoss):
         return v.prepare_labels(y_true, math.prod(shape), pred.shape[self._class_axis(
             pred.ndim)], self._ignore_index, shape)
 
-    def _kernel_options(self):
-        """(label_smoothing, z_loss, margin, p) for the kernel."""
-        raise NotImplementedError
+    #: (label_smoothing, z_loss, margin, p) for the kernel, set by the constructor
+    _kernel_options = (0.0, 0.0, 0.0, 1)
 
     def _run(self, pred, labels, weight, weight_block, grad, values, want_value):
-        class_weight = None if self._class_weights is None else self._class_weight(pred)
-        smoothing, z_loss, margin, power = self._kernel_options()
-        x, _, g, values, buffer = self._kernel_arrays(pred, None, grad, values)
-        n = _n_terms(x)
+        # the per-call path: (N, C) rows go to the kernel as they are, through no call
+        # but the kernel's and threads_for (a call on a small batch is mostly this path)
+        if pred.ndim == 2 and self._rows_ready:
+            x, g, buffer, n = pred, grad, None, len(pred)
+        else:
+            x, _, g, values, buffer = self._kernel_arrays(pred, None, grad, values)
+            n = _n_terms(x)
+        smoothing, z_loss, margin, power = self._kernel_options
         mean = self.reduction == "mean"
         weighted_mean = self._weighted_mean and mean
         total, flags, denominator, bad_row = kernels.sparse_rows(
-            self._kernel_id, x, labels, class_weight, g, values, weight, smoothing, z_loss,
-            self._ignore_index, margin, power, weighted_mean,
+            self._kernel_id, x, labels,
+            None if self._class_weights is None else self._class_weight(pred), g, values,
+            weight, smoothing, z_loss, self._ignore_index, margin, power, weighted_mean,
             (1.0 / n if n else math.nan) if mean else 1.0,
-            self._n_threads(pred), self._cost)
-        if flags & Flag.LABEL_OUT_OF_RANGE:
-            raise v.label_out_of_range(
-                labels[bad_row].item(), bad_row, x.shape[1], self._ignore_index,
-                None if self._is_rows(pred) else self._values_shape(pred))
+            _threads.threads_for(pred.size * self._cost), self._cost)
         if flags:
+            if flags & Flag.LABEL_OUT_OF_RANGE:
+                raise v.label_out_of_range(
+                    labels[bad_row].item(), bad_row, x.shape[1], self._ignore_index,
+                    None if self._is_rows(pred) else self._values_shape(pred))
             self._raise_for_flags(flags, pred, labels)
-        self._finish_grad(grad, buffer)
+        if buffer is not None:
+            self._finish_grad(grad, buffer)
         if weighted_mean:
-            return _divide(total, denominator)
-        return self._reduce(total, n)
-
-
-def _divide(total, denominator):
-    """The weighted mean; nan for a zero denominator, as torch (its NLL part is 0/0)."""
-    return total / denominator if denominator else float("nan")
+            return total / denominator if denominator else math.nan
+        if mean:
+            return total / n if n else math.nan
+        return total
 
 
 def _check_ignore_index(value):
@@ -575,14 +578,12 @@ class SparseCategoricalCrossEntropy(_SparseRowLoss):
                            if self.from_logits
                            else Kernel.SPARSE_CATEGORICAL_CROSS_ENTROPY_FROM_PROBABILITIES)
         self._strided = self.from_logits
+        self._kernel_options = (self.label_smoothing, self.z_loss, 0.0, 1)
 
     def get_params(self):
         return {"from_logits": self.from_logits, "label_smoothing": self.label_smoothing,
                 "class_weight": self.class_weight, "ignore_index": self.ignore_index,
                 "z_loss": self.z_loss, "axis": self.axis, **super().get_params()}
-
-    def _kernel_options(self):
-        return self.label_smoothing, self.z_loss, 0.0, 1
 
 
 class MultiMargin(_SparseRowLoss):
@@ -617,13 +618,11 @@ class MultiMargin(_SparseRowLoss):
         self.p = int(p)
         self._class_weights = v.check_class_vector("class_weight", class_weight)
         self._kernel_id = Kernel.MULTI_MARGIN
+        self._kernel_options = (0.0, 0.0, self.margin, self.p)
 
     def get_params(self):
         return {"margin": self.margin, "p": self.p, "class_weight": self.class_weight,
                 **super().get_params()}
-
-    def _kernel_options(self):
-        return 0.0, 0.0, self.margin, self.p
 
 
 class MultilabelMargin(RowLoss):
