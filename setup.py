@@ -74,7 +74,7 @@ def kernel_extension(level, flags):
              '"' + " ".join(MATH_FLAGS + [OPENMP_FLAG] + flags + SANITIZE_FLAGS) + '"'),
         ] + INLINE_MACROS,
         extra_compile_args=MATH_FLAGS + [OPENMP_FLAG] + flags + SANITIZE_FLAGS,
-        # libm last: the vector math variants (_ZGV*) live in libmvec, pulled in by -lm.
+        # libm last (sqrt and the like; exp/log/log1p/tanh are fastloss's own).
         extra_link_args=SANITIZE_FLAGS + [OPENMP_FLAG, "-lm"],
     )
 
