@@ -36,11 +36,20 @@
  * through the following bit operations into a select of 64-bit integers on a double
  * comparison, which SSE2 cannot vectorise. */
 
+/* Every function of this section is inlined, always: the kernels' translation unit is
+ * large enough that gcc stops inlining plain `static inline` functions (see setup.py),
+ * and a loop calling one does not vectorise. */
+#if defined(__GNUC__) || defined(__clang__)
+#  define FASTLOSS_VECTOR_INLINE static inline __attribute__((always_inline))
+#else
+#  define FASTLOSS_VECTOR_INLINE static inline
+#endif
+
 /* Zero, as far as the compiler knows any value: a weak definition may be replaced at
  * link time, so its value is never folded.  Nothing stores to it. */
 __attribute__((weak, visibility("hidden"))) uint64_t fastloss_opaque_zero = 0;
 
-static inline float fastloss_barrier_float(float x)
+FASTLOSS_VECTOR_INLINE float fastloss_barrier_float(float x)
 {
     uint32_t u;
     memcpy(&u, &x, 4);
@@ -49,7 +58,7 @@ static inline float fastloss_barrier_float(float x)
     return x;
 }
 
-static inline double fastloss_barrier_double(double x)
+FASTLOSS_VECTOR_INLINE double fastloss_barrier_double(double x)
 {
     uint64_t u;
     memcpy(&u, &x, 8);
@@ -62,13 +71,13 @@ static inline double fastloss_barrier_double(double x)
     _Generic((x), float: fastloss_barrier_float, default: fastloss_barrier_double)(x)
 #define FASTLOSS_VECTOR_MATH "fastloss polynomial"   /* build_info() */
 
-static inline uint32_t fastloss_bits_float(float x)
+FASTLOSS_VECTOR_INLINE uint32_t fastloss_bits_float(float x)
 { uint32_t u; memcpy(&u, &x, 4); return u; }
-static inline float fastloss_float_bits(uint32_t u)
+FASTLOSS_VECTOR_INLINE float fastloss_float_bits(uint32_t u)
 { float x; memcpy(&x, &u, 4); return x; }
-static inline uint64_t fastloss_bits_double(double x)
+FASTLOSS_VECTOR_INLINE uint64_t fastloss_bits_double(double x)
 { uint64_t u; memcpy(&u, &x, 8); return u; }
-static inline double fastloss_double_bits(uint64_t u)
+FASTLOSS_VECTOR_INLINE double fastloss_double_bits(uint64_t u)
 { double x; memcpy(&x, &u, 8); return x; }
 
 /* ln2 = LN2_HI + LN2_LO, LN2_HI with trailing zeros so that k LN2_HI is exact for every
@@ -82,7 +91,7 @@ static inline double fastloss_double_bits(uint64_t u)
  * returns expm1(r) = r + r^2 P(r) and stores k + FASTLOSS_EXP_BIAS (> 0: the halves of
  * k are taken by an unsigned shift, SSE2 has no 64-bit arithmetic one) in *kb. */
 #define FASTLOSS_EXP_BIAS 2048u
-static inline float fastloss_expm1f_reduced(float x, uint32_t* kb)
+FASTLOSS_VECTOR_INLINE float fastloss_expm1f_reduced(float x, uint32_t* kb)
 {
     const float shift = 0x1.8p23f;   /* z + shift rounds z to an integer, kept in the
                                         low bits of the sum */
@@ -99,7 +108,7 @@ static inline float fastloss_expm1f_reduced(float x, uint32_t* kb)
     return r + FASTLOSS_ASSOC_BARRIER(r * r) * p;
 }
 
-static inline double fastloss_expm1_reduced(double x, uint64_t* kb)
+FASTLOSS_VECTOR_INLINE double fastloss_expm1_reduced(double x, uint64_t* kb)
 {
     const double shift = 0x1.8p52;
     double z = FASTLOSS_ASSOC_BARRIER(x * 0x1.71547652b82fep0 + shift);
@@ -123,11 +132,12 @@ static inline double fastloss_expm1_reduced(double x, uint64_t* kb)
 /* exp(x).  x is clamped to where exp is 0 or inf anyway; the scaling by 2^k is done in
  * two halves so that neither factor over- or underflows: p 2^k1 is normal, and the
  * second product rounds once, into a subnormal or to inf where exp does. */
-static inline float fastloss_expf(float x)
+FASTLOSS_VECTOR_INLINE float fastloss_expf(float x)
 {
     uint32_t kb;
     float lo = FASTLOSS_ASSOC_BARRIER(-104.0f), hi = FASTLOSS_ASSOC_BARRIER(89.0f);
-    float xc = x < lo ? lo : (x > hi ? hi : x);                   /* NaN stays */
+    float xc = lo > x ? lo : x;           /* NaN stays; this order of the operands is */
+    xc = hi < xc ? hi : xc;               /* the one of SSE's maxps and minps */
     float p = 1.0f + fastloss_expm1f_reduced(xc, &kb);
     uint32_t k1b = kb >> 1;                           /* floor(k / 2) + BIAS / 2 */
     float s1 = fastloss_float_bits((k1b - FASTLOSS_EXP_BIAS / 2 + 127) << 23);
@@ -135,11 +145,12 @@ static inline float fastloss_expf(float x)
     return FASTLOSS_ASSOC_BARRIER(p * s1) * s2;
 }
 
-static inline double fastloss_exp(double x)
+FASTLOSS_VECTOR_INLINE double fastloss_exp(double x)
 {
     uint64_t kb;
     double lo = FASTLOSS_ASSOC_BARRIER(-746.0), hi = FASTLOSS_ASSOC_BARRIER(710.0);
-    double xc = x < lo ? lo : (x > hi ? hi : x);
+    double xc = lo > x ? lo : x;
+    xc = hi < xc ? hi : xc;
     double p = 1.0 + fastloss_expm1_reduced(xc, &kb);
     uint64_t k1b = kb >> 1;
     double s1 = fastloss_double_bits((k1b - FASTLOSS_EXP_BIAS / 2 + 1023) << 52);
@@ -150,7 +161,7 @@ static inline double fastloss_exp(double x)
 /* k ln2 + log(1 + f) + c for f in [sqrt(1/2) - 1, sqrt(2) - 1] and a small c, as fdlibm:
  * with s = f / (2 + f), log(1 + f) = 2 atanh(s) = f - f^2/2 + s (f^2/2 + R(s^2)), summed
  * so that the exact f comes last. */
-static inline float fastloss_logf_reduced(float k, float f, float c)
+FASTLOSS_VECTOR_INLINE float fastloss_logf_reduced(float k, float f, float c)
 {
     float s = f / (2.0f + f);
     float z = s * s;
@@ -165,7 +176,7 @@ static inline float fastloss_logf_reduced(float k, float f, float c)
     return t + k * FASTLOSS_LN2_HI_F;
 }
 
-static inline double fastloss_log_reduced(double k, double f, double c)
+FASTLOSS_VECTOR_INLINE double fastloss_log_reduced(double k, double f, double c)
 {
     double s = f / (2.0 + f);
     double z = s * s;
@@ -197,7 +208,7 @@ static inline double fastloss_log_reduced(double k, double f, double c)
         result = ((a) > 0) & ((x) < (T)INFINITY) ? result : special_; \
     } while (0)
 
-static inline float fastloss_logf(float x)
+FASTLOSS_VECTOR_INLINE float fastloss_logf(float x)
 {
     int sub = x < 0x1p-126f;                          /* subnormal (or not positive) */
     float xn = sub ? x * 0x1p23f : x;
@@ -209,7 +220,7 @@ static inline float fastloss_logf(float x)
     return r;
 }
 
-static inline double fastloss_log(double x)
+FASTLOSS_VECTOR_INLINE double fastloss_log(double x)
 {
     int sub = x < 0x1p-1022;
     double xn = sub ? x * 0x1p54 : x;
@@ -232,7 +243,7 @@ static inline double fastloss_log(double x)
  * passes the barrier too: inlined into a kernel, 1 + x would otherwise be regrouped with
  * the caller's expression for x, e.g. 1 + -(1 - e) folded to e, which is not the value
  * 1 - (1 - e) rounded that a log1p call receives. */
-static inline float fastloss_log1pf(float x)
+FASTLOSS_VECTOR_INLINE float fastloss_log1pf(float x)
 {
     x = FASTLOSS_ASSOC_BARRIER(x);
     float u = FASTLOSS_ASSOC_BARRIER(1.0f + x);
@@ -247,7 +258,7 @@ static inline float fastloss_log1pf(float x)
     return r;
 }
 
-static inline double fastloss_log1p(double x)
+FASTLOSS_VECTOR_INLINE double fastloss_log1p(double x)
 {
     x = FASTLOSS_ASSOC_BARRIER(x);
     double u = FASTLOSS_ASSOC_BARRIER(1.0 + x);
@@ -269,12 +280,12 @@ static inline double fastloss_log1p(double x)
  * division form -m/(2 + m), m = expm1(-2|x|), reaches 2.5 ulp).  |x| > 20 computes as 20
  * (tanh rounds to 1 from 9.1 in float, 19.1 in double).  The sign is x's own bit, so
  * tanh(-0) = -0. */
-static inline float fastloss_tanhf(float x)
+FASTLOSS_VECTOR_INLINE float fastloss_tanhf(float x)
 {
     uint32_t kb;
     float a = fabsf(x);
     float big = FASTLOSS_ASSOC_BARRIER(20.0f);
-    a = a > big ? big : a;                            /* NaN stays */
+    a = big < a ? big : a;                            /* NaN stays (minps) */
     float e = fastloss_expm1f_reduced(-2.0f * a, &kb);
     float E = fastloss_float_bits((kb - FASTLOSS_EXP_BIAS + 127) << 23) * (1.0f + e);
     float t_large = 1.0f - 2.0f * E / (1.0f + E);
@@ -289,12 +300,12 @@ static inline float fastloss_tanhf(float x)
                                | (fastloss_bits_float(x) & 0x80000000u));
 }
 
-static inline double fastloss_tanh(double x)
+FASTLOSS_VECTOR_INLINE double fastloss_tanh(double x)
 {
     uint64_t kb;
     double a = fabs(x);
     double big = FASTLOSS_ASSOC_BARRIER(20.0);
-    a = a > big ? big : a;
+    a = big < a ? big : a;
     double e = fastloss_expm1_reduced(-2.0 * a, &kb);
     double E = fastloss_double_bits((kb - FASTLOSS_EXP_BIAS + 1023) << 52) * (1.0 + e);
     double t_large = 1.0 - 2.0 * E / (1.0 + E);
