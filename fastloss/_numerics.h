@@ -210,10 +210,10 @@ FASTLOSS_VECTOR_INLINE double fastloss_log_reduced(double k, double f, double c)
 
 FASTLOSS_VECTOR_INLINE float fastloss_logf(float x)
 {
-    int sub = x < 0x1p-126f;                          /* subnormal (or not positive) */
-    float xn = sub ? x * 0x1p23f : x;
+    float xn = x < 0x1p-126f ? x * 0x1p23f : x;     /* subnormal (or not positive) */
+    float shift = x < 0x1p-126f ? 23.0f : 0.0f;
     uint32_t ix = fastloss_bits_float(xn) + (0x3f800000u - FASTLOSS_SQRT_HALF_BITS_F);
-    float k = (float)((int32_t)(ix >> 23) - 127 - (sub ? 23 : 0));
+    float k = (float)((int32_t)(ix >> 23) - 127) - shift;
     float f = fastloss_float_bits((ix & 0x007fffffu) + FASTLOSS_SQRT_HALF_BITS_F) - 1.0f;
     float r = fastloss_logf_reduced(k, f, 0.0f);
     FASTLOSS_LOG_SPECIAL(float, x, x, r);
@@ -222,14 +222,14 @@ FASTLOSS_VECTOR_INLINE float fastloss_logf(float x)
 
 FASTLOSS_VECTOR_INLINE double fastloss_log(double x)
 {
-    int sub = x < 0x1p-1022;
-    double xn = sub ? x * 0x1p54 : x;
+    double xn = x < 0x1p-1022 ? x * 0x1p54 : x;     /* subnormal (or not positive) */
+    double shift = x < 0x1p-1022 ? 54.0 : 0.0;
     uint64_t ix = fastloss_bits_double(xn)
                   + (0x3ff0000000000000ull - FASTLOSS_SQRT_HALF_BITS_D);
     /* k as a double without an int64 conversion (none in SSE2/AVX2): the exponent field
      * placed in the mantissa of 2^52 */
     double k = fastloss_double_bits(0x4330000000000000ull | (ix >> 52))
-               - (0x1p52 + 1023.0) - (sub ? 54.0 : 0.0);
+               - (0x1p52 + 1023.0) - shift;
     double f = fastloss_double_bits((ix & 0x000fffffffffffffull)
                                     + FASTLOSS_SQRT_HALF_BITS_D) - 1.0;
     double r = fastloss_log_reduced(k, f, 0.0);
