@@ -99,8 +99,8 @@ def config():
         ``compile_flags``, ``openmp`` (whether OpenMP was compiled in: a build without
         it runs every call on one thread),
         ``openmp_max_threads`` (libgomp's own setting, not fastloss's),
-        ``vector_exp_log`` and ``vector_log1p_tanh`` (whether glibc's vector math is
-        used for those functions), ``kernel_module`` (the imported module's name),
+        ``vector_math`` (the exp/log/log1p/tanh in use: ``"fastloss polynomial"``,
+        fastloss's own vectorised code), ``kernel_module`` (the imported module's name),
         ``cpu_levels`` (the levels this CPU runs, best first) and ``num_threads``
         (:func:`get_num_threads`).
     """

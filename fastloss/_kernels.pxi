@@ -379,9 +379,56 @@ def build_info():
         "compile_flags": FASTLOSS_COMPILE_FLAGS.decode(),
         "openmp": bool(fastloss_openmp_enabled()),
         "openmp_max_threads": fastloss_omp_max_threads(),
-        "vector_exp_log": bool(FASTLOSS_VECTOR_EXP_LOG),
-        "vector_log1p_tanh": bool(FASTLOSS_VECTOR_LOG1P_TANH),
+        "vector_math": FASTLOSS_VECTOR_MATH.decode(),
     }
+
+
+cdef inline floating own_function(int function, floating x) noexcept nogil:
+    """fastloss's own exp, log, log1p or tanh (``function`` 0 to 3; _numerics.h), whatever
+    the kernels use in this build."""
+    if floating is float:
+        return (fastloss_expf(x) if function == 0 else fastloss_logf(x) if function == 1
+                else fastloss_log1pf(x) if function == 2 else fastloss_tanhf(x))
+    else:
+        return (fastloss_exp(x) if function == 0 else fastloss_log(x) if function == 1
+                else fastloss_log1p(x) if function == 2 else fastloss_tanh(x))
+
+
+cdef void vector_math_loop(int function, const floating* restrict x,
+                           floating* restrict out, Py_ssize_t n) noexcept nogil:
+    """out[i] = f(x[i]), f fastloss's own exp, log, log1p or tanh (``function`` 0 to 3):
+    plain loops compiled with the kernels' flags, so that they vectorise as the kernels'
+    loops do (gcc unswitches the loop on ``function``)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        out[i] = own_function(function, x[i])
+
+
+VECTOR_MATH_FUNCTIONS = ("exp", "log", "log1p", "tanh")
+
+
+def vector_math(str name, object x, object out):
+    """out[...] = name(x) elementwise, ``name`` in exp, log, log1p, tanh: the functions
+    every kernel inlines (_numerics.h), for the accuracy tests.  ``x`` and ``out``:
+    C-contiguous arrays of one float dtype and size, not overlapping."""
+    if name not in VECTOR_MATH_FUNCTIONS:
+        raise ValueError(f"name: expected one of {VECTOR_MATH_FUNCTIONS}, got {name!r}")
+    if not (is_kernel_float_array(x) and is_kernel_float_array(out)
+            and x.dtype == out.dtype and x.size == out.size and out.flags.writeable):
+        raise TypeError("x, out: C-contiguous float32/float64 arrays of one dtype and size "
+                        f"expected, got {getattr(x, 'dtype', type(x))} and "
+                        f"{getattr(out, 'dtype', type(out))}")
+    cdef int function = VECTOR_MATH_FUNCTIONS.index(name)
+    cdef cnp.ndarray a = x, b = out
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
+    if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT:
+        with nogil:
+            vector_math_loop(function, <const float*>cnp.PyArray_DATA(a),
+                             <float*>cnp.PyArray_DATA(b), n)
+    else:
+        with nogil:
+            vector_math_loop(function, <const double*>cnp.PyArray_DATA(a),
+                             <double*>cnp.PyArray_DATA(b), n)
 
 
 include "_pointwise.pxi"

@@ -1,23 +1,34 @@
 # Shared scalar numerics of every kernel: one definition of each stable formula.
 #
 # All functions are generic over the element type (``floating``: float or double) and
-# call the single- or double-precision libm function, so that a float32 kernel stays in
-# float32 registers and gcc can vectorise it with libmvec (see _numerics.h).
+# call the single- or double-precision function, so that a float32 kernel stays in
+# float32 registers.  exp, log, log1p and tanh are glibc's vector math (libmvec) where gcc
+# can call it, else fastloss's own inline C (section 1 of _numerics.h), which the compiler
+# vectorises inside the kernels' loops.
 
 from cython cimport floating
 from libc.math cimport INFINITY
 
 cdef extern from "_numerics.h" nogil:
-    int FASTLOSS_VECTOR_EXP_LOG
-    int FASTLOSS_VECTOR_LOG1P_TANH
-    double exp(double)
-    float expf(float)
-    double log(double)
-    float logf(float)
-    double log1p(double)
-    float log1pf(float)
-    double tanh(double)
-    float tanhf(float)
+    const char* FASTLOSS_VECTOR_MATH
+    # fastloss's own (every build; the accuracy tests call these) ...
+    double fastloss_exp(double)
+    float fastloss_expf(float)
+    double fastloss_log(double)
+    float fastloss_logf(float)
+    double fastloss_log1p(double)
+    float fastloss_log1pf(float)
+    double fastloss_tanh(double)
+    float fastloss_tanhf(float)
+    # ... and what the kernels use: these, or glibc's libmvec where gcc can call it
+    double fastloss_kernel_exp(double)
+    float fastloss_kernel_expf(float)
+    double fastloss_kernel_log(double)
+    float fastloss_kernel_logf(float)
+    double fastloss_kernel_log1p(double)
+    float fastloss_kernel_log1pf(float)
+    double fastloss_kernel_tanh(double)
+    float fastloss_kernel_tanhf(float)
     double sqrt(double)
     float sqrtf(float)
     double fabs(double)
@@ -30,30 +41,30 @@ cdef extern from "_numerics.h" nogil:
 
 cdef inline floating exp_(floating x) noexcept nogil:
     if floating is float:
-        return expf(x)
+        return fastloss_kernel_expf(x)
     else:
-        return exp(x)
+        return fastloss_kernel_exp(x)
 
 
 cdef inline floating log_(floating x) noexcept nogil:
     if floating is float:
-        return logf(x)
+        return fastloss_kernel_logf(x)
     else:
-        return log(x)
+        return fastloss_kernel_log(x)
 
 
 cdef inline floating log1p_(floating x) noexcept nogil:
     if floating is float:
-        return log1pf(x)
+        return fastloss_kernel_log1pf(x)
     else:
-        return log1p(x)
+        return fastloss_kernel_log1p(x)
 
 
 cdef inline floating tanh_(floating x) noexcept nogil:
     if floating is float:
-        return tanhf(x)
+        return fastloss_kernel_tanhf(x)
     else:
-        return tanh(x)
+        return fastloss_kernel_tanh(x)
 
 
 cdef inline floating sqrt_(floating x) noexcept nogil:
@@ -98,11 +109,11 @@ cdef inline floating clamped_log(floating x, floating floor) noexcept nogil:
 cdef inline floating log1p_unit(floating e) noexcept nogil:
     """log(1 + e) for e in [0, 1], to float rounding, as a polynomial gcc vectorises.
 
-    libmvec's log1p gains little over the scalar one (measured: 7.2 -> 3.7 ns), and every
-    softplus needs log1p(exp(-|x|)) with exp(-|x|) in (0, 1].  With s = e / (2 + e) in
-    [0, 1/3], log1p(e) = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...); the terms shrink by
-    1/9 at least, so 7 (float) or 16 (double) of them reach the type's precision, and
-    the result keeps full relative accuracy as e -> 0.
+    Every softplus needs log1p(exp(-|x|)) with exp(-|x|) in (0, 1]; on that domain this
+    is cheaper than the general log1p_ (one division, no range reduction).  With
+    s = e / (2 + e) in [0, 1/3], log1p(e) = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...);
+    the terms shrink by 1/9 at least, so 7 (float) or 16 (double) of them reach the
+    type's precision, and the result keeps full relative accuracy as e -> 0.
     """
     cdef floating one = 1, two = 2     # typed: a bare literal would be a C double
     cdef floating s = e / (two + e)
@@ -178,8 +189,8 @@ cdef inline floating log_cosh(floating x) noexcept nogil:
 
 # -- row helpers of the row losses (softmax family) -----------------------------------
 # Plain loops over a contiguous row: the translation unit is compiled with reassociation
-# (setup.py), so gcc vectorises the max/sum reductions, and with exp/log declared simd
-# (_numerics.h) the exp/log loops call libmvec.
+# (setup.py), so gcc vectorises the max/sum reductions, and the exp/log loops with the
+# inline exp/log of _numerics.h.
 
 cdef inline floating row_max(const floating* x, Py_ssize_t n) noexcept nogil:
     """max(x[0], ..., x[n-1]) for n >= 1, vectorised (a C helper: see _numerics.h).  With

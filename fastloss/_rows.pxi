@@ -457,6 +457,12 @@ cdef inline double sparse_probs_row(const RowParams* restrict prm,
     return sw * loss
 
 
+cdef inline floating kl_probs_gradient(floating q, floating log_q, floating p,
+                                       floating scale_row) noexcept nogil:
+    """-scale_row p / q, 0 where log q is floored."""
+    return -scale_row * p / q if log_q > <floating>KL_LOG_FLOOR else 0
+
+
 cdef inline double kl_probs_row(const RowParams* restrict prm, const floating* restrict x,
                                 floating* restrict g, const floating* restrict t,
                                 floating sw, floating scale_row,
@@ -467,20 +473,27 @@ cdef inline double kl_probs_row(const RowParams* restrict prm, const floating* r
     cdef floating q, log_q, p, lp
     cdef double loss = 0
     cdef int bad_q = 0, bad_t = 0
-    for c in range(C):
-        q = x[c]
-        bad_q |= (q < 0) | (q > 1)
-        log_q = log_(q)
-        if prm.log_target:
+    # one loop per case: with exp and log inlined the loop is too large for gcc to take
+    # the test of log_target out of it, and a loop containing it does not vectorise
+    if prm.log_target:
+        for c in range(C):
+            q = x[c]
+            bad_q |= (q < 0) | (q > 1)
+            log_q = log_(q)
             lp = t[c]
             bad_t |= lp > 0
             p = exp_(lp)
             loss += p * (lp - max_(log_q, <floating>KL_LOG_FLOOR))
-        else:
+            g[c] = kl_probs_gradient(q, log_q, p, scale_row)
+    else:
+        for c in range(C):
+            q = x[c]
+            bad_q |= (q < 0) | (q > 1)
+            log_q = log_(q)
             p = t[c]
             bad_t |= (p < 0) | (p > 1)
             loss += xlogx(p) - p * max_(log_q, <floating>KL_LOG_FLOOR)
-        g[c] = -scale_row * p / q if log_q > <floating>KL_LOG_FLOOR else 0
+            g[c] = kl_probs_gradient(q, log_q, p, scale_row)
     flags[0] |= bad_q * PRED_NOT_PROBABILITY
     flags[0] |= bad_t * (TARGET_NOT_LOG_PROBABILITY if prm.log_target
                          else TARGET_NOT_PROBABILITY)

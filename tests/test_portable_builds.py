@@ -128,17 +128,17 @@ def plan_builds(root):
             ".git", "build", "dist", "*.egg-info", "_build", "__pycache__", "*.so", "*.c",
             "_kernels_*.pyx"))
         dist = source / "dist"
-        log = ""
-        for command in ([sys.executable, "-m", "build", "--sdist", "--no-isolation",
-                         "--outdir", str(dist), str(source)],
-                        [sys.executable, "-m", "pip", "wheel", "--no-deps",
-                         "--no-build-isolation", "-w", str(dist),
-                         *map(str, dist.glob("fastloss-*.tar.gz"))]):
-            result = subprocess.run(command, cwd=root, env=base_env(), capture_output=True,
-                                    text=True, timeout=BUILD_TIMEOUT)
+        def run(*args):
+            return subprocess.run([sys.executable, "-m", *args], cwd=root, env=base_env(),
+                                  capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+
+        result = run("build", "--sdist", "--no-isolation", "--outdir", str(dist), str(source))
+        log = result.stdout + result.stderr
+        if result.returncode == 0:
+            (sdist,) = dist.glob("fastloss-*.tar.gz")
+            result = run("pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist),
+                         str(sdist))
             log += result.stdout + result.stderr
-            if result.returncode != 0:
-                break
         return Build(source, result.returncode, log)
 
     return {
