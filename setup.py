@@ -221,6 +221,12 @@ class BuildKernels(build_ext):
     MSVC), finds OpenMP or builds serial kernels, and drops the x86-64 levels when the
     compiler targets another CPU."""
 
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:
+            # one module per ISA level, each one large translation unit: build them at once
+            self.parallel = os.cpu_count() or 1
+
     def build_extensions(self):
         toolchain = Toolchain(self.compiler)
         if not toolchain.targets_x86_64():
