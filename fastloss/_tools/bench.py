@@ -340,7 +340,10 @@ def _calibrate(call, round_time):
     woken late on a busy machine) does not shrink the rounds to a single call.
     """
     call()
-    per_call = min(_elapsed(call, 1) for _ in range(3))
+    first = _elapsed(call, 1)
+    if first > round_time:
+        return 1, first   # a slow peer (seconds a call): no more calls to estimate it
+    per_call = min(first, *(_elapsed(call, 1) for _ in range(2)))
     n = max(1, int(round_time / 8 / per_call))
     per_call = min(per_call, _elapsed(call, n) / n)
     return max(1, int(round_time / per_call)), per_call
