@@ -16,6 +16,9 @@ from fastloss import _dispatch
 
 PACKAGE_DIR = Path(fastloss.__file__).resolve().parent
 PROJECT_DIR = PACKAGE_DIR.parent
+#: the source tree these tests belong to (PROJECT_DIR is site-packages when the suite
+#: runs against the installed package)
+SOURCE_DIR = Path(__file__).resolve().parent.parent
 
 #: Whether the fastloss under test must have been built with OpenMP: true unless the
 #: runner of the suite says otherwise (tests/test_portable_builds.py runs the suite on
@@ -34,9 +37,8 @@ def copy_sources(destination):
     destination.mkdir(parents=True, exist_ok=True)
     for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in",
                  "CHANGELOG.md"):
-        if (PROJECT_DIR / name).exists():
-            shutil.copy2(PROJECT_DIR / name, destination / name)
-    shutil.copytree(PROJECT_DIR / "fastloss", destination / "fastloss",
+        shutil.copy2(SOURCE_DIR / name, destination / name)
+    shutil.copytree(SOURCE_DIR / "fastloss", destination / "fastloss",
                     ignore=shutil.ignore_patterns("*.so", "*.pyd", "*.c", "__pycache__",
                                                   "_kernels_*.pyx"))
     return destination
