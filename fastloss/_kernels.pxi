@@ -434,3 +434,4 @@ def vector_math(str name, object x, object out):
 include "_pointwise.pxi"
 include "_rows.pxi"
 include "_ratio.pxi"
+include "_native.pxi"

@@ -212,6 +212,11 @@ static void fastloss_team_done(int team, int64_t start, int64_t paced_end, int64
 #  include <omp.h>
 #endif
 
+#if defined(_OPENMP) && defined(KMP_VERSION_MAJOR) && defined(FASTLOSS_HAVE_PTHREAD)
+#  define FASTLOSS_HIDE_MALFORMED_THREADS 1   /* libomp, which cannot take one */
+#endif
+
+#if defined(FASTLOSS_HIDE_MALFORMED_THREADS)
 /* Whether ``text`` is a list of decimal numbers separated by commas (spaces allowed),
  * the form OpenMP defines for OMP_NUM_THREADS. */
 static int fastloss_is_number_list(const char* text) {
@@ -225,10 +230,11 @@ static int fastloss_is_number_list(const char* text) {
         } else if (!isspace((unsigned char)*text)) return 0;
     }
 }
+#endif
 
 /* Called once when the module is imported. */
 static void fastloss_initialise_openmp(void) {
-#if defined(_OPENMP) && defined(KMP_VERSION_MAJOR) && defined(FASTLOSS_HAVE_PTHREAD)
+#if defined(FASTLOSS_HIDE_MALFORMED_THREADS)
     const char* value = getenv("OMP_NUM_THREADS");
     char* hidden = NULL;
     if (value != NULL && !fastloss_is_number_list(value)) {

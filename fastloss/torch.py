@@ -85,6 +85,7 @@ import torch.nn.functional as F
 from torch.nn import _reduction
 
 import fastloss as fl
+from fastloss import _threads, _torch_extension as _extension
 
 __all__ = [
     "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "binary_cross_entropy",
@@ -96,7 +97,8 @@ __all__ = [
     "NLLLoss", "KLDivLoss", "MultiMarginLoss", "MultiLabelSoftMarginLoss",
     "MultiLabelMarginLoss",
 ]
-# also public, not torch's: explain, Explanation, release_buffers
+# also public, not torch's: explain, Explanation, release_buffers, build_extension,
+# extension_status
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 _LABEL_DTYPES = (torch.int64,)     # torch's cross_entropy/multi_margin labels are Long
@@ -345,6 +347,124 @@ def _run(loss, input, target, sample_weight, torch_loss, scale=1.0, reads_input=
     if _explaining:
         _record(torch_loss, "fastloss", how)
     return result
+
+
+# -- layer 1c: the C++ fast path (eager calls) --------------------------------------------
+# The Python path above costs ~25-35 us a call around the kernel; a small head's kernel
+# takes 1-3 us.  fastloss/_torch_native.cpp does the same call in C++ (tensor checks,
+# the kernel through its C entry, the autograd node): it is built against the installed
+# torch at first use (fastloss._torch_extension: in the background by default, cached).
+# An adapted function first offers its call to _fast with the call's *plan* (the loss,
+# reduction, parameters and torch's formula, made once per parameters); the extension
+# answers None for anything it does not compute (a dtype, layout, shape, size or
+# argument outside its checks, a kernel flag), and the Python path then takes the call
+# as before, with its own checks, errors and fall-backs.
+
+_PLANS = {}          # (torch function, parameters...) -> the extension's plan index, or -1
+_MAX_PLANS = 1024    # the extension keeps its plans for the life of the process
+
+
+def _fast(key, make_plan, input, target, weight=None):
+    """``key[0]``'s call through the C++ fast path, or None for the Python path.
+
+    ``key``: torch's function and every parameter that changes the plan (hashable);
+    ``make_plan()``: ``(fastloss loss, torch_loss(input, target, weight), reads_input,
+    scale, nan_is_error)`` or None, called once per key; ``weight``: a per-class weight
+    (row losses) or ``pos_weight`` tensor, read by the kernel as it is.
+    """
+    native = _extension.module
+    if native is None:
+        if _extension._state == "not built" and _kernels_may_run():
+            _extension.request()   # FASTLOSS_TORCH_EXTENSION=wait: loaded on return
+            native = _extension.module
+        if native is None:
+            return None
+    if not (type(input) in _PLAIN_TYPES and type(target) in _PLAIN_TYPES
+            and (weight is None or type(weight) in _PLAIN_TYPES) and _kernels_may_run()):
+        return None
+    try:
+        plan = _PLANS.get(key)
+    except TypeError:   # an unhashable parameter: the Python path judges it
+        return None
+    if plan is None:
+        plan = _PLANS[key] = _new_plan(native, make_plan) if len(_PLANS) < _MAX_PLANS else -1
+    if plan < 0:
+        return None
+    result = native.run(plan, input, target, weight, _threads._num_threads)
+    if _explaining and result is not None:
+        _record(key[0], "fastloss", "fused value and gradient (eager, C++)")
+    return result
+
+
+def build_extension(wait=True, timeout=None):
+    """Load the C++ fast path of eager calls now, building it if needed.
+
+    By default (``FASTLOSS_TORCH_EXTENSION=auto``) the first eager call builds it in the
+    background; call this to have it before timing a loop.  The build needs a C++
+    compiler and ninja; it is cached in torch's extension directory.
+
+    Parameters
+    ----------
+    wait : bool, default True
+        Wait until it is loaded (or failed); otherwise start the build and return.
+    timeout : float, optional
+        Seconds to wait at most.
+
+    Returns
+    -------
+    bool
+        Whether it is loaded; :func:`extension_status` says why not.
+    """
+    return _extension.build(wait, timeout)
+
+
+def extension_status():
+    """``(state, reason)`` of the C++ fast path: state is ``"not built"``,
+    ``"building"``, ``"ready"``, ``"failed"`` or ``"disabled"``
+    (``FASTLOSS_TORCH_EXTENSION=0``); reason says why it failed or is disabled."""
+    return _extension.status()
+
+
+_REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
+
+
+def _new_plan(native, make_plan):
+    """Register ``make_plan()``'s call with the extension: its index, or -1 when the
+    fast path does not take these parameters (fastloss refuses them, or a loss family
+    the extension does not run)."""
+    try:
+        made = make_plan()
+    except (ValueError, TypeError):
+        return -1
+    if made is None:
+        return -1
+    loss, torch_loss, reads_input, scale, nan_is_error = made
+    options = dict(label_smoothing=0.0, z_loss=0.0, ignore_index=None, weighted_mean=False)
+    if isinstance(loss, fl._pointwise.PointwiseLoss):
+        family, params = 0, loss._kernel_parameters
+    elif type(loss) is getattr(fl, "SparseCategoricalCrossEntropy", None) and loss.axis == -1:
+        family, params = 1, b""
+        smoothing, z_loss = loss._kernel_options[:2]
+        options.update(label_smoothing=smoothing, z_loss=z_loss,
+                       ignore_index=loss._ignore_index, weighted_mean=loss._weighted_mean)
+    else:
+        return -1
+    return native.add_plan(family, int(loss._kernel_id), int(loss._cost), params,
+                           _REDUCTION_CODES[loss.reduction], float(scale),
+                           options["label_smoothing"], options["z_loss"],
+                           options["ignore_index"], options["weighted_mean"],
+                           bool(reads_input), bool(nan_is_error), torch_loss)
+
+
+def _plan(loss, torch_function, reads_input, scale=1.0, nan_is_error=False, weight_name=None,
+          **torch_kwargs):
+    """What a ``make_plan`` of :func:`_fast` returns: torch's formula is
+    ``torch_function(input, target, **torch_kwargs)``, the weight passed as
+    ``weight_name``."""
+    def torch_loss(input, target, weight):
+        extra = {weight_name: weight} if weight_name else {}
+        return torch_function(input, target, **torch_kwargs, **extra)
+    return loss, torch_loss, reads_input, scale, nan_is_error
 
 
 # -- layer 1b: the custom operators (torch.compile, torch.func, torch.export) -------------
@@ -1030,6 +1150,12 @@ def _error_loss(cls, torch_function, input, target, size_average, reduce, reduct
                 weight, reads_input):
     """mse_loss / l1_loss: fastloss ``cls``; torch's ``weight`` (same shape as input,
     mean = sum(w l) / sum(w)) runs in the kernel when it is one weight per row."""
+    if weight is None and size_average is None and reduce is None:
+        result = _fast((torch_function, reduction), lambda: _plan(
+            cls(reduction=reduction), torch_function, reads_input, reduction=reduction),
+            input, target)
+        if result is not None:
+            return result
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(torch_function, reduction=reduction, weight=weight)
     if weight is not None and weight.shape != input.shape:
@@ -1065,6 +1191,12 @@ def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
     ``weight`` (same shape as input; mean = mean of w l) runs in the kernel when it is one
     weight per row.
     """
+    if weight is None:
+        result = _fast((F.huber_loss, reduction, delta), lambda: _plan(
+            fl.Huber(delta=delta, reduction=reduction), F.huber_loss, True,
+            reduction=reduction, delta=delta), input, target)
+        if result is not None:
+            return result
     torch_loss = functools.partial(F.huber_loss, reduction=reduction, delta=delta,
                                    weight=weight)
     if weight is not None and weight.shape != input.shape:
@@ -1078,6 +1210,11 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mea
                    beta=1.0):
     """Drop-in ``torch.nn.functional.smooth_l1_loss``: fastloss ``huber(delta=beta) / beta``;
     ``beta=0`` is :func:`l1_loss`."""
+    if size_average is None and reduce is None:
+        result = _fast((F.smooth_l1_loss, reduction, beta), lambda: _smooth_l1_plan(
+            reduction, beta), input, target)
+        if result is not None:
+            return result
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(F.smooth_l1_loss, reduction=reduction, beta=beta)
     if isinstance(beta, (int, float)) and beta == 0:
@@ -1092,6 +1229,19 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mea
         input, target, reduction, torch_loss, reads_input=True, scale=1.0 / beta)
 
 
+def _smooth_l1_plan(reduction, beta):
+    """smooth_l1_loss's plan: huber(delta=beta) / beta, or l1 for beta=0."""
+    if not (isinstance(beta, (int, float)) and beta >= 0 and math.isfinite(beta)):
+        return None
+    if beta == 0:
+        return _plan(fl.MeanAbsoluteError(reduction=reduction), F.smooth_l1_loss, False,
+                     reduction=reduction, beta=beta)
+    if not math.isfinite(1.0 / beta):
+        return None
+    return _plan(fl.Huber(delta=beta, reduction=reduction), F.smooth_l1_loss, True,
+                 1.0 / beta, reduction=reduction, beta=beta)
+
+
 def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None,
                          reduction="mean"):
     """Drop-in ``torch.nn.functional.binary_cross_entropy`` (input = probabilities, logs
@@ -1101,6 +1251,13 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
     weight per row, e.g. shape (N, 1).  NaN in input or target is torch's RuntimeError
     ("should be between 0 and 1"), as fastloss's range check lets NaN through.
     """
+    if weight is None and size_average is None and reduce is None:
+        result = _fast((F.binary_cross_entropy, reduction), lambda: _plan(
+            fl.BinaryCrossEntropy(from_logits=False, reduction=reduction),
+            F.binary_cross_entropy, True, nan_is_error=True, reduction=reduction),
+            input, target)
+        if result is not None:
+            return result
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(F.binary_cross_entropy, weight=weight, reduction=reduction)
     return _elementwise(
@@ -1117,6 +1274,13 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     ``pos_weight`` runs in the kernel when it has one value or one per class (the last
     axis); ``weight`` as for :func:`binary_cross_entropy`.
     """
+    if weight is None and size_average is None and reduce is None:
+        result = _fast((F.binary_cross_entropy_with_logits, reduction), lambda: _plan(
+            fl.BinaryCrossEntropy(from_logits=True, reduction=reduction),
+            F.binary_cross_entropy_with_logits, True, weight_name="pos_weight",
+            reduction=reduction), input, target, pos_weight)
+        if result is not None:
+            return result
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(F.binary_cross_entropy_with_logits, weight=weight,
                                    reduction=reduction, pos_weight=pos_weight)
@@ -1150,6 +1314,13 @@ def poisson_nll_loss(input, target, log_input=True, full=False, size_average=Non
     ``full=True`` only when the input has torch's default dtype (torch computes the
     Stirling term of integer counts in the default dtype).
     """
+    if size_average is None and reduce is None:
+        result = _fast((F.poisson_nll_loss, reduction, log_input, full, eps), lambda: _plan(
+            fl.Poisson(log_input=log_input, full=full, eps=eps, reduction=reduction),
+            F.poisson_nll_loss, False, log_input=log_input, full=full, eps=eps,
+            reduction=reduction), input, target)
+        if result is not None:
+            return result
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(F.poisson_nll_loss, log_input=log_input, full=full,
                                    eps=eps, reduction=reduction)
@@ -1168,6 +1339,12 @@ def soft_margin_loss(input, target, size_average=None, reduce=None, reduction="m
     input`` beyond about 88 in float32, 709 in float64): torch gives inf and a NaN
     gradient there, fastloss the value ``-target * input`` and the gradient ``-target``.
     """
+    if size_average is None and reduce is None:
+        result = _fast((F.soft_margin_loss, reduction), lambda: _plan(
+            fl.SoftMargin(reduction=reduction), F.soft_margin_loss, True,
+            reduction=reduction), input, target)
+        if result is not None:
+            return result
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(F.soft_margin_loss, reduction=reduction)
     return _elementwise(lambda r: _loss(fl.SoftMargin, reduction=r), input, target,
@@ -1178,6 +1355,12 @@ def hinge_embedding_loss(input, target, margin=1.0, size_average=None, reduce=No
                          reduction="mean"):
     """Drop-in ``torch.nn.functional.hinge_embedding_loss``: fastloss
     ``hinge_embedding(margin)`` (integer labels are read as the input's dtype)."""
+    if size_average is None and reduce is None:
+        result = _fast((F.hinge_embedding_loss, reduction, margin), lambda: _plan(
+            fl.HingeEmbedding(margin=margin, reduction=reduction), F.hinge_embedding_loss,
+            False, margin=margin, reduction=reduction), input, target)
+        if result is not None:
+            return result
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(F.hinge_embedding_loss, margin=margin,
                                    reduction=reduction)
@@ -1291,6 +1474,12 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     channels-last, as the rows it already is in memory; any other layout is copied
     to rows once.
     """
+    if size_average is None and reduce is None:
+        result = _fast((F.cross_entropy, reduction, ignore_index, label_smoothing),
+                       lambda: _cross_entropy_plan(reduction, ignore_index, label_smoothing),
+                       input, target, weight)
+        if result is not None:
+            return result
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(F.cross_entropy, weight=weight, ignore_index=ignore_index,
                                    reduction=reduction, label_smoothing=label_smoothing)
@@ -1315,6 +1504,17 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
 
     return _row_loss(make_loss, input, target, labels, reduction, torch_loss,
                      reads_input=False, in_place=True)
+
+
+def _cross_entropy_plan(reduction, ignore_index, label_smoothing):
+    """cross_entropy's plan for (N, C) logits and int64 labels."""
+    cls = _row_loss_class("SparseCategoricalCrossEntropy")
+    if cls is None:
+        return None
+    return _plan(cls(from_logits=True, label_smoothing=label_smoothing,
+                     ignore_index=ignore_index, reduction=reduction),
+                 F.cross_entropy, False, weight_name="weight", ignore_index=ignore_index,
+                 reduction=reduction, label_smoothing=label_smoothing)
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,

@@ -36,3 +36,32 @@ def parallel_always(monkeypatch):
     yield
     for module, work in zip(modules, saved):
         module.set_min_block_work(work)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def torch_extension():
+    """fastloss.torch's C++ fast path, loaded before the first test (built against the
+    installed torch on a fresh machine: about a minute, then cached), so that every test
+    sees one path whatever ran before it: by default an eager call would start the
+    build in the background and switch paths when it is done.  None without torch, or
+    with FASTLOSS_TORCH_EXTENSION=0; a failed build is test_torch_native's failure."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        yield None
+        return
+    from fastloss import _torch_extension
+    if _torch_extension._setting() == "0":
+        yield None
+        return
+    _torch_extension.build(wait=True)
+    yield _torch_extension.module
+
+
+@pytest.fixture
+def python_path(monkeypatch):
+    """fastloss.torch without its C++ fast path: every eager call takes the Python path
+    (the autograd.Function around NumPy views)."""
+    from fastloss import _torch_extension
+    monkeypatch.setattr(_torch_extension, "module", None)
+    monkeypatch.setattr(_torch_extension, "_state", "disabled")

@@ -38,8 +38,10 @@ def rng():
 
 
 @pytest.fixture
-def fast(monkeypatch):
-    """The fastloss loss objects that computed a result (one per fast-path call)."""
+def fast(monkeypatch, python_path):
+    """The fastloss loss objects that computed a result (one per fast-path call), with
+    the C++ fast path off: these tests check the Python path (test_torch_native checks
+    that the C++ path gives the same results)."""
     calls = []
     real_run = FL._run
 

@@ -336,8 +336,9 @@ def test_release_buffers_frees_the_kept_memory():
 # -- half precision --------------------------------------------------------------------
 
 @pytest.fixture
-def runs(monkeypatch):
-    """The fastloss computations of the adapter (each call that did not fall back)."""
+def runs(monkeypatch, python_path):
+    """The fastloss computations of the adapter (each call that did not fall back;
+    Python path)."""
     calls = []
     real = FL._run
 
