@@ -392,7 +392,8 @@ def _fast(key, make_plan, input, target, weight=None):
         return None
     result = native.run(plan, input, target, weight, _threads._num_threads)
     if _explaining and result is not None:
-        _record(key[0], "fastloss", "fused value and gradient (eager, C++)")
+        _record(key[0], "fastloss", "fused value and gradient (eager, C++)"
+                if result.requires_grad else "value only (no gradient wanted, C++)")
     return result
 
 

@@ -316,7 +316,7 @@ def test_legacy_size_average_and_reduce(case, size_average, reduce, dtype, rng, 
     lambda loss: loss.backward(retain_graph=True),
     lambda loss: (2 * loss).backward(),               # upstream gradient 2: scaled in place
 ], ids=["backward", "retain_graph", "scaled"])
-def test_input_and_gradient_are_shared_not_copied(backward, rng, monkeypatch):
+def test_input_and_gradient_are_shared_not_copied(backward, rng, monkeypatch, python_path):
     """The kernel reads the input's memory and writes the gradient that ends up in .grad."""
     x, y = regression_data((64, 8), torch.float32, rng)
     seen = {}
