@@ -134,8 +134,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     fastloss.set_num_threads(args.threads)
+    loaded = FL.build_extension(wait=True)   # the eager fast path, as a loop would have it
     print(f"training steps, {args.threads} threads; torch {torch.__version__}, "
-          f"fastloss {fastloss.__version__}")
+          f"fastloss {fastloss.__version__}; eager calls through the C++ fast path: "
+          f"{'yes' if loaded else 'no (' + FL.extension_status()[1] + ')'}")
     print(f"{'loop':<11} {'form':<14} {'fastloss':>10} {'torch':>10} {'ratio':>6}  "
           f"max |loss difference| over {args.steps} steps")
     for name in args.loops.split(","):
