@@ -136,6 +136,19 @@ def build(wait=True, timeout=None):
     return module is not None
 
 
+def _after_fork_in_child():
+    """A child forked during a build has no build thread: it may start its own."""
+    global _lock, _done, _state
+    _lock = threading.Lock()
+    if _state == "building":
+        _state = "not built"
+        _done = threading.Event()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def status():
     """``(state, reason)``: state is "not built", "building", "ready", "failed" or
     "disabled"; reason says why a build failed or is disabled."""

@@ -326,3 +326,25 @@ def test_a_failed_build_leaves_the_python_path(tmp_path):
     assert done.returncode == 0, done.stderr
     state, reason, how = (part.strip() for part in done.stdout.strip().split("|"))
     assert state == "failed" and reason and how == PYTHON_HOW
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_after_loading_runs_the_native_path():
+    x, t = _logits((32, 6), torch.float32), _labels(32, 6)
+    expected = _value_and_grad(FL.cross_entropy, x, t, {})
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: same bits, through the C++ path, serial kernels
+        status = 1
+        try:
+            got = _value_and_grad(FL.cross_entropy, x, t, {})
+            how = FL.explain(FL.cross_entropy, x, t)[0][2]
+            status = 0 if (how == NATIVE_HOW and all(
+                torch.equal(a, b) for a, b in zip(got, expected))) else 3
+        finally:
+            os.write(write, bytes([status]))
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.waitpid(pid, 0)
+    assert answer == b"\x00"
