@@ -38,13 +38,9 @@ def _baseline():
     """The baseline kernel module (it runs on any CPU of its architecture)."""
     global _baseline_module
     if _baseline_module is None:
-        try:
-            module = _import_own("baseline")
-        except ImportError:
-            module = _import_installed("baseline")
-        if module is None:
+        _baseline_module = _find(["baseline"])
+        if _baseline_module is None:
             raise ImportError(_NOT_BUILT)
-        _baseline_module = _checked(module)
     return _baseline_module
 
 
@@ -52,9 +48,24 @@ _NOT_BUILT = ("no fastloss kernel module is built: install fastloss (pip install
               "build in place (python setup.py build_ext --inplace)")
 
 
+def _find(levels):
+    """The first kernel module of ``levels`` (best first) built from these sources: this
+    package's own at any of them, else another installation's; None if there is none."""
+    for importer in (_import_own, _import_installed):
+        for level in levels:
+            module = importer(level)
+            if module is not None:
+                return _checked(module)
+    return None
+
+
 def _import_own(level):
-    """This package's kernel module of ``level`` (ImportError when it is not built)."""
-    return importlib.import_module(f"fastloss._kernels_{level}")
+    """This package's kernel module of ``level``, or None when it is not built (e.g.
+    FASTLOSS_ONLY_BASELINE)."""
+    try:
+        return importlib.import_module(f"fastloss._kernels_{level}")
+    except ImportError:
+        return None
 
 
 def _import_installed(level):
@@ -104,18 +115,10 @@ def load_kernels():
             raise ImportError(f"FASTLOSS_ISA={forced!r}: expected one of {', '.join(LEVELS)}")
         if forced not in supported_levels():
             raise ImportError(f"FASTLOSS_ISA={forced!r}: this CPU does not support it")
-    levels = [forced] if forced else supported_levels()
-    for level in levels:
-        try:
-            module = _import_own(level)
-        except ImportError:
-            continue  # not built here (e.g. FASTLOSS_ONLY_BASELINE)
-        return _checked(module)
-    for level in levels:
-        module = _import_installed(level)
-        if module is not None:
-            return _checked(module)
-    raise ImportError(_NOT_BUILT + (f" (FASTLOSS_ISA={forced})" if forced else ""))
+    module = _find([forced] if forced else supported_levels())
+    if module is None:
+        raise ImportError(_NOT_BUILT + (f" (FASTLOSS_ISA={forced})" if forced else ""))
+    return module
 
 
 def _openmp_inherited_from_parent():

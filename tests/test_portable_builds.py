@@ -152,25 +152,25 @@ def plan_builds(root):
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory):
-    """{variant: future of its Build}, two builds at a time; None where a tool is missing."""
+    """{variant: future of its Build, or the reason it is skipped}, two builds at a
+    time."""
     root = tmp_path_factory.mktemp("portable")
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
     futures = {}
     for name, (tools, build) in plan_builds(root).items():
-        if missing(*tools) or (name == "clang-openmp" and not clang_has_openmp()):
-            futures[name] = None
-        else:
-            futures[name] = pool.submit(build)
+        absent = ", ".join(missing(*tools))
+        if not absent and name == "clang-openmp" and not clang_has_openmp():
+            absent = "libomp (clang's OpenMP runtime)"
+        futures[name] = (f"{absent} not installed (tests/toolchains.sh installs it)"
+                         if absent else pool.submit(build))
     yield futures
     pool.shutdown(wait=True, cancel_futures=True)
 
 
 def built(builds, name):
     future = builds[name]
-    if future is None:
-        tools, _ = plan_builds(Path("."))[name]
-        why = ", ".join(missing(*tools)) or "libomp (clang's OpenMP runtime)"
-        pytest.skip(f"{why} not installed (tests/toolchains.sh installs it)")
+    if isinstance(future, str):
+        pytest.skip(future)
     return future.result().check_built()
 
 
