@@ -27,6 +27,7 @@ import subprocess
 import sys
 import sysconfig
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -254,6 +255,9 @@ def test_a_manylinux_wheel_installs_and_runs_without_a_compiler(builds, tmp_path
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = repaired.glob("fastloss-*manylinux*.whl")
+    with zipfile.ZipFile(wheel) as archive:   # fastloss.torch builds its C++ path from these
+        assert {"fastloss/_torch_native.cpp", "fastloss/_native_call.h"} <= set(
+            archive.namelist())
     environment = tmp_path / "venv"
     venv.create(environment, with_pip=True)
     python = str(environment / "bin" / "python")
