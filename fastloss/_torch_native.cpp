@@ -31,7 +31,9 @@
 
 #include "_native_call.h"
 
-namespace {
+// In a named namespace: autograd names the node after its type, so grad_fn shows
+// torch::autograd::CppNode<fastloss::FusedLoss>.
+namespace fastloss {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -273,9 +275,8 @@ pybind11::object run(int64_t plan_index, const at::Tensor& input, const at::Tens
                  : at::empty_like(input, input.options().requires_grad(false));
   }
   double total, denominator;
-  at::Tensor input_data = input.detach();   // no autograd bookkeeping for the kernel
-  if (!run_plan(plan, input_data, target, weight, threads, want_grad ? &grad : nullptr,
-                &values, &total, &denominator))
+  if (!run_plan(plan, input, target, weight, threads, want_grad ? &grad : nullptr, &values,
+                &total, &denominator))
     return pybind11::none();
   at::Tensor value;
   if (plan.reduction == NONE) {
@@ -329,13 +330,13 @@ void init(pybind11::capsule entry, int abi, std::string message) {
   modified_input_message = std::move(message);
 }
 
-}  // namespace
+}  // namespace fastloss
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastloss.torch's eager fast path (built at first use)";
-  m.def("init", &init, "Bind the kernels' C entry (a PyCapsule) and the messages.");
-  m.def("add_plan", &add_plan, "Register a loss call; its index, or -1 when full.");
-  m.def("run", &run, "The loss of a plan over tensors, or None.",
+  m.def("init", &fastloss::init, "Bind the kernels' C entry (a PyCapsule) and the messages.");
+  m.def("add_plan", &fastloss::add_plan, "Register a loss call; its index, or -1 when full.");
+  m.def("run", &fastloss::run, "The loss of a plan over tensors, or None.",
         pybind11::arg("plan"), pybind11::arg("input"), pybind11::arg("target"),
         pybind11::arg("weight"), pybind11::arg("threads"));
   m.attr("abi") = FASTLOSS_NATIVE_ABI;
