@@ -5,9 +5,10 @@ kernel through its C entry, the autograd node) in C++: about 25 us less per loss
 forward+backward than the Python path, which matters for small heads, where the kernel
 takes a microsecond or two.  It is compiled with ``torch.utils.cpp_extension`` (a C++
 compiler and ninja needed, ~40 s once) into torch's extension cache
-(``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), under a name that
-fingerprints its sources, torch's version and the kernel module, so a cached build
-is reused only by the same combination.
+(``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), as one library whose
+name fingerprints its sources (with the kernels' C entry it calls, bound at load time),
+torch's and Python's versions, so a cached build is reused only by the same
+combination.
 
 ``FASTLOSS_TORCH_EXTENSION`` chooses when:
 
@@ -55,23 +56,69 @@ def _name():
             digest.update(fh.read())
     digest.update(torch.__version__.encode())
     digest.update(sys.version.encode())
-    digest.update(os.path.basename(kernels.__file__).encode())
     return "fastloss_torch_native_" + digest.hexdigest()[:16]
 
 
+_LIBRARY_SUFFIX = ".pyd" if sys.platform == "win32" else ".so"
+_STALE_SECONDS = 24 * 3600
+
+
 def _build():
-    """Compile (or load the cached build of) the extension and bind it to the kernels.
-    Returns the module; raises on any failure."""
+    """Load the cached build of the extension, or compile it, and bind it to the
+    kernels.  Returns the module; raises on any failure.
+
+    Each build runs in a directory of its own and its library is then moved into the
+    cache under its final name (an atomic rename), so a process killed while building
+    (a short script that exits, a Ctrl-C) leaves no half-written library and no lock
+    that would make the next process wait: torch's own build directory is locked by
+    a file that only its owner removes.
+    """
+    import shutil
+    import tempfile
+
     from torch.utils import cpp_extension
     from . import torch as adapter
     name = _name()
-    directory = os.path.join(cpp_extension.get_default_build_root(), name)
-    os.makedirs(directory, exist_ok=True)
-    built = cpp_extension.load(
-        name, [os.path.join(_HERE, "_torch_native.cpp")], extra_include_paths=[_HERE],
-        extra_cflags=["-O2"], build_directory=directory, verbose=False)
+    root = cpp_extension.get_default_build_root()
+    library = os.path.join(root, name + _LIBRARY_SUFFIX)
+    if os.path.exists(library):
+        built = _import_library(name, library)
+    else:
+        os.makedirs(root, exist_ok=True)
+        _remove_stale_builds(root)
+        work = tempfile.mkdtemp(prefix=f"{name}.build-", dir=root)
+        try:
+            built = cpp_extension.load(
+                name, [os.path.join(_HERE, "_torch_native.cpp")],
+                extra_include_paths=[_HERE], extra_cflags=["-O2"], build_directory=work,
+                verbose=False)
+            os.replace(os.path.join(work, name + _LIBRARY_SUFFIX), library)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)   # the loaded library stays mapped
     built.init(kernels.native_entry(), kernels.native_abi(), adapter._MODIFIED_INPUT)
     return built
+
+
+def _import_library(name, path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _remove_stale_builds(root):
+    """Remove the build directories of processes that died building (over a day old)."""
+    import shutil
+    import time
+    for entry in os.listdir(root):
+        path = os.path.join(root, entry)
+        if entry.startswith("fastloss_torch_native_") and ".build-" in entry:
+            try:
+                if time.time() - os.path.getmtime(path) > _STALE_SECONDS:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
 
 
 def _load():

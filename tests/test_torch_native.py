@@ -283,8 +283,8 @@ def test_concurrent_calls_from_threads():
                for v, g in results)
 
 
-def _run_script(source, setting):
-    env = dict(os.environ, FASTLOSS_TORCH_EXTENSION=setting)
+def _run_script(source, setting, **env):
+    env = dict(os.environ, FASTLOSS_TORCH_EXTENSION=setting, **env)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(source)], env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -322,10 +322,23 @@ def test_a_failed_build_leaves_the_python_path(tmp_path):
         loss = FL.cross_entropy(x, torch.zeros(8, dtype=torch.long))
         loss.backward()
         print(state, "|", reason, "|", FL.explain(FL.cross_entropy, x, torch.zeros(8, dtype=torch.long))[0][2])
-    """, "auto")
+    """, "auto", TORCH_EXTENSIONS_DIR=str(tmp_path / "cache"))
     assert done.returncode == 0, done.stderr
     state, reason, how = (part.strip() for part in done.stdout.strip().split("|"))
     assert state == "failed" and reason and how == PYTHON_HOW
+    assert not list((tmp_path / "cache").glob("*.build-*"))   # its build directory is gone
+
+
+def test_the_cache_holds_one_library_and_no_build_directory():
+    from torch.utils import cpp_extension
+    root = cpp_extension.get_default_build_root()
+    name = _torch_extension._name()
+    assert os.path.isfile(os.path.join(root, name + _torch_extension._LIBRARY_SUFFIX))
+    assert not [entry for entry in os.listdir(root) if entry.startswith(name + ".build-")]
+    loaded = _torch_extension.module.__file__
+    # loaded from the cache, or (built by this process) from its removed build directory
+    assert not os.path.exists(loaded) or os.path.samefile(
+        loaded, os.path.join(root, name + _torch_extension._LIBRARY_SUFFIX))
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
