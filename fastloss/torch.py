@@ -1545,6 +1545,15 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean",
     is torch's.
     """
     legacy = size_average is not None or reduce is not None
+    if (not legacy and reduction in ("sum", "batchmean") and type(input) in _PLAIN_TYPES
+            and input.ndim and isinstance(log_target, bool)):
+        scale = 1.0 / input.shape[0] if reduction == "batchmean" else 1.0
+        result = _fast((F.kl_div, reduction, log_target, scale), lambda: _plan(
+            fl._pointwise.PointwiseKLDivergence(log_target=log_target, reduction="sum"),
+            F.kl_div, False, scale, reduction=reduction, log_target=log_target),
+            input, target)
+        if result is not None:
+            return result
     reduction = _legacy_reduction(size_average, reduce, reduction)
     if legacy:
         def kl_div(i, t):   # what F.kl_div runs for legacy arguments (no "mean" warning)

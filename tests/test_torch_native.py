@@ -70,6 +70,12 @@ CASES = [
      lambda d: torch.randint(0, 2, (10,), generator=_rng()).to(d) * 2 - 1, None),
     ("hinge_embedding_loss", {"margin": 1.5}, lambda d: _logits((10,), d),
      lambda d: torch.randint(0, 2, (10,), generator=_rng()).to(d) * 2 - 1, None),
+    ("kl_div", {"reduction": "batchmean"}, lambda d: torch.log_softmax(
+        _logits((12, 5), d).detach(), 1).requires_grad_(),
+     lambda d: torch.softmax(_logits((12, 5), d, 1.0).detach(), 1), None),
+    ("kl_div", {"reduction": "sum", "log_target": True}, lambda d: torch.log_softmax(
+        _logits((12, 5), d).detach(), 1).requires_grad_(),
+     lambda d: torch.log_softmax(_logits((12, 5), d, 1.0).detach(), 1), None),
     ("cross_entropy", {}, lambda d: _logits((64, 10), d), lambda d: _labels(64, 10), None),
     ("cross_entropy", {"label_smoothing": 0.1, "ignore_index": 3},
      lambda d: _logits((40, 7), d), lambda d: _labels(40, 7), None),
@@ -89,7 +95,7 @@ def case_id(case):
 def _call(case, dtype, reduction):
     name, kwargs, make_input, make_target, weight = case
     x, t = make_input(dtype), make_target(dtype)
-    kwargs = dict(kwargs, reduction=reduction)
+    kwargs = dict({"reduction": reduction}, **kwargs)   # kl_div: its own reductions
     if weight:
         kwargs[weight[0]] = weight[1](dtype)
     return name, x, t, kwargs
