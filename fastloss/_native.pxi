@@ -10,6 +10,7 @@ cdef extern from "_native_call.h":
     int FASTLOSS_NATIVE_ABI
     int FASTLOSS_NATIVE_POINTWISE
     int FASTLOSS_NATIVE_SPARSE_ROWS
+    int FASTLOSS_NATIVE_DENSE_ROWS
     ctypedef struct fastloss_native_call:
         int32_t abi
         int32_t family
@@ -66,10 +67,12 @@ cdef void native_pointwise(fastloss_native_call* c) noexcept nogil:
     c.flags = flags
 
 
-cdef void native_sparse_rows(fastloss_native_call* c) noexcept nogil:
+cdef void native_rows(fastloss_native_call* c) noexcept nogil:
+    """The row families: (n, classes) scores with labels or with dense targets."""
     cdef RowParams prm
     cdef RowCall call
     cdef (double, int, double, Py_ssize_t) result
+    cdef int flags = 0
     memset(&prm, 0, sizeof(prm))
     prm.n_classes = c.classes
     prm.keep = 1 - c.label_smoothing
@@ -85,7 +88,7 @@ cdef void native_sparse_rows(fastloss_native_call* c) noexcept nogil:
         else:
             prm.class_weight_sum = row_sum(<const float*>c.weight, c.classes)
     call.x = c.y_pred
-    call.target = NULL
+    call.target = c.y_true if c.family == FASTLOSS_NATIVE_DENSE_ROWS else NULL
     call.class_weight = c.weight
     call.sample_weight = NULL
     call.grad = c.grad
@@ -96,6 +99,17 @@ cdef void native_sparse_rows(fastloss_native_call* c) noexcept nogil:
     call.item_cost = c.cost * c.classes
     call.n_threads = threads_for_work(c.n * c.classes * c.cost, c.threads)
     call.block = block_size(call.n_rows, call.item_cost, 1)
+    if c.family == FASTLOSS_NATIVE_DENSE_ROWS:
+        if c.weight == NULL and (c.kernel == CATEGORICAL_FOCAL_CROSS_ENTROPY_FROM_LOGITS or
+                                 c.kernel == CATEGORICAL_FOCAL_CROSS_ENTROPY_FROM_PROBABILITIES):
+            c.flags = UNKNOWN_KERNEL   # the focal kernels read their alpha per class
+            return
+        if c.is_double:
+            c.total = dense_dispatch(c.kernel, &prm, &call, c.grad_scale, &flags)
+        else:
+            c.total = dense_dispatch(c.kernel, &prm, &call, <float>c.grad_scale, &flags)
+        c.flags = flags
+        return
     if c.is_double:
         result = sparse_run(c.kernel, &prm, &call, <const int64_t*>c.y_true,
                             c.weighted_mean, c.grad_scale)
@@ -114,8 +128,9 @@ cdef void fastloss_native_run(fastloss_native_call* c) noexcept nogil:
         c.flags = UNKNOWN_KERNEL
     elif c.family == FASTLOSS_NATIVE_POINTWISE:
         native_pointwise(c)
-    elif c.family == FASTLOSS_NATIVE_SPARSE_ROWS and c.classes >= 1:
-        native_sparse_rows(c)
+    elif ((c.family == FASTLOSS_NATIVE_SPARSE_ROWS or c.family == FASTLOSS_NATIVE_DENSE_ROWS)
+          and c.classes >= 1):
+        native_rows(c)
     else:
         c.flags = UNKNOWN_KERNEL
 

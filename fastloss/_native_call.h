@@ -16,7 +16,8 @@
 
 enum fastloss_native_family {
     FASTLOSS_NATIVE_POINTWISE = 0,     /* y_pred and y_true of one shape, n elements */
-    FASTLOSS_NATIVE_SPARSE_ROWS = 1    /* (n, classes) scores, n int64 labels */
+    FASTLOSS_NATIVE_SPARSE_ROWS = 1,   /* (n, classes) scores, n int64 labels */
+    FASTLOSS_NATIVE_DENSE_ROWS = 2     /* (n, classes) scores and targets of one dtype */
 };
 
 typedef struct fastloss_native_call {
@@ -31,14 +32,14 @@ typedef struct fastloss_native_call {
     int32_t want_value;        /* 0: gradient only (the value's arithmetic is skipped) */
     /* the arrays */
     const void* y_pred;
-    const void* y_true;        /* pointwise: like y_pred; sparse rows: int64 labels */
+    const void* y_true;        /* like y_pred; sparse rows: int64 labels */
     const void* weight;        /* NULL, or pointwise pos_weight (weight_len, along the
                                   last axis) / rows' class weights (classes) */
     int64_t weight_len;
     void* grad;                /* NULL: not wanted */
     void* values;              /* NULL: reduced value only; else one per element/row */
     int64_t n;                 /* elements (pointwise) or rows */
-    int64_t classes;           /* sparse rows: C */
+    int64_t classes;           /* rows: C */
     /* options */
     const void* pointwise_params;  /* pointwise: the bytes of pointwise_parameters() */
     double grad_scale;         /* 1/n for "mean", else 1 (ignored with weighted_mean) */

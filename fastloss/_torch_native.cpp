@@ -75,6 +75,11 @@ bool plain(const at::Tensor& t) {
          t.is_contiguous() && !t.is_conj() && !t.is_neg() && !t._is_zerotensor();
 }
 
+bool rows(const Plan& plan) {
+  return plan.family == FASTLOSS_NATIVE_SPARSE_ROWS ||
+         plan.family == FASTLOSS_NATIVE_DENSE_ROWS;
+}
+
 bool kernel_float(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble;
 }
@@ -98,7 +103,7 @@ bool run_plan(const Plan& plan, const at::Tensor& input, const at::Tensor& targe
   call.weight_len = weight.defined() ? weight.numel() : 0;
   call.grad = grad && grad->defined() ? grad->data_ptr() : nullptr;
   call.values = values && values->defined() ? values->data_ptr() : nullptr;
-  if (plan.family == FASTLOSS_NATIVE_SPARSE_ROWS) {
+  if (rows(plan)) {
     call.n = input.size(0);
     call.classes = input.size(1);
   } else {
@@ -236,9 +241,13 @@ bool readable(const Plan& plan, const at::Tensor& input, const at::Tensor& targe
       input.numel() * input.element_size() > max_input_bytes || !plain(target) ||
       target.requires_grad())
     return false;
-  if (plan.family == FASTLOSS_NATIVE_SPARSE_ROWS) {
-    if (input.dim() != 2 || target.scalar_type() != at::kLong || target.dim() != 1 ||
-        target.size(0) != input.size(0))
+  if (rows(plan)) {
+    if (input.dim() != 2) return false;
+    if (plan.family == FASTLOSS_NATIVE_SPARSE_ROWS
+            ? (target.scalar_type() != at::kLong || target.dim() != 1 ||
+               target.size(0) != input.size(0))
+            : (target.scalar_type() != input.scalar_type() ||
+               !target.sizes().equals(input.sizes())))
       return false;
     if (weight.defined() &&
         (weight.dim() != 1 || weight.size(0) != input.size(1)))
@@ -270,7 +279,7 @@ pybind11::object run(int64_t plan_index, const at::Tensor& input, const at::Tens
   at::Tensor grad, values;
   if (want_grad) grad = at::empty_like(input);
   if (plan.reduction == NONE) {
-    values = plan.family == FASTLOSS_NATIVE_SPARSE_ROWS
+    values = rows(plan)
                  ? at::empty({input.size(0)}, input.options().requires_grad(false))
                  : at::empty_like(input, input.options().requires_grad(false));
   }
@@ -285,8 +294,7 @@ pybind11::object run(int64_t plan_index, const at::Tensor& input, const at::Tens
     value = values;
   } else {
     double v = reduced(plan, total, denominator,
-                       plan.family == FASTLOSS_NATIVE_SPARSE_ROWS ? input.size(0)
-                                                                  : input.numel());
+                       rows(plan) ? input.size(0) : input.numel());
     if (plan.nan_is_error && std::isnan(v)) return pybind11::none();
     value = at::scalar_tensor(v, input.options().requires_grad(false));
   }

@@ -427,6 +427,10 @@ def extension_status():
 
 
 _REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
+# the dense-target row losses the C++ path runs (their kernels read no per-loss state
+# beyond label smoothing, z_loss and the class weights)
+_DENSE_ROW_LOSSES = tuple(filter(None, (getattr(fl, name, None) for name in (
+    "CategoricalCrossEntropy", "MultilabelSoftMargin"))))
 
 
 def _new_plan(native, make_plan):
@@ -448,6 +452,10 @@ def _new_plan(native, make_plan):
         smoothing, z_loss = loss._kernel_options[:2]
         options.update(label_smoothing=smoothing, z_loss=z_loss,
                        ignore_index=loss._ignore_index, weighted_mean=loss._weighted_mean)
+    elif type(loss) in _DENSE_ROW_LOSSES and getattr(loss, "axis", -1) == -1:
+        family, params = 2, b""
+        smoothing, z_loss = loss._kernel_options[:2]
+        options.update(label_smoothing=smoothing, z_loss=z_loss)
     else:
         return -1
     return native.add_plan(family, int(loss._kernel_id), int(loss._cost), params,
@@ -1476,8 +1484,10 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     to rows once.
     """
     if size_average is None and reduce is None:
-        result = _fast((F.cross_entropy, reduction, ignore_index, label_smoothing),
-                       lambda: _cross_entropy_plan(reduction, ignore_index, label_smoothing),
+        labels = getattr(target, "dtype", None) is torch.int64
+        result = _fast((F.cross_entropy, reduction, ignore_index, label_smoothing, labels),
+                       lambda: _cross_entropy_plan(reduction, ignore_index, label_smoothing,
+                                                   labels),
                        input, target, weight)
         if result is not None:
             return result
@@ -1507,13 +1517,21 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                      reads_input=False, in_place=True)
 
 
-def _cross_entropy_plan(reduction, ignore_index, label_smoothing):
-    """cross_entropy's plan for (N, C) logits and int64 labels."""
-    cls = _row_loss_class("SparseCategoricalCrossEntropy")
+def _cross_entropy_plan(reduction, ignore_index, label_smoothing, labels):
+    """cross_entropy's plan for (N, C) logits and int64 labels, or probability targets
+    (torch takes no ignore_index with those)."""
+    if labels:
+        cls = _row_loss_class("SparseCategoricalCrossEntropy")
+        params = dict(ignore_index=ignore_index)
+    else:
+        cls = _row_loss_class("CategoricalCrossEntropy")
+        params = {}
+        if ignore_index != -100:
+            return None
     if cls is None:
         return None
-    return _plan(cls(from_logits=True, label_smoothing=label_smoothing,
-                     ignore_index=ignore_index, reduction=reduction),
+    return _plan(cls(from_logits=True, label_smoothing=label_smoothing, reduction=reduction,
+                     **params),
                  F.cross_entropy, False, weight_name="weight", ignore_index=ignore_index,
                  reduction=reduction, label_smoothing=label_smoothing)
 
@@ -1612,6 +1630,12 @@ def multilabel_soft_margin_loss(input, target, weight=None, size_average=None, r
     """Drop-in ``torch.nn.functional.multilabel_soft_margin_loss``: fastloss
     ``multilabel_soft_margin(class_weight=weight)``; (N, C) or unbatched (C,) input
     (integer targets are read as the input's dtype, as torch promotes them)."""
+    if size_average is None and reduce is None:
+        result = _fast((F.multilabel_soft_margin_loss, reduction), lambda: _plan(
+            fl.MultilabelSoftMargin(reduction=reduction), F.multilabel_soft_margin_loss,
+            True, weight_name="weight", reduction=reduction), input, target, weight)
+        if result is not None:
+            return result
     reduction = _legacy_reduction(size_average, reduce, reduction)
     torch_loss = functools.partial(F.multilabel_soft_margin_loss, weight=weight,
                                    reduction=reduction)

@@ -83,6 +83,14 @@ CASES = [
      lambda d: _labels(40, 7), ("weight", lambda d: torch.linspace(0.2, 2.0, 7, dtype=d))),
     ("cross_entropy", {"label_smoothing": 0.25}, lambda d: _logits((3, 1), d),
      lambda d: torch.zeros(3, dtype=torch.long), None),
+    ("cross_entropy", {"label_smoothing": 0.1}, lambda d: _logits((20, 6), d),
+     lambda d: torch.softmax(_logits((20, 6), d, 1.0).detach(), 1),
+     ("weight", lambda d: torch.linspace(0.5, 1.5, 6, dtype=d))),
+    ("multilabel_soft_margin_loss", {}, lambda d: _logits((16, 5), d),
+     lambda d: torch.randint(0, 2, (16, 5), generator=_rng()).to(d),
+     ("weight", lambda d: torch.linspace(0.5, 1.5, 5, dtype=d))),
+    ("multilabel_soft_margin_loss", {}, lambda d: _logits((16, 5), d),
+     lambda d: torch.randint(0, 2, (16, 5), generator=_rng()).to(d), None),
 ]
 
 

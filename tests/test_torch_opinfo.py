@@ -58,7 +58,7 @@ def test_every_adapted_loss_has_opinfo_samples():
 # the losses whose eager calls the C++ fast path takes (for the samples it reads)
 NATIVE = {"mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "binary_cross_entropy",
           "binary_cross_entropy_with_logits", "poisson_nll_loss", "soft_margin_loss",
-          "hinge_embedding_loss", "cross_entropy", "kl_div"}
+          "hinge_embedding_loss", "cross_entropy", "kl_div", "multilabel_soft_margin_loss"}
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")   # torch's own warnings of the samples
