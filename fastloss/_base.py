@@ -39,8 +39,6 @@ class Loss:
     name = None
     #: "none" returns one value per row (shape (N,)) rather than one per element
     per_row = False
-    #: the kernels read bfloat16 and float16 storage (see _evaluate_half)
-    _reads_bfloat16 = False
 
 
     def __init__(self, *, reduction="mean"):
@@ -229,8 +227,8 @@ class Loss:
         shape, or with ``bfloat16`` int16 arrays of the bits (NumPy has no bfloat16);
         ``out`` another such array for the gradient, or None when none is wanted.
         Unlike the public calls, "none" values come back in that storage too (the dtype
-        torch returns).  Only for losses with ``_reads_bfloat16``; the caller has
-        checked shapes, layout and overlap."""
+        torch returns).  Only for losses whose kernels read half-precision storage
+        (the pointwise losses); the caller has checked shapes, layout and overlap."""
         weight, weight_block = (None, 1) if sample_weight is None else \
             self._prepare_sample_weight(sample_weight, y_pred)
         values = None

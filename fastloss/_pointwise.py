@@ -31,7 +31,6 @@ class PointwiseLoss(Loss):
     #: flag bits that alone report no error (hinge: which label convention is used);
     #: all of them together do (hinge: the conventions mixed)
     _informational_flags = 0
-    _reads_bfloat16 = True
 
     def _ready(self, y_pred, y_true, out):
         return kernels.is_ready_pair(y_pred, y_true, out)
