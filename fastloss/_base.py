@@ -196,7 +196,7 @@ class Loss:
                 values = np.empty(self._values_shape(y_pred), dtype=y_pred.dtype)
             value = self._run(y_pred, y_true, None, 1, grad, values, want_value)
             return (value if values is None else values), grad
-        pred, grad_dtype = v.prepare_pred(y_pred, self._reads_half(y_true))
+        pred, grad_dtype = v.prepare_pred(y_pred)
         target = self._prepare_target(y_true, pred)
         weight, weight_block = (None, 1) if sample_weight is None else \
             self._prepare_sample_weight(sample_weight, pred)
@@ -219,29 +219,6 @@ class Loss:
         if result is not grad:  # float16 gradient, or an out the kernel could not write
             result = v.finish_grad(grad, result, grad_dtype)
         return value, result
-
-    def _evaluate_half(self, y_pred, y_true, sample_weight, want_value, out,
-                       bfloat16=False):
-        """_evaluate over half-precision storage, for fastloss.torch's bfloat16 and
-        float16 tensors: ``y_pred`` and ``y_true`` C-contiguous float16 arrays of one
-        shape, or with ``bfloat16`` int16 arrays of the bits (NumPy has no bfloat16);
-        ``out`` another such array for the gradient, or None when none is wanted.
-        Unlike the public calls, "none" values come back in that storage too (the dtype
-        torch returns).  Only for losses whose kernels read half-precision storage
-        (the pointwise losses); the caller has checked shapes, layout and overlap."""
-        weight, weight_block = (None, 1) if sample_weight is None else \
-            self._prepare_sample_weight(sample_weight, y_pred)
-        values = None
-        if want_value and self.reduction == "none":
-            values = np.empty(self._values_shape(y_pred), dtype=y_pred.dtype)
-        value = self._run(y_pred, y_true, weight, weight_block, out, values, want_value,
-                          bfloat16=bfloat16)
-        return (value if values is None else values), out
-
-    def _reads_half(self, y_true):
-        """Whether a float16 ``y_pred`` with this ``y_true`` goes to the kernel as it is
-        (the kernel reads half-precision storage), rather than as a float32 copy."""
-        return False
 
     def _ready(self, y_pred, y_true, out):
         """Whether the arrays can go to the kernel as they are (no conversion, no check

@@ -59,7 +59,6 @@ cdef void native_pointwise(fastloss_native_call* c) noexcept nogil:
     call.want_value = c.want_value
     call.n_threads = threads_for_work(c.n * c.cost, c.threads)
     call.block = block_size(call.n, c.cost, 16)
-    call.storage = NATIVE
     cdef const PointwiseParams* params = <const PointwiseParams*>c.pointwise_params
     if c.is_double:
         c.total = pointwise_dispatch(c.kernel, params, &call, c.grad_scale, &flags)

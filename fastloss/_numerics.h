@@ -6,9 +6,6 @@
  *
  * 2. Numerical helpers that must be written in C (a vectorised row max, an opaque copy).
  *    When and how many threads run is in _parallel.h.
- *
- * 3. Half-precision storage: float16 and bfloat16 elements converted to float32 as the
- *    kernels load them and back, rounded to nearest even, as they store them.
  */
 #ifndef FASTLOSS_NUMERICS_H
 #define FASTLOSS_NUMERICS_H
@@ -417,73 +414,5 @@ static inline float fastloss_opaque_float(float x) { __asm__("" : "+g"(x)); retu
 static inline double fastloss_opaque_double(double x) { volatile double v = x; return v; }
 static inline float fastloss_opaque_float(float x) { volatile float v = x; return v; }
 #endif
-
-/* ---- 3. Half-precision storage ----------------------------------------------------------
- *
- * The kernels read float16 and bfloat16 arrays in place: each element is widened to
- * float32 in the loop that uses it and each gradient or value is narrowed as it is
- * stored, so no float32 copy of the data exists.  The elements are structs of their
- * 16 bits (two distinct types, so that Cython specialises a loop for each); every
- * conversion is branch-free so that the loops still vectorise.  Narrowing rounds to
- * nearest even, overflows to +-inf, and keeps NaN a NaN (quiet, sign kept). */
-typedef struct { uint16_t bits; } fastloss_float16;
-typedef struct { uint16_t bits; } fastloss_bfloat16;
-
-/* bfloat16 is the upper half of a float32. */
-FASTLOSS_VECTOR_INLINE float fastloss_bfloat16_to_float(fastloss_bfloat16 h)
-{
-    return fastloss_float_bits((uint32_t)h.bits << 16);
-}
-
-FASTLOSS_VECTOR_INLINE fastloss_bfloat16 fastloss_float_to_bfloat16(float f)
-{
-    uint32_t u = fastloss_bits_float(f);
-    fastloss_bfloat16 h;
-    /* adding 0x7fff, plus 1 when the kept part is odd, carries into it exactly when the
-     * dropped half is above one half, or is one half and the kept part odd; a NaN would
-     * carry into the exponent (or become inf), so it keeps its top bits, made quiet */
-    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    uint32_t quiet_nan = (u >> 16) | 0x0040u;
-    h.bits = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
-    return h;
-}
-
-/* float16: a bit-level conversion, in every build.  gcc 12 and clang 14 do not
- * vectorise a loop over _Float16 conversions, neither with F16C (x86-64-v3, v4) nor on
- * AArch64: each element would be a scalar vcvtph2ps/fcvt, or at the x86-64 baseline a
- * libgcc call; these integer and float32 operations vectorise at every level.  Checked
- * against gcc's _Float16 conversions for every float16 and every float32. */
-FASTLOSS_VECTOR_INLINE float fastloss_float16_to_float(fastloss_float16 h)
-{
-    uint32_t sign = (uint32_t)(h.bits & 0x8000u) << 16;
-    uint32_t magnitude = h.bits & 0x7fffu;
-    /* normal: the exponent rebiased (127 - 15 = 112); inf and NaN: all exponent bits */
-    uint32_t normal = (magnitude << 13) + (112u << 23);
-    uint32_t special = (magnitude << 13) | 0x7f800000u;
-    /* subnormal or zero: its mantissa times 2^-24, exact in float32 */
-    uint32_t subnormal = fastloss_bits_float((float)(int32_t)magnitude * 0x1p-24f);
-    return fastloss_float_bits(sign | (magnitude >= 0x7c00u ? special
-                                       : (magnitude >= 0x0400u ? normal : subnormal)));
-}
-
-FASTLOSS_VECTOR_INLINE fastloss_float16 fastloss_float_to_float16(float f)
-{
-    uint32_t u = fastloss_bits_float(f), a = u & 0x7fffffffu, normal, tiny, result;
-    fastloss_float16 h;
-    /* normal range: the exponent rebiased, then the 13 dropped bits rounded to nearest
-     * even as for bfloat16; a carry into the exponent is right (the next binade, or inf
-     * from 65520 on) */
-    normal = (a - (112u << 23) + 0xfffu + ((a >> 13) & 1u)) >> 13;
-    /* below 2^-14 the float16 values are the multiples of 2^-24, the spacing of float32
-     * next to 0.5: adding 0.5 rounds to one of them (nearest even), and the bits above
-     * 0.5's are the subnormal's.  The sum goes through the association barrier so that
-     * no regrouping can drop it. */
-    tiny = fastloss_bits_float(fastloss_barrier_float(fastloss_float_bits(a) + 0.5f));
-    result = a > 0x7f800000u ? (0x7e00u | ((a >> 13) & 0x3ffu))        /* NaN */
-           : (a >= 0x47800000u ? 0x7c00u                               /* overflow */
-           : (a < 0x38800000u ? tiny - 0x3f000000u : normal));
-    h.bits = (uint16_t)(result | ((u >> 16) & 0x8000u));
-    return h;
-}
 
 #endif

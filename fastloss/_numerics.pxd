@@ -37,46 +37,6 @@ cdef extern from "_numerics.h" nogil:
     float fastloss_opaque_float(float x)
     float fastloss_row_max_float(const float* x, Py_ssize_t n)
     double fastloss_row_max_double(const double* x, Py_ssize_t n)
-    # half-precision storage (section 3 of _numerics.h)
-    ctypedef struct fastloss_float16:
-        unsigned short bits
-    ctypedef struct fastloss_bfloat16:
-        unsigned short bits
-    float fastloss_float16_to_float(fastloss_float16)
-    fastloss_float16 fastloss_float_to_float16(float)
-    float fastloss_bfloat16_to_float(fastloss_bfloat16)
-    fastloss_bfloat16 fastloss_float_to_bfloat16(float)
-
-
-# How the elements of an input or output array are stored: the compute type itself, or
-# 16-bit halves computed in float32 (only float32 loops are run over halves).
-ctypedef fused stored:
-    float
-    double
-    fastloss_float16
-    fastloss_bfloat16
-
-
-cdef inline double load(const stored* a, Py_ssize_t i) noexcept nogil:
-    """a[i], widened.  Returned as a double (exact for every storage) so that one
-    function serves both compute types: a float32 loop's (float)(double)x is x, which
-    the compiler folds away."""
-    if stored is fastloss_float16:
-        return fastloss_float16_to_float(a[i])
-    elif stored is fastloss_bfloat16:
-        return fastloss_bfloat16_to_float(a[i])
-    else:
-        return a[i]
-
-
-cdef inline void store(stored* a, Py_ssize_t i, floating x) noexcept nogil:
-    """a[i] = x, rounded to the storage's precision (nearest even)."""
-    if stored is fastloss_float16:
-        a[i] = fastloss_float_to_float16(<float>x)
-    elif stored is fastloss_bfloat16:
-        a[i] = fastloss_float_to_bfloat16(<float>x)
-    else:
-        a[i] = <stored>x
 
 
 cdef inline floating exp_(floating x) noexcept nogil:

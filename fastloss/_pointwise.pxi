@@ -384,11 +384,11 @@ cdef inline double pointwise_loop(const Pointwise* restrict loss,
                                   const Outputs* restrict outputs,
                                   const Weights* restrict weights,
                                   const PosWeights* restrict positives,
-                                  const stored* restrict y_pred,
-                                  const stored* restrict y_true, Py_ssize_t n,
+                                  const floating* restrict y_pred,
+                                  const floating* restrict y_true, Py_ssize_t n,
                                   const floating* restrict weight, floating one_weight,
                                   const floating* restrict pos_weight,
-                                  stored* restrict grad, stored* restrict values,
+                                  floating* restrict grad, floating* restrict values,
                                   floating grad_scale, int* restrict flags) noexcept nogil:
     """The tight loop over n elements: returns the sum of the weighted terms.
 
@@ -403,15 +403,14 @@ cdef inline double pointwise_loop(const Pointwise* restrict loss,
     for i in range(n):
         if PosWeights is ElementPosWeights:
             pw = pos_weight[i]
-        v = pointwise_term(loss, <floating>load(y_pred, i), <floating>load(y_true, i), pw,
-                           &g, &f)
+        v = pointwise_term(loss, y_pred[i], y_true[i], pw, &g, &f)
         if Weights is ElementWeights:
             w = weight[i]
             g_scale = grad_scale * w
         if Outputs is ValuesOnly or Outputs is ValuesAndGrad:
-            store(values, i, w * v)
+            values[i] = w * v
         if Outputs is SumAndGrad or Outputs is GradOnly or Outputs is ValuesAndGrad:
-            store(grad, i, g_scale * g)
+            grad[i] = g_scale * g
         if Outputs is not GradOnly:
             if Weights is ElementWeights:
                 acc += w * v
@@ -426,11 +425,11 @@ cdef inline double pointwise_loop(const Pointwise* restrict loss,
 cdef inline double pointwise_stretch(const Pointwise* restrict loss,
                                      const Weights* restrict weights,
                                      const PosWeights* restrict positives,
-                                     const stored* restrict y_pred,
-                                     const stored* restrict y_true, Py_ssize_t n,
+                                     const floating* restrict y_pred,
+                                     const floating* restrict y_true, Py_ssize_t n,
                                      const floating* restrict weight, floating one_weight,
                                      const floating* restrict pos_weight,
-                                     stored* restrict grad, stored* restrict values,
+                                     floating* restrict grad, floating* restrict values,
                                      bint want_value, floating grad_scale,
                                      int* restrict flags) noexcept nogil:
     """pointwise_loop specialised for the outputs asked for (pointers may be NULL)."""
@@ -536,10 +535,10 @@ cdef inline Py_ssize_t repeat_weights(floating* restrict out,
 
 cdef inline double pointwise_segments(const Pointwise* restrict loss,
                                       const PosWeights* restrict positives,
-                                      const stored* restrict y_pred,
-                                      const stored* restrict y_true, Py_ssize_t start,
-                                      Py_ssize_t stop, stored* restrict grad,
-                                      stored* restrict values,
+                                      const floating* restrict y_pred,
+                                      const floating* restrict y_true, Py_ssize_t start,
+                                      Py_ssize_t stop, floating* restrict grad,
+                                      floating* restrict values,
                                       const floating* restrict sample_weight,
                                       Py_ssize_t weight_block,
                                       const floating* restrict pos_weight,
@@ -603,10 +602,10 @@ cdef inline double pointwise_segments(const Pointwise* restrict loss,
     return acc
 
 
-cdef double pointwise_chunk(const Pointwise* restrict loss, const stored* restrict y_pred,
-                            const stored* restrict y_true, Py_ssize_t start,
-                            Py_ssize_t stop, stored* restrict grad,
-                            stored* restrict values,
+cdef double pointwise_chunk(const Pointwise* restrict loss, const floating* restrict y_pred,
+                            const floating* restrict y_true, Py_ssize_t start,
+                            Py_ssize_t stop, floating* restrict grad,
+                            floating* restrict values,
                             const floating* restrict sample_weight, Py_ssize_t weight_block,
                             const floating* restrict pos_weight, Py_ssize_t pos_len,
                             Py_ssize_t pos_period, bint want_value, floating grad_scale,
@@ -627,14 +626,14 @@ cdef double pointwise_chunk(const Pointwise* restrict loss, const stored* restri
                               grad_scale, flags)
 
 
-cdef inline stored* offset(stored* array, Py_ssize_t start) noexcept nogil:
+cdef inline floating* offset(floating* array, Py_ssize_t start) noexcept nogil:
     """array + start, or NULL for an output not asked for."""
     return NULL if array == NULL else array + start
 
 
-cdef double pointwise_run(const Pointwise* restrict loss, const stored* restrict y_pred,
-                          const stored* restrict y_true, Py_ssize_t n,
-                          stored* restrict grad, stored* restrict values,
+cdef double pointwise_run(const Pointwise* restrict loss, const floating* restrict y_pred,
+                          const floating* restrict y_true, Py_ssize_t n,
+                          floating* restrict grad, floating* restrict values,
                           const floating* restrict sample_weight, Py_ssize_t weight_block,
                           const floating* restrict pos_weight, Py_ssize_t pos_len,
                           bint want_value, floating grad_scale, int n_threads,
@@ -672,17 +671,8 @@ cdef double pointwise_run(const Pointwise* restrict loss, const stored* restrict
     return ordered_sum(partial, n_blocks)
 
 
-cpdef enum Storage:
-    # how the elements of a call's y_pred, y_true, grad and values are stored (weights
-    # are always of the compute type)
-    NATIVE = 0      # the call's compute type (float32 or float64)
-    FLOAT16 = 1     # float16 halves, computed in float32
-    BFLOAT16 = 2    # bfloat16 halves, computed in float32
-
-
 cdef struct PointwiseCall:
-    # the arrays and options of one call; the arrays of the call's float type, or of
-    # half precision as ``storage`` says (zero, NATIVE, for a zero-initialised call)
+    # the arrays (of the call's float type) and options of one call
     const void* y_pred
     const void* y_true
     Py_ssize_t n
@@ -695,33 +685,16 @@ cdef struct PointwiseCall:
     bint want_value
     int n_threads
     Py_ssize_t block
-    int storage               # a Storage value (half storage: float32 calls only)
-
-
-cdef inline double pointwise_stored(const Pointwise* loss, const PointwiseCall* call,
-                                    const stored* storage, floating grad_scale,
-                                    int* flags) noexcept nogil:
-    """pointwise_run on the arrays of ``call`` read as ``stored`` (``storage``, a NULL
-    pointer, only selects it), computed in ``floating``."""
-    return pointwise_run(loss, <const stored*>call.y_pred, <const stored*>call.y_true,
-                         call.n, <stored*>call.grad, <stored*>call.values,
-                         <const floating*>call.sample_weight, call.weight_block,
-                         <const floating*>call.pos_weight, call.pos_len, call.want_value,
-                         grad_scale, call.n_threads, call.block, flags)
 
 
 cdef inline double pointwise_call(const Pointwise* loss, const PointwiseCall* call,
                                   floating grad_scale, int* flags) noexcept nogil:
-    """pointwise_run on the arrays of ``call``, stored as ``call.storage`` says (half
-    storage is read by the float32 loops only: a float64 call is always NATIVE)."""
-    if floating is float:
-        if call.storage == FLOAT16:
-            return pointwise_stored(loss, call, <const fastloss_float16*>NULL, grad_scale,
-                                    flags)
-        if call.storage == BFLOAT16:
-            return pointwise_stored(loss, call, <const fastloss_bfloat16*>NULL, grad_scale,
-                                    flags)
-    return pointwise_stored(loss, call, <const floating*>NULL, grad_scale, flags)
+    """pointwise_run on the arrays of ``call``, read as ``floating``."""
+    return pointwise_run(loss, <const floating*>call.y_pred, <const floating*>call.y_true,
+                         call.n, <floating*>call.grad, <floating*>call.values,
+                         <const floating*>call.sample_weight, call.weight_block,
+                         <const floating*>call.pos_weight, call.pos_len, call.want_value,
+                         grad_scale, call.n_threads, call.block, flags)
 
 
 cdef double pointwise_dispatch(int kernel, const PointwiseParams* p,
@@ -777,18 +750,10 @@ cdef double pointwise_dispatch(int kernel, const PointwiseParams* p,
     return 0
 
 
-cdef inline int storage_of(cnp.ndarray array, bint bfloat16):
-    """The Storage of a kernel's array: bfloat16 bits (int16/uint16, as told), float16,
-    or the compute type itself."""
-    if bfloat16:
-        return BFLOAT16
-    return FLOAT16 if cnp.PyArray_TYPE(array) == cnp.NPY_FLOAT16 else NATIVE
-
-
 def pointwise(int kernel, bytes parameters, cnp.ndarray y_pred, cnp.ndarray y_true,
               object grad, object values, object sample_weight, Py_ssize_t weight_block,
               object pos_weight, bint want_value, double grad_scale, int n_threads,
-              int cost, bint bfloat16=False):
+              int cost):
     """Run the pointwise loss ``kernel`` (a PointwiseKernel id) with its ``parameters``
     (from pointwise_parameters) over C-contiguous arrays of one float dtype.
 
@@ -797,10 +762,6 @@ def pointwise(int kernel, bytes parameters, cnp.ndarray y_pred, cnp.ndarray y_tr
     error (sets the block size); up to ``n_threads`` threads run the blocks.  Returns
     ``(sum of the weighted terms, flags)``; ``grad`` and ``values`` (or None) are written.
     Without ``want_value`` a gradient-only pass skips the value (the sum returned is 0).
-
-    float16 arrays (``y_pred``, ``y_true``, ``grad``, ``values``) are read and written as
-    they are, computed in float32 (weights then float32); with ``bfloat16`` they are
-    int16/uint16 arrays holding bfloat16 bits, read the same way.
     """
     cdef PointwiseParams params
     cdef PointwiseCall call
@@ -821,8 +782,7 @@ def pointwise(int kernel, bytes parameters, cnp.ndarray y_pred, cnp.ndarray y_tr
     call.want_value = want_value
     call.n_threads = n_threads
     call.block = block_size(call.n, cost, 16)  # 16: every block's loop aligned
-    call.storage = storage_of(y_pred, bfloat16)
-    if call.storage != NATIVE or cnp.PyArray_TYPE(y_pred) == cnp.NPY_FLOAT:
+    if cnp.PyArray_TYPE(y_pred) == cnp.NPY_FLOAT:
         with nogil:
             total = pointwise_dispatch(kernel, &params, &call, <float>grad_scale, &flags)
     else:

@@ -35,14 +35,7 @@ class PointwiseLoss(Loss):
     def _ready(self, y_pred, y_true, out):
         return kernels.is_ready_pair(y_pred, y_true, out)
 
-    def _reads_half(self, y_true):
-        # float16 y_pred and y_true are read as they are; a y_true of another dtype
-        # keeps the float32 copy of both, so that it is not rounded to float16, and so
-        # does "none", whose values are float32 (the kernel would store them as float16)
-        return self.reduction != "none" and v.is_float16(y_true)
-
-    def _run(self, pred, target, weight, weight_block, grad, values, want_value,
-             bfloat16=False):
+    def _run(self, pred, target, weight, weight_block, grad, values, want_value):
         # the per-call path of every pointwise loss: kept to one kernel call and a few
         # attribute reads (small arrays are dominated by it)
         n = pred.size
@@ -51,7 +44,7 @@ class PointwiseLoss(Loss):
             self._kernel_id, self._kernel_parameters, pred, target, grad, values, weight,
             weight_block, None if self._pos_weights is None else self._pos_weight(pred),
             want_value, (1.0 / n if n else NAN) if mean else 1.0,
-            _threads.threads_for(n * self._cost), self._cost, bfloat16)
+            _threads.threads_for(n * self._cost), self._cost)
         if flags and (flags & ~self._informational_flags
                       or flags == self._informational_flags):
             self._raise_for_flags(flags, pred, target)
@@ -306,7 +299,7 @@ class BinaryCrossEntropy(PointwiseLoss):
     def _pos_weight(self, pred):
         if self._pos_weights is None:
             return None
-        pos_weight = self._pos_weights[v.weight_dtype(pred)]
+        pos_weight = self._pos_weights[pred.dtype]
         n_classes = pred.shape[-1] if pred.ndim else 1
         if pos_weight.size not in (1, n_classes):
             raise ValueError(f"pos_weight: {pos_weight.size} weights do not broadcast over "

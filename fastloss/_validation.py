@@ -14,7 +14,6 @@ from ._dispatch import kernels
 
 FLOAT32 = np.dtype(np.float32)
 FLOAT64 = np.dtype(np.float64)
-FLOAT16 = np.dtype(np.float16)
 KERNEL_FLOATS = (FLOAT32, FLOAT64)
 
 
@@ -122,33 +121,15 @@ def compute_dtype(dtype):
     raise TypeError(f"y_pred: expected a real-valued array, got dtype {dtype}")
 
 
-def prepare_pred(y_pred, keep_half=False):
-    """Return (y_pred as a C-contiguous float32/float64 array, dtype of its gradient).
-
-    With ``keep_half`` (the loss's kernel reads float16 storage) a float16 ``y_pred``
-    stays float16 (made C-contiguous, aligned and native only where it is not):
-    the kernel computes it in float32 as it reads it, with no float32 copy."""
+def prepare_pred(y_pred):
+    """Return (y_pred as a C-contiguous float32/float64 array, dtype of its gradient)."""
     if kernels.is_kernel_float_array(y_pred):
         return y_pred, y_pred.dtype
     array = as_array("y_pred", y_pred)
-    is_half = array.dtype.kind == "f" and array.dtype.itemsize == 2  # any byte order
-    if is_half and keep_half:
-        return as_kernel_array(array, FLOAT16), FLOAT16
     dtype = compute_dtype(array.dtype)
-    return as_kernel_array(array, dtype), (FLOAT16 if is_half else dtype)
-
-
-def is_float16(value):
-    """Whether ``value`` is an ndarray of float16 (any byte order)."""
-    return (isinstance(value, np.ndarray) and value.dtype.kind == "f"
-            and value.dtype.itemsize == 2)
-
-
-def weight_dtype(pred):
-    """The dtype of the weights of a kernel call over ``pred``: its own, or float32 for
-    half-precision storage (float16, or the int16 bits of bfloat16), which the kernels
-    compute in float32."""
-    return pred.dtype if pred.dtype.itemsize > 2 else FLOAT32
+    is_half = array.dtype.kind == "f" and array.dtype.itemsize == 2  # any byte order
+    grad_dtype = np.dtype(np.float16) if is_half else dtype
+    return as_kernel_array(array, dtype), grad_dtype
 
 
 def prepare_target(y_true, pred):
@@ -301,8 +282,7 @@ def class_index_out_of_range(indices, n_classes):
 
 
 def prepare_sample_weight(sample_weight, pred, terms_shape=None):
-    """(weights of shape (N,) in pred's compute dtype (weight_dtype), elements per
-    weight), or (None, 1).
+    """(weights of shape (N,) in pred's dtype, elements per weight), or (None, 1).
 
     With ``terms_shape`` (the shape of the terms of a loss with one term per position,
     such as a cross-entropy of (N, C, d1, ..., dk) scores): weights of that shape (one per
@@ -313,15 +293,14 @@ def prepare_sample_weight(sample_weight, pred, terms_shape=None):
         return None, 1
     if pred.ndim == 0:
         raise ValueError("sample_weight: y_pred is a scalar (0-d), it has no samples")
-    dtype = weight_dtype(pred)
     if not (kernels.is_kernel_float_array(sample_weight)
-            and sample_weight.dtype == dtype):
+            and sample_weight.dtype == pred.dtype):
         # anything else (other dtype or layout, misaligned, byte-swapped) is copied
         array = as_array("sample_weight", sample_weight)
         if array.dtype.kind not in "biuf":
             raise TypeError(f"sample_weight: expected a real-valued array, "
                             f"got dtype {array.dtype}")
-        sample_weight = as_kernel_array(array, dtype)
+        sample_weight = as_kernel_array(array, pred.dtype)
     if terms_shape is not None:
         if sample_weight.shape == terms_shape:
             return sample_weight.reshape(-1), 1

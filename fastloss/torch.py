@@ -225,40 +225,17 @@ def _saved_input(ctx, what):
         raise RuntimeError(_MODIFIED_INPUT.format(what)) from error
 
 
-# the NumPy dtype of a tensor's memory (bfloat16's: its bits, as int16), and the dtype
-# of a reduced value (a half-precision loss's is float32: _half_precision rounds it to
-# the dtype torch returns)
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64,
-                 torch.float16: np.float16, torch.bfloat16: np.int16}
-_VALUE_DTYPES = {torch.float32: np.float32, torch.float64: np.float64,
-                 torch.float16: np.float32, torch.bfloat16: np.float32}
-
-
-def _memory(tensor):
-    """The NumPy view of a tensor's memory; a bfloat16 tensor's as int16 bits (NumPy has
-    no bfloat16), which the kernels read as bfloat16 (Loss._evaluate_half)."""
-    if tensor.dtype is torch.bfloat16:
-        return tensor.view(torch.int16).numpy()
-    return tensor.numpy()
-
-
-def _from_memory(array, dtype):
-    """The tensor of ``array`` (no copy), of ``dtype`` (bfloat16: ``array`` holds bits)."""
-    tensor = torch.from_numpy(array)
-    return tensor.view(dtype) if dtype is torch.bfloat16 else tensor
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def _to_tensor(value, like, scale=1.0):
     """fastloss's result times ``scale`` as a tensor: a 0-d tensor of ``like``'s dtype for
-    a float (float32 for a half-precision ``like``), the array itself (no copy) for
-    reduction="none"."""
+    a float, the array itself (no copy) for reduction="none"."""
     if isinstance(value, np.ndarray):
         if scale != 1.0:
-            if like.dtype is torch.bfloat16:
-                return _from_memory(value, like.dtype).mul_(scale)
             np.multiply(value, scale, out=value)
-        return _from_memory(value, like.dtype)
-    return torch.from_numpy(np.array(value * scale, dtype=_VALUE_DTYPES[like.dtype]))
+        return torch.from_numpy(value)
+    return torch.from_numpy(np.array(value * scale, dtype=_NUMPY_DTYPES[like.dtype]))
 
 
 class _GradientBuffers:
@@ -291,7 +268,7 @@ class _GradientBuffers:
         numel = input.numel()
         if numel * input.element_size() < self.min_bytes:
             array = np.empty(input.shape, _NUMPY_DTYPES[input.dtype])
-            return _from_memory(array, input.dtype), array
+            return torch.from_numpy(array), array
         key = (input.dtype, numel)
         buffer = self._buffers.pop(key, None)  # atomic: a concurrent call allocates anew
         # 2: the private tensor's reference, and the temporary one of untyped_storage()
@@ -299,7 +276,7 @@ class _GradientBuffers:
             buffer = torch.empty(numel, dtype=input.dtype)
         _put_recent(self._buffers, key, buffer, self.capacity)
         grad = buffer.view(input.shape)
-        return grad, _memory(grad)
+        return grad, grad.numpy()
 
     def clear(self):
         """Drop every kept buffer (their memory is freed once nothing else uses it)."""
@@ -336,12 +313,8 @@ def _fused_pass(loss, input, target, sample_weight):
     grad, grad_array = _buffers.take(input)
     # no detach(): every caller runs without grad mode (an autograd forward or backward,
     # or an operator's kernel), and it costs a microsecond on the eager path
-    if input.dtype in _HALF_DTYPES:
-        value, _ = loss._evaluate_half(_memory(input), _memory(target), sample_weight,
-                                       True, grad_array, input.dtype is torch.bfloat16)
-    else:
-        value, _ = loss.value_and_grad(input.numpy(), target.numpy(), sample_weight,
-                                       out=grad_array)
+    value, _ = loss.value_and_grad(input.numpy(), target.numpy(), sample_weight,
+                                   out=grad_array)
     return value, grad
 
 
@@ -369,12 +342,7 @@ def _run(loss, input, target, sample_weight, torch_loss, scale=1.0, reads_input=
                                   _Call(loss, sample_weight, scale, torch_loss, reads_input))
         how = "fused value and gradient (eager)"
     else:
-        if input.dtype in _HALF_DTYPES:
-            value = loss._evaluate_half(_memory(input), _memory(target), sample_weight,
-                                        True, None, input.dtype is torch.bfloat16)[0]
-        else:
-            value = loss(input.numpy(), target.numpy(), sample_weight)
-        result = _to_tensor(value, input, scale)
+        result = _to_tensor(loss(input.numpy(), target.numpy(), sample_weight), input, scale)
         how = "value only (no gradient wanted)"
     if _explaining:
         _record(torch_loss, "fastloss", how)
@@ -858,11 +826,10 @@ def _constant(tensor, like):
     return _plain(tensor, (like.dtype,), _tensor_types()) and not _needs_grad(tensor)
 
 
-def _target_dtype(input, target, labels=False, integers=False, half=False):
+def _target_dtype(input, target, labels=False, integers=False):
     """The dtype in which a kernel reads ``target``, or None when fastloss cannot compute
     the call from these tensors (it then falls back to torch): torch is tracing or
-    transforming, the input is not a plain CPU float32/float64 tensor (with ``half``,
-    also bfloat16/float16: its kernel reads half-precision storage), or the target is
+    transforming, the input is not a plain CPU float32/float64 tensor, or the target is
     not one the kernel reads.
 
     ``labels``: int64 class indices, read as they are.  Otherwise a plain tensor of the
@@ -871,7 +838,7 @@ def _target_dtype(input, target, labels=False, integers=False, half=False):
     copy, the values torch's type promotion gives inside the loss).
     """
     types = _tensor_types()
-    if not _plain(input, _KERNEL_DTYPES + _HALF_DTYPES if half else _KERNEL_DTYPES, types):
+    if not _plain(input, _KERNEL_DTYPES, types):
         return None
     if labels:
         return torch.int64 if _plain(target, _LABEL_DTYPES, types) else None
@@ -1114,37 +1081,20 @@ def _half_precision(family, make_loss, input, target, reduction, torch_loss, *ar
         result_dtype = input.dtype
         if target.is_floating_point():
             result_dtype = torch.promote_types(input.dtype, target.dtype)
-    if _reads_half_storage(family, input, target, reduction, autocast, kwargs):
-        # the kernel reads the tensors' own memory and writes the gradient in their dtype
-        result = family(make_loss, input, target, reduction, torch_loss, *args,
-                        half_storage=True, **kwargs)
-        how = f"{input.dtype} input read as {str(input.dtype)[6:]} by the kernel"
-    else:
-        if target.dtype in _HALF_DTYPES:
-            target = target.float()
-        result = family(make_loss, input.float(), target, reduction, torch_loss, *args,
-                        **kwargs)
-        how = f"{input.dtype} input through a float32 copy"
+    if target.dtype in _HALF_DTYPES:
+        target = target.float()
+    result = family(make_loss, input.float(), target, reduction, torch_loss, *args,
+                    **kwargs)
     for report in _explaining:
         if report and report[-1][1] == "fastloss":
-            report[-1] = report[-1][:2] + (f"{report[-1][2]}; {how}",)
+            report[-1] = report[-1][:2] + (
+                f"{report[-1][2]}; {input.dtype} input through a float32 copy",)
     return result if result.dtype == result_dtype else result.to(result_dtype)
-
-
-def _reads_half_storage(family, input, target, reduction, autocast, kwargs):
-    """Whether a half-precision call goes to a kernel that reads half-precision storage
-    (no float32 copy): a pointwise loss, eager, its target of the input's dtype, both
-    contiguous, and no weight (a weight would have to be converted to float32); under
-    autocast not for reduction="none", whose float32 values torch does not round to the
-    input's dtype."""
-    return (family is _elementwise and _kernels_may_run() and target.dtype is input.dtype
-            and kwargs.get("weight") is None and not (autocast and reduction == "none")
-            and input.is_contiguous() and target.is_contiguous())
 
 
 def _elementwise(make_loss, input, target, reduction, torch_loss, *, reads_input,
                  weight=None, weight_mean="count", scale=1.0, nan_is_torchs_error=False,
-                 integer_target=False, half_storage=False):
+                 integer_target=False):
     """A pointwise loss (target of input's shape): fastloss, else ``torch_loss``.
 
     ``make_loss(reduction)`` builds the fastloss loss.  ``integer_target``: the kernel
@@ -1159,17 +1109,14 @@ def _elementwise(make_loss, input, target, reduction, torch_loss, *, reads_input
     ``nan_is_torchs_error``: torch rejects NaN inputs of this loss, so a NaN result is
     recomputed by torch to raise torch's error.  ``reads_input``: torch's backward of this
     call reads the input (it fails after an in-place edit of it; see :class:`_FusedLoss`).
-    ``half_storage``: a bfloat16/float16 input goes to the kernel as it is (see
-    :func:`_half_precision`).
     """
-    if (input.dtype in _HALF_DTYPES and not half_storage
-            and _plain(input, _HALF_DTYPES, _tensor_types())):
+    if input.dtype in _HALF_DTYPES and _plain(input, _HALF_DTYPES, _tensor_types()):
         return _half_precision(_elementwise, make_loss, input, target, reduction, torch_loss,
                                reads_input=reads_input, weight=weight,
                                weight_mean=weight_mean, scale=scale,
                                nan_is_torchs_error=nan_is_torchs_error,
                                integer_target=integer_target)
-    dtype = _target_dtype(input, target, integers=integer_target, half=half_storage)
+    dtype = _target_dtype(input, target, integers=integer_target)
     if dtype is None or target.shape != input.shape:
         return _fall_back(torch_loss, input, target,
                           _unsupported(input, target, integers=integer_target))
