@@ -127,6 +127,16 @@ bool run_plan(const Plan& plan, const at::Tensor& input, const at::Tensor& targe
   return call.flags == 0;
 }
 
+// `v` rounded to float32 as a C cast on IEEE hardware rounds it (NumPy's astype): beyond
+// the largest float32 by half an ulp or more, an infinity.  torch's scalar_tensor refuses
+// a double out of float32's range ("cannot be converted without overflow"), and the
+// C++ cast of such a value is undefined.
+double as_float32(double v) {
+  constexpr double rounds_to_infinity = 0x1.ffffffp127;   // FLT_MAX + half an ulp
+  if (std::fabs(v) >= rounds_to_infinity) return std::copysign(INFINITY, v);
+  return static_cast<double>(static_cast<float>(v));
+}
+
 // The loss's value from the kernel's sum, as the Python layer computes it.
 double reduced(const Plan& plan, double total, double denominator, int64_t n) {
   double value = total;
@@ -296,6 +306,7 @@ pybind11::object run(int64_t plan_index, const at::Tensor& input, const at::Tens
     double v = reduced(plan, total, denominator,
                        rows(plan) ? input.size(0) : input.numel());
     if (plan.nan_is_error && std::isnan(v)) return pybind11::none();
+    if (input.scalar_type() == at::kFloat) v = as_float32(v);
     value = at::scalar_tensor(v, input.options().requires_grad(false));
   }
   if (!want_grad) return pybind11::cast(value);

@@ -235,7 +235,14 @@ def _to_tensor(value, like, scale=1.0):
         if scale != 1.0:
             np.multiply(value, scale, out=value)
         return torch.from_numpy(value)
-    return torch.from_numpy(np.array(value * scale, dtype=_NUMPY_DTYPES[like.dtype]))
+    value *= scale
+    if abs(value) >= _ROUNDS_TO_FLOAT32_INFINITY and like.dtype is torch.float32:
+        value = math.copysign(math.inf, value)   # as the cast rounds it, without its warning
+    return torch.from_numpy(np.array(value, dtype=_NUMPY_DTYPES[like.dtype]))
+
+
+# float32's largest value plus half an ulp: a double at or beyond it rounds to infinity
+_ROUNDS_TO_FLOAT32_INFINITY = float.fromhex("0x1.ffffffp127")
 
 
 class _GradientBuffers:

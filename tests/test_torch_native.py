@@ -274,6 +274,25 @@ def test_bad_values_get_the_python_paths_answer():
         FL.mse_loss(x, torch.zeros(6, 5), reduction="average")
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_a_float32_value_beyond_float32_range_is_inf_as_on_the_python_path(reduction,
+                                                                           monkeypatch):
+    x = torch.full((4, 3), -3.0e38, requires_grad=True)
+    t = torch.ones(4, 3)
+    value = FL.binary_cross_entropy_with_logits(x, t, reduction=reduction)
+    with monkeypatch.context() as patch:
+        patch.setattr(_torch_extension, "module", None)
+        patch.setattr(_torch_extension, "_state", "disabled")
+        expected = FL.binary_cross_entropy_with_logits(x, t, reduction=reduction)
+    assert torch.equal(value, expected)
+    if reduction == "sum":   # 12 terms of 3e38: beyond float32's range
+        assert value.item() == float("inf")
+    else:
+        assert value.item() == pytest.approx(3.0e38, rel=1e-6)
+    value.backward()
+    assert torch.isfinite(x.grad).all()
+
+
 def test_concurrent_calls_from_threads():
     x, t = _logits((64, 10), torch.float32), _labels(64, 10)
     expected = _value_and_grad(FL.cross_entropy, x, t, {})
