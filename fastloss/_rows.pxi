@@ -513,7 +513,11 @@ cdef inline double multi_margin_row(const RowParams* restrict prm,
     cdef floating wy = 1 if cw == NULL else cw[y]
     # torch's grouping of margin - x_y + x_c, which decides the value at large scores
     cdef floating shift = exactly(<floating>prm.margin - x[y])
-    cdef floating coef = scale_row * wy / C
+    # fixed groupings: under -fassociative-math a compiler may regroup these products
+    # differently in each specialisation (clang did for int32 and int64 labels), and the
+    # gradient's last bit must not depend on the labels' dtype
+    cdef floating coef = exactly(exactly(scale_row * wy) / C)
+    cdef floating coef2 = exactly(2 * coef)
     cdef floating g_sum = 0, z, h, gc
     cdef double total = 0
     if prm.power == 1:
@@ -528,7 +532,7 @@ cdef inline double multi_margin_row(const RowParams* restrict prm,
         for c in range(C):
             z = shift + x[c]
             h = z if (z > 0) & (c != y) else 0
-            gc = 2 * coef * h
+            gc = coef2 * h
             total += h * h
             g_sum += gc
             g[c] = gc
